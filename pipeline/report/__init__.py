@@ -1,0 +1,1 @@
+"""Review outputs built from the tables."""
