@@ -1,0 +1,178 @@
+"""Load, merge and validate the workflow configuration.
+
+Order of precedence (later wins): ``configs/config.yaml`` (packaged defaults) -> a user YAML
+file -> command-line overrides. The merged result is validated against
+``configs/config.schema.yaml`` (JSON Schema, ``additionalProperties: false`` everywhere), and
+missing keys are filled from the schema's defaults. Validation happens before any job runs, and
+errors name the offending key path.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator, validators
+
+from pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
+SCHEMA = CONFIG_DIR / "config.schema.yaml"
+
+
+def _with_defaults(cls):
+    """Extend a jsonschema validator class so that validation fills ``default`` values."""
+    validate_props = cls.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        if isinstance(instance, dict):
+            for name, sub in properties.items():
+                if "default" in sub and name not in instance:
+                    instance[name] = copy.deepcopy(sub["default"])
+        yield from validate_props(validator, properties, instance, schema)
+
+    return validators.extend(cls, {"properties": set_defaults})
+
+
+_FillingValidator = _with_defaults(Draft202012Validator)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Read a YAML file, raising :class:`ConfigError` with the file name on failure."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(
+            f"configuration file not found: expected a YAML file at {p}", file=p,
+            hint="check the path given with --config / --configfile",
+        )
+    try:
+        with open(p, encoding="utf-8") as fh:
+            return yaml.safe_load(fh)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}", file=p) from exc
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Recursively merge ``override`` into a copy of ``base`` (lists and scalars replace)."""
+    out = copy.deepcopy(base)
+    for key, val in (override or {}).items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def schema() -> dict:
+    """The configuration JSON Schema as a dict."""
+    return load_yaml(SCHEMA)
+
+
+def validate(cfg: dict, *, source: str = "configuration") -> dict:
+    """Validate ``cfg`` in place (filling defaults) and return it.
+
+    Raises
+    ------
+    ConfigError
+        Naming the key path (e.g. ``ranking.needle.base_error_mm``), what was expected and what
+        was found. All problems are listed, not only the first.
+    """
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{source}: expected a mapping at the top level, found {type(cfg).__name__}")
+    validator = _FillingValidator(schema())
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = []
+        for err in errors:
+            path = ".".join(str(p) for p in err.absolute_path) or "<top level>"
+            if err.validator == "additionalProperties":
+                extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+                allowed = ", ".join(sorted(err.schema.get("properties", {})))
+                for key in extra:
+                    full = f"{path}.{key}" if path != "<top level>" else key
+                    lines.append(f"unknown key '{full}' (allowed here: {allowed})")
+            elif err.validator == "oneOf" and "when" in path:
+                lines.append(f"'{path}': not a valid rule condition: {json.dumps(err.instance)}")
+            else:
+                lines.append(f"'{path}': {err.message}")
+        raise ConfigError(
+            f"{source} is invalid: " + "; ".join(lines),
+            hint="compare with configs/config.yaml and configs/config.schema.yaml",
+        )
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: dict, source: str) -> None:
+    """Checks JSON Schema cannot express (ordering of thresholds, unique rule codes)."""
+    r = cfg.get("ranking", {})
+    t = r.get("tier_min_score")
+    if t and not (t["recommended"] >= t["acceptable"] >= t["board_review"]):
+        raise ConfigError(
+            f"{source}: 'ranking.tier_min_score' must satisfy recommended >= acceptable >= "
+            f"board_review, found {t}"
+        )
+    codes = [rule["code"] for rule in r.get("rules", [])]
+    dup = sorted({c for c in codes if codes.count(c) > 1})
+    if dup:
+        raise ConfigError(f"{source}: duplicate rule codes in 'ranking.rules': {dup}")
+    v = r.get("volume")
+    if v and v["min_ml"] > v["max_ml"]:
+        raise ConfigError(f"{source}: 'ranking.volume.min_ml' > 'ranking.volume.max_ml'")
+
+
+def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:
+    """Packaged defaults, merged with a user file and overrides, validated.
+
+    Parameters
+    ----------
+    path : optional user YAML file.
+    overrides : optional dict (e.g. from ``--config input=... output=...``).
+    """
+    cfg = load_yaml(DEFAULT_CONFIG)
+    sources = ["configs/config.yaml"]
+    if path is not None:
+        user = load_yaml(path) or {}
+        if not isinstance(user, dict):
+            raise ConfigError(f"expected a mapping at the top level of {path}", file=path)
+        cfg = deep_merge(cfg, user)
+        sources.append(str(path))
+    if overrides:
+        cfg = deep_merge(cfg, overrides)
+        sources.append("command-line overrides")
+    return validate(cfg, source="configuration (" + " + ".join(sources) + ")")
+
+
+def config_hash(cfg: dict) -> str:
+    """SHA-256 of the canonical JSON of the settings that affect results.
+
+    ``input``, ``output`` and ``resources`` are excluded: moving an archive or giving a job more
+    memory does not change any number.
+    """
+    relevant = {k: v for k, v in cfg.items() if k not in ("input", "output", "resources")}
+    blob = json.dumps(relevant, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """Turn ``["a.b=1", "input=/x"]`` into a nested dict; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' is not KEY=VALUE")
+        key, raw = item.split("=", 1)
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw != "" else None
+    return out
