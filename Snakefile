@@ -1,0 +1,95 @@
+# HIT-IT lesion selection: archive index -> one job per study -> cohort tables.
+#
+#   snakemake --cores 2 --config input=ARCHIVE output=RESULTS [--configfile my.yaml]
+#   hitit run --input ARCHIVE --output RESULTS          (same thing, with progress and a summary)
+#
+# The configuration is validated against configs/config.schema.yaml before any job runs. Every
+# rule calls the `hitit` step commands (python -m pipeline.cli), the same code the CLI runs.
+import sys
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from pipeline.config import load_config
+
+CFG = load_config(overrides=config)  # raises ConfigError naming the key on a bad config
+if not CFG["input"]:
+    raise ValueError("no input archive: run with --config input=ARCHIVE output=RESULTS")
+IN = str(Path(CFG["input"]).resolve())
+OUT = str(Path(CFG["output"]).resolve())
+PY = sys.executable
+SETTINGS = f"{OUT}/logs/config.validated.yaml"
+# The validated configuration every job reads (rewritten only when it changes).
+Path(SETTINGS).parent.mkdir(parents=True, exist_ok=True)
+_text = yaml.safe_dump(CFG, sort_keys=True)
+if not Path(SETTINGS).exists() or Path(SETTINGS).read_text() != _text:
+    Path(SETTINGS).write_text(_text)
+RES = CFG["resources"]
+
+wildcard_constraints:
+    patient=r"[A-Za-z0-9._-]+",
+    study=r"[A-Za-z0-9._-]+",
+
+
+def study_outputs(wildcards):
+    sheet = pd.read_csv(checkpoints.index.get().output.sheet, dtype=str, keep_default_na=False)
+    return [f"{OUT}/studies/{r.patient_dir}/{r.study_dir}/provenance.json" for r in sheet.itertuples()]
+
+
+rule all:
+    input:
+        lesions=f"{OUT}/cohort/lesions.csv",
+        ranking=f"{OUT}/cohort/ranking.csv",
+        failures=f"{OUT}/cohort/failures.csv",
+
+
+checkpoint index:
+    output:
+        sheet=f"{OUT}/cohort/studies.csv",
+        series=f"{OUT}/index/series.csv",
+    log:
+        f"{OUT}/logs/index.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=RES["study_runtime_min"],
+    shell:
+        "{PY} -m pipeline.cli index --input {IN:q} --output {OUT:q} --settings {SETTINGS:q} > {log:q} 2>&1"
+
+
+rule study:
+    input:
+        sheet=f"{OUT}/cohort/studies.csv",
+    output:
+        lesions=f"{OUT}/studies/{{patient}}/{{study}}/lesions.csv",
+        ranking=f"{OUT}/studies/{{patient}}/{{study}}/ranking.csv",
+        failures=f"{OUT}/studies/{{patient}}/{{study}}/failures.csv",
+        provenance=f"{OUT}/studies/{{patient}}/{{study}}/provenance.json",
+    log:
+        f"{OUT}/logs/studies/{{patient}}/{{study}}.log",
+    threads: RES["study_threads"]
+    resources:
+        mem_mb=RES["study_mem_mb"],
+        runtime=RES["study_runtime_min"],
+    shell:
+        "{PY} -m pipeline.cli study --results {OUT:q} --patient-dir {wildcards.patient:q}"
+        " --study-dir {wildcards.study:q} --settings {SETTINGS:q} > {log:q} 2>&1"
+
+
+rule cohort:
+    input:
+        sheet=f"{OUT}/cohort/studies.csv",
+        studies=study_outputs,
+    output:
+        lesions=f"{OUT}/cohort/lesions.csv",
+        parquet=f"{OUT}/cohort/lesions.parquet",
+        ranking=f"{OUT}/cohort/ranking.csv",
+        failures=f"{OUT}/cohort/failures.csv",
+    log:
+        f"{OUT}/logs/cohort.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+    shell:
+        "{PY} -m pipeline.cli cohort --results {OUT:q} > {log:q} 2>&1"

@@ -1,0 +1,307 @@
+"""``hitit`` command line.
+
+Subcommands
+-----------
+run      the whole workflow (Snakemake) on an archive
+demo     the workflow on the bundled sample cohort (data_samples/)
+phantom  write ground-truth PET/CT phantom patients
+index    header-only scan of an archive and the study sheet (a workflow step)
+study    one study end to end (a workflow step)
+cohort   concatenate per-study tables (a workflow step)
+
+The Snakefile's rules call ``index``, ``study`` and ``cohort``, so a run through Snakemake and a
+run through this CLI share one code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+log = logging.getLogger("pipeline.cli")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SNAKEFILE = REPO_ROOT / "Snakefile"
+SAMPLE_ARCHIVE = REPO_ROOT / "data_samples" / "archive"
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+# --------------------------------------------------------------------------- steps
+def cmd_index(args) -> int:
+    import pandas as pd
+
+    from pipeline import config as cfgmod
+    from pipeline.cohort import study_dirs
+    from pipeline.io import index as idx
+
+    cfg = cfgmod.load_config(args.settings)
+    root = Path(args.input)
+    results = Path(args.output)
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 2.0 or done == total:
+            last[0] = now
+            rate = done / max(now - t0, 1e-9)
+            left = (total - done) / rate if rate > 0 else float("nan")
+            print(f"indexed {done}/{total} files ({rate:.0f} files/s, ~{left:.0f} s left)",
+                  file=sys.stderr, flush=True)
+
+    index = idx.scan_archive(root, progress=progress)
+    idx.write_index(index, results / "index")
+    if cfg.get("studies"):
+        sheet = pd.read_csv(cfg["studies"], dtype=str, keep_default_na=False)
+        idx.validate_study_sheet(sheet, cfgmod.CONFIG_DIR / "studies.schema.yaml", index=index)
+        source = f"user study sheet {cfg['studies']}"
+    else:
+        sheet = idx.build_study_sheet(index, mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
+        source = "automatic series choice"
+    sheet = study_dirs(sheet)
+    out = results / "cohort" / "studies.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.to_csv(out, index=False)
+    print(f"index: {len(index.files)} files in {index.series.shape[0]} series, "
+          f"{len(index.problems)} problem files, {len(sheet)} studies ({source}) -> {out}",
+          file=sys.stderr)
+    return 0
+
+
+def _load_sheet_and_files(results: Path):
+    import pandas as pd
+
+    from pipeline.io import index as idx
+
+    sheet = pd.read_csv(results / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
+    index = idx.read_index(results / "index")
+    return sheet, index
+
+
+def cmd_study(args) -> int:
+    from pipeline import config as cfgmod
+    from pipeline.cohort import study_output_dir
+    from pipeline.study import run_study
+
+    cfg = cfgmod.load_config(args.settings)
+    results = Path(args.results)
+    sheet, index = _load_sheet_and_files(results)
+    sel = sheet[(sheet["patient_dir"] == args.patient_dir) & (sheet["study_dir"] == args.study_dir)]
+    if len(sel) != 1:
+        print(f"study {args.patient_dir}/{args.study_dir} not found exactly once in the study sheet",
+              file=sys.stderr)
+        return 2
+    row = sel.iloc[0].to_dict()
+    out = study_output_dir(results, row)
+    prov = run_study(row, index.files, index.root, cfg, out)
+    print(f"study {args.patient_dir}/{args.study_dir}: {prov['status']}, {prov['n_lesions']} lesions, "
+          f"{prov['total_wall_s']:.1f} s -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_cohort(args) -> int:
+    from pipeline.cohort import build_cohort
+
+    results = Path(args.results)
+    sheet, index = _load_sheet_and_files(results)
+    summary = build_cohort(results, sheet, index.problems)
+    print(json.dumps(summary, indent=2), file=sys.stderr)
+    return 0
+
+
+def cmd_phantom(args) -> int:
+    from pipeline.phantom import generate_cohort
+
+    out = Path(args.outdir)
+    t0 = time.perf_counter()
+
+    def progress(i: int, n: int) -> None:
+        el = time.perf_counter() - t0
+        left = el / i * (n - i) if i else float("nan")
+        print(f"phantom patients {i}/{n} written ({el:.1f} s, ~{left:.0f} s left)", file=sys.stderr)
+
+    paths = generate_cohort(out, n_patients=args.patients, size=args.size, seed=args.seed,
+                            progress=progress)
+    print(f"wrote {len(paths)} phantom patient(s) to {out} (truth in each truth.json)")
+    return 0
+
+
+# --------------------------------------------------------------------------- workflow
+def _watch_progress(results: Path, stop: threading.Event, t0: float) -> None:
+    """Print studies done / total and an estimate of the time left while Snakemake runs."""
+    sheet = results / "cohort" / "studies.csv"
+    last = -1
+    while not stop.wait(3.0):
+        if not sheet.exists():
+            continue
+        try:
+            total = max(sum(1 for _ in open(sheet)) - 1, 0)
+        except OSError:
+            continue
+        done = len(list((results / "studies").glob("*/*/provenance.json")))
+        if done != last and total:
+            el = time.perf_counter() - t0
+            left = el / done * (total - done) if done else float("nan")
+            print(f"[hitit] studies done {done}/{total}, elapsed {el:.0f} s, ~{left:.0f} s left",
+                  file=sys.stderr, flush=True)
+            last = done
+
+
+def run_workflow(input_dir: Path, output_dir: Path, *, config_file: str | None, cores: int,
+                 extra: list[str] | None = None, dry_run: bool = False, profile: str | None = None,
+                 overrides: dict | None = None) -> int:
+    """Validate the configuration, then run the Snakefile. Returns Snakemake's exit code."""
+    from pipeline import config as cfgmod
+
+    input_dir = Path(input_dir).resolve()
+    output_dir = Path(output_dir).resolve()
+    ov = {"input": str(input_dir), "output": str(output_dir)}
+    ov = cfgmod.deep_merge(overrides or {}, ov)
+    cfgmod.load_config(config_file, overrides=ov)  # fail fast, naming the key
+    if not input_dir.is_dir():
+        print(f"input archive folder not found: {input_dir}", file=sys.stderr)
+        return 2
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
+           "--directory", str(REPO_ROOT), "--cores", str(cores), "--rerun-incomplete",
+           "--printshellcmds" if os.environ.get("HITIT_VERBOSE") else "--quiet", "rules"]
+    if config_file:
+        cmd += ["--configfile", str(Path(config_file).resolve())]
+    cmd += ["--config", f"input={input_dir}", f"output={output_dir}"]
+    for k, v in (overrides or {}).items():
+        if k not in ("input", "output"):
+            cmd.append(f"{k}={json.dumps(v)}")
+    if profile:
+        cmd += ["--profile", profile]
+    if dry_run:
+        cmd += ["--dry-run"]
+    cmd += list(extra or [])
+    t0 = time.perf_counter()
+    stop = threading.Event()
+    watcher = threading.Thread(target=_watch_progress, args=(output_dir, stop, t0), daemon=True)
+    if not dry_run:
+        watcher.start()
+    try:
+        rc = subprocess.call(cmd, cwd=REPO_ROOT)
+    finally:
+        stop.set()
+    if dry_run:
+        return rc
+    summary_path = output_dir / "cohort" / "summary.json"
+    if summary_path.exists():
+        s = json.loads(summary_path.read_text())
+        print("\n=== HIT-IT run summary ===")
+        print(f"studies: {s['studies']} ({s['studies_done']} done, {s['studies_failed']} failed); "
+              f"lesions: {s['lesions']}; failure records: {s['failures']}; "
+              f"wall time {time.perf_counter() - t0:.1f} s")
+        for name, path in s["tables"].items():
+            print(f"  {name:16s} {path}")
+        print(f"  {'per study':16s} {output_dir / 'studies'}/<patient>/<study>/")
+        print(f"  {'logs':16s} {output_dir / 'logs'}")
+        if s["failures"]:
+            print(f"  failures are listed in {s['tables']['failures']}")
+    else:
+        print(f"workflow ended with exit code {rc}; no cohort summary was written "
+              f"(see {output_dir / 'logs'})", file=sys.stderr)
+    return rc
+
+
+def cmd_run(args) -> int:
+    from pipeline import config as cfgmod
+
+    return run_workflow(Path(args.input), Path(args.output), config_file=args.config,
+                        cores=args.cores, dry_run=args.dry_run, profile=args.profile,
+                        overrides=cfgmod.parse_overrides(args.set))
+
+
+def cmd_demo(args) -> int:
+    archive = SAMPLE_ARCHIVE
+    if not archive.is_dir():
+        print(f"sample archive missing at {archive}; regenerate it with scripts/make_data_samples.py",
+              file=sys.stderr)
+        return 2
+    print(f"HIT-IT demo: running the workflow on the sample cohort in {archive}")
+    rc = run_workflow(archive, Path(args.output), config_file=None, cores=args.cores)
+    if rc == 0:
+        from pipeline.validation import compare_with_truth
+
+        report = compare_with_truth(Path(args.output), archive)
+        print(report)
+    return rc
+
+
+# --------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hitit", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run the workflow on a DICOM archive")
+    r.add_argument("--input", required=True, help="archive root folder")
+    r.add_argument("--output", required=True, help="results folder")
+    r.add_argument("--config", help="YAML file overriding configs/config.yaml")
+    r.add_argument("--cores", type=int, default=2)
+    r.add_argument("--profile", help="Snakemake profile folder, e.g. configs/profiles/slurm")
+    r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set ranking.injections_per_session=1")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="run the workflow on the bundled sample cohort")
+    d.add_argument("--output", default="demo_results")
+    d.add_argument("--cores", type=int, default=2)
+    d.set_defaults(func=cmd_demo)
+
+    ph = sub.add_parser("phantom", help="write ground-truth PET/CT phantom patients")
+    ph.add_argument("outdir")
+    ph.add_argument("--patients", type=int, default=1)
+    ph.add_argument("--size", choices=["small", "full"], default="small")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.set_defaults(func=cmd_phantom)
+
+    i = sub.add_parser("index", help="(workflow step) header-only archive scan and study sheet")
+    i.add_argument("--input", required=True)
+    i.add_argument("--output", required=True)
+    i.add_argument("--settings", help="validated configuration YAML")
+    i.set_defaults(func=cmd_index)
+
+    s = sub.add_parser("study", help="(workflow step) one study end to end")
+    s.add_argument("--results", required=True)
+    s.add_argument("--patient-dir", required=True)
+    s.add_argument("--study-dir", required=True)
+    s.add_argument("--settings", help="validated configuration YAML")
+    s.set_defaults(func=cmd_study)
+
+    c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
+    c.add_argument("--results", required=True)
+    c.set_defaults(func=cmd_cohort)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pipeline.errors import PipelineError
+
+    args = build_parser().parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except PipelineError as exc:
+        print(f"hitit: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Batch bookkeeping: the study sheet with sanitized output folders, and the cohort tables.
+
+The cohort step only concatenates per-study tables; it computes nothing new.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.io.provenance import write_json
+from pipeline.io.tables import FAILURE_COLUMNS, failures_frame, read_table, write_table
+
+log = logging.getLogger(__name__)
+
+
+def study_dirs(sheet: pd.DataFrame) -> pd.DataFrame:
+    """Add ``patient_dir`` and ``study_dir``: sanitized, collision-free folder names."""
+    from pipeline.io.sanitize import safe_id
+
+    df = sheet.copy()
+    df["patient_dir"] = [safe_id(str(p)) for p in df["patient_id"].fillna("")]
+    df["study_dir"] = [safe_id(str(s)) for s in df["study_uid"].fillna("")]
+    return df
+
+
+def study_output_dir(results: Path, row: dict) -> Path:
+    """``RESULTS/studies/<patient_dir>/<study_dir>``; never outside ``RESULTS``."""
+    results = Path(results).resolve()
+    out = (results / "studies" / str(row["patient_dir"]) / str(row["study_dir"])).resolve()
+    if results not in out.parents:
+        raise ValueError(f"refusing to write outside the results folder: {out}")
+    return out
+
+
+def index_failures(problems: pd.DataFrame) -> list[dict]:
+    """Index problems (unreadable, truncated, non-DICOM files) as failure records."""
+    recs = []
+    for p in problems.to_dict(orient="records"):
+        recs.append({
+            "patient_id": p.get("patient_id", "") or "", "study_uid": p.get("study_uid", "") or "",
+            "stage": "index", "error_class": p.get("error_class", "DicomReadError"),
+            "message": p.get("reason", ""), "file": p.get("path", ""),
+            "series_uid": p.get("series_uid", "") or "", "tag": p.get("tag", "") or "",
+            "hint": p.get("hint", "") or "",
+        })
+    return recs
+
+
+def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | None) -> dict:
+    """Concatenate the per-study tables into ``RESULTS/cohort``.
+
+    Returns a summary dict (also written to ``cohort/summary.json``).
+    """
+    results = Path(results)
+    cohort = results / "cohort"
+    lesions, rankings, failures, status = [], [], [], []
+    for row in sheet.to_dict(orient="records"):
+        d = study_output_dir(results, row)
+        prov_path = d / "provenance.json"
+        if not prov_path.exists():
+            failures.append({"patient_id": row.get("patient_id", ""), "study_uid": row.get("study_uid", ""),
+                             "stage": "workflow", "error_class": "MissingOutput",
+                             "message": "the study job produced no provenance.json", "file": str(d)})
+            status.append({"patient_dir": row["patient_dir"], "study_uid": row["study_uid"], "status": "missing"})
+            continue
+        prov = json.loads(prov_path.read_text())
+        status.append({"patient_dir": row["patient_dir"], "study_uid": row["study_uid"],
+                       "status": prov.get("status", "unknown"), "n_lesions": prov.get("n_lesions", 0),
+                       "wall_s": prov.get("total_wall_s")})
+        les = read_table(d / "lesions.csv")
+        if not les.empty:
+            lesions.append(les)
+        rk = read_table(d / "ranking.csv")
+        if not rk.empty:
+            rankings.append(rk)
+        fl = pd.read_csv(d / "failures.csv", dtype=str, keep_default_na=False)
+        if not fl.empty:
+            failures.extend(fl.to_dict(orient="records"))
+    if problems is not None and not problems.empty:
+        failures = index_failures(problems) + failures
+    les_df = pd.concat(lesions, ignore_index=True) if lesions else pd.DataFrame(
+        columns=["patient_id", "study_uid", "lesion_id", "lesion_label"])
+    rk_df = pd.concat(rankings, ignore_index=True) if rankings else pd.DataFrame(
+        columns=["patient_id", "study_uid", "lesion_id", "lesion_label", "role", "tier", "rank",
+                 "score", "reasons", "explanation"])
+    write_table(les_df, cohort / "lesions.csv", parquet=True)
+    write_table(rk_df, cohort / "ranking.csv")
+    write_table(failures_frame(failures)[FAILURE_COLUMNS], cohort / "failures.csv")
+    write_table(pd.DataFrame(status), cohort / "status.csv")
+    summary = {
+        "studies": len(sheet),
+        "studies_done": sum(1 for s in status if s["status"] == "done"),
+        "studies_failed": sum(1 for s in status if s["status"] != "done"),
+        "lesions": int(len(les_df)),
+        "failures": len(failures),
+        "tables": {
+            "lesions": str(cohort / "lesions.csv"),
+            "lesions_parquet": str(cohort / "lesions.parquet"),
+            "ranking": str(cohort / "ranking.csv"),
+            "failures": str(cohort / "failures.csv"),
+            "status": str(cohort / "status.csv"),
+        },
+    }
+    write_json(cohort / "summary.json", summary)
+    return summary

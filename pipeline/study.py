@@ -1,0 +1,343 @@
+"""One study end to end: load each series once, map masks once, crop per lesion, call the stages.
+
+Data flow: study-sheet row -> ``io`` loads CT, contrast CT and PET once -> lesion and organ masks
+on the grid of the CT they were drawn on -> body mask and skin surface once -> for every lesion
+the feature and anatomy functions work on the lesion crop -> ``ranking`` sees only the lesion
+table -> tables and ``provenance.json`` are written atomically.
+
+A :class:`~pipeline.errors.PipelineError` in a stage that the study cannot do without (CT or
+masks) marks the study failed, with the file, series and tag in ``failures.csv``; an error in an
+optional input (PET, SUV tags, organ masks) degrades the affected columns to empty values with a
+reason. Unexpected exceptions are recorded as ``InternalError`` with the traceback in the job
+log; the job still writes its (empty) tables so that one study never stops the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from pipeline import config as cfgmod
+from pipeline.errors import InternalError, PipelineError, SegmentationError
+from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
+from pipeline.io.tables import failures_frame, write_table
+from pipeline.records import LesionMask, SegmentKind
+
+log = logging.getLogger(__name__)
+
+LESION_ID_COLUMNS = [
+    "patient_id", "study_uid", "lesion_id", "lesion_label", "mask_source", "mask_series_uid",
+    "segment_number", "tracking_uid",
+]
+
+
+def lesion_ids(labels: list[str]) -> list[str]:
+    """Stable, readable lesion identifiers from lesion labels (order-independent for unique labels).
+
+    Lowercase ASCII slug of the label; a label that occurs more than once gets ``-2``, ``-3`` ...
+    in input order (SEG segment number / ROI number order).
+    """
+    out, seen = [], {}
+    for label in labels:
+        slug = re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "lesion"
+        n = seen.get(slug, 0) + 1
+        seen[slug] = n
+        out.append(slug if n == 1 else f"{slug}-{n}")
+    return out
+
+
+class StudyInputs:
+    """Paths of the series of one study, from the index and the study sheet."""
+
+    def __init__(self, row: dict, files: pd.DataFrame, root: Path) -> None:
+        self.row = row
+        self.root = Path(root)
+        self._files = files
+
+    def paths(self, series_uid: str) -> list[Path]:
+        sel = self._files[self._files["series_uid"] == series_uid]
+        return [self.root / p for p in sel["path"].tolist()]
+
+    def uid(self, key: str) -> str:
+        v = self.row.get(key)
+        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
+def _load_masks(inp: StudyInputs, source: str, ref: str, grids: dict, cfg: dict) -> list[LesionMask]:
+    """Read one segmentation object (SEG, RTSTRUCT or label map) onto its referenced grid."""
+    from pipeline.io import labelmap, rtstruct, seg
+
+    pats = dict(
+        lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
+        organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]),
+    )
+    if source == "seg":
+        paths = inp.paths(ref)
+        if not paths:
+            raise SegmentationError("SEG series listed in the study sheet has no files", series_uid=ref)
+        return seg.read_seg(paths[0], grids=grids, **pats)
+    if source == "rtstruct":
+        paths = inp.paths(ref)
+        if not paths:
+            raise SegmentationError("RTSTRUCT listed in the study sheet has no files", series_uid=ref)
+        ref_uid = _rtstruct_reference(paths[0], grids)
+        return rtstruct.read_rtstruct(paths[0], grid=grids[ref_uid], series_uid=ref_uid, **pats)
+    if source == "labelmap":
+        path = inp.root / ref
+        side = labelmap.read_sidecar(path)
+        ref_uid = str(side.get("referenced_series_uid", ""))
+        if ref_uid not in grids:
+            raise SegmentationError(
+                f"label map refers to series {ref_uid or '(none)'} which is not loaded for this study",
+                file=path, hint="set referenced_series_uid in the JSON sidecar to the CT it was drawn on",
+            )
+        names = {int(k): str(v) for k, v in side.get("labels", {}).items()}
+        kind = SegmentKind(side.get("kind", "lesion"))
+        return labelmap.read_labelmap(path, grid=grids[ref_uid], names=names, kind=kind)
+    raise SegmentationError(f"unknown mask source {source!r} in the study sheet")
+
+
+def _rtstruct_reference(path: Path, grids: dict) -> str:
+    """SeriesInstanceUID an RTSTRUCT refers to (must be a loaded series)."""
+    import pydicom
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True)
+    uids = []
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []):
+        for st in fr.get("RTReferencedStudySequence", []):
+            for se in st.get("RTReferencedSeriesSequence", []):
+                uids.append(str(se.SeriesInstanceUID))
+    for u in uids:
+        if u in grids:
+            return u
+    raise SegmentationError(
+        f"RTSTRUCT refers to series {uids or '(none)'}, none of which is a loaded image series of "
+        "this study",
+        file=path, series_uid=str(ds.get("SeriesInstanceUID", "")),
+        tag="RTReferencedSeriesSequence (3006,0014)",
+        hint="add the referenced CT to the archive or fix the study sheet",
+    )
+
+
+def run_study(
+    row: dict,
+    files: pd.DataFrame,
+    archive_root: Path,
+    cfg: dict,
+    out_dir: Path,
+) -> dict:
+    """Process one study and write its tables and provenance into ``out_dir``.
+
+    Parameters
+    ----------
+    row : one row of the study sheet (``cohort/studies.csv``).
+    files : the index's file table (path relative to ``archive_root``, series_uid ...).
+    archive_root : root of the DICOM archive.
+    cfg : validated configuration.
+    out_dir : ``RESULTS/studies/<patient_dir>/<study_dir>``.
+
+    Returns
+    -------
+    The provenance dict (also written to ``out_dir/provenance.json``).
+    """
+    out_dir = Path(out_dir)
+    timer = StageTimer()
+    inp = StudyInputs(row, files, Path(archive_root))
+    patient_id, study_uid = inp.uid("patient_id"), inp.uid("study_uid")
+    failures: list[dict] = []
+    warnings: list[str] = []
+    lesions = pd.DataFrame()
+    ranking = pd.DataFrame()
+    used_series: dict[str, str] = {}
+    status = "done"
+    try:
+        lesions, ranking, used_series, warnings = _process(inp, cfg, timer)
+    except PipelineError as exc:
+        status = "failed"
+        log.error("study failed at stage %s: %s", exc.stage, exc)
+        failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": exc.stage,
+                         **exc.as_record()})
+    except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch
+        status = "failed"
+        log.error("internal error: %s\n%s", exc, traceback.format_exc())
+        err = InternalError(f"{type(exc).__name__}: {exc}", hint="this is a bug; see the job log")
+        failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
+                         **err.as_record()})
+
+    from pipeline.ranking.select import RANKING_COLUMNS
+
+    if lesions.empty:
+        lesions = pd.DataFrame(columns=LESION_ID_COLUMNS)
+    if ranking.empty:
+        ranking = pd.DataFrame(columns=RANKING_COLUMNS)
+    write_table(lesions, out_dir / "lesions.csv")
+    write_table(ranking, out_dir / "ranking.csv")
+    write_table(failures_frame(failures), out_dir / "failures.csv")
+    prov = {
+        "status": status,
+        "patient_id_sanitized": out_dir.parent.name,
+        "study_uid": study_uid,
+        "finished": now_iso(),
+        "config_hash": cfgmod.config_hash(cfg),
+        "versions": package_versions(),
+        "inputs": {"series": used_series, "study_sheet_row": {k: ("" if pd.isna(v) else v) for k, v in row.items()}},
+        "stages": timer.stages,
+        "total_wall_s": timer.total_s(),
+        "n_lesions": int(len(lesions)),
+        "warnings": warnings,
+        "failures": failures,
+    }
+    prov["inputs"]["study_sheet_row"].pop("patient_name", None)
+    write_json(out_dir / "provenance.json", prov)
+    return prov
+
+
+def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
+    from pipeline.anatomy.body import SkinSurface, body_mask
+    from pipeline.anatomy.site import site_features
+    from pipeline.features.pet import pet_features
+    from pipeline.features.shape import shape_features
+    from pipeline.io import dicom, suv
+    from pipeline.ranking.select import rank_study
+
+    warnings: list[str] = []
+    used: dict[str, str] = {}
+    patient_id, study_uid = inp.uid("patient_id"), inp.uid("study_uid")
+
+    # ---- load each image series once
+    with timer.stage("load_images"):
+        cts = {}
+        for key in ("ct_series_uid", "ce_ct_series_uid"):
+            uid = inp.uid(key)
+            if uid and uid not in cts:
+                cts[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid)
+                used[key] = uid
+        suv_vol = activity = None
+        suv_reason = ""
+        pet_uid = inp.uid("pet_series_uid")
+        if pet_uid:
+            try:
+                activity, headers = dicom.load_pet_activity(inp.paths(pet_uid), series_uid=pet_uid)
+                used["pet_series_uid"] = pet_uid
+                try:
+                    audit = suv.suv_audit(headers, file_hint=str(inp.paths(pet_uid)[0]))
+                    suv_vol = suv.to_suv(activity, audit)
+                    warnings.extend(f"SUV: {w}" for w in audit.warnings)
+                except PipelineError as exc:
+                    suv_reason = f"SUV unavailable: {exc}"
+                    warnings.append(suv_reason)
+            except PipelineError as exc:
+                suv_reason = f"PET unusable: {exc}"
+                warnings.append(suv_reason)
+        else:
+            suv_reason = "no PET series in this study"
+        grids = {uid: v.grid for uid, v in cts.items()}
+        if activity is not None:
+            grids[pet_uid] = activity.grid
+
+    # ---- masks
+    with timer.stage("load_masks"):
+        source, ref = inp.uid("lesion_mask_source"), inp.uid("lesion_mask_ref")
+        if not source or not ref:
+            raise SegmentationError(
+                "no lesion segmentation (SEG, RTSTRUCT or label map) found for this study",
+                hint="add a lesion segmentation to the archive or name one in the study sheet",
+            )
+        used["lesion_mask"] = ref
+        masks = [m for m in _load_masks(inp, source, ref, grids, cfg) if m.kind != SegmentKind.ORGAN]
+        masks = [m for m in masks if m.voxel_count > 0]
+        if not masks:
+            raise SegmentationError("the lesion segmentation holds no non-empty lesion segment",
+                                    series_uid=ref)
+        organs: dict[str, LesionMask] = {}
+        osrc, oref = inp.uid("organ_mask_source"), inp.uid("organ_mask_ref")
+        if osrc and oref:
+            try:
+                for m in _load_masks(inp, osrc, oref, grids, cfg):
+                    if m.kind != SegmentKind.LESION and m.voxel_count > 0:
+                        organs[m.name] = m
+                used["organ_mask"] = oref
+            except PipelineError as exc:
+                warnings.append(f"organ masks unusable, organ will be unknown: {exc}")
+                organs = {}
+        lesion_grid = masks[0].grid
+        organs = _organs_on_grid(organs, lesion_grid)
+
+    # ---- body and skin, once, on the CT the lesions were drawn on
+    with timer.stage("anatomy_setup"):
+        ct_for_body = next((v for v in cts.values() if v.grid.same_as(lesion_grid)), None)
+        skin = None
+        skin_reason = ""
+        if ct_for_body is None:
+            skin_reason = "no CT on the lesion mask's grid"
+        else:
+            body = body_mask(ct_for_body.array, ct_for_body.grid,
+                             threshold_hu=cfg["anatomy"]["body_threshold_hu"])
+            skin = SkinSurface.from_body_mask(body, ct_for_body.grid)
+            del body
+
+    # ---- per lesion: crops only
+    a = cfg["anatomy"]
+    rows = []
+    ids = lesion_ids([m.name for m in masks])
+    with timer.stage("features"):
+        for lid, m in zip(ids, masks):
+            shp = shape_features(m)
+            pet = pet_features(m, suv_vol, activity=activity, suv_reason=suv_reason,
+                               peak_volume_ml=cfg["features"]["pet"]["peak_volume_ml"],
+                               min_coverage=cfg["features"]["pet"]["min_coverage"])
+            site = site_features(
+                m, organs=organs, skin=skin,
+                node_name_patterns=tuple(a["node_name_patterns"]),
+                superficial_depth_mm=a["superficial_depth_mm"],
+                organ_min_overlap=a["organ_min_overlap"],
+                organ_max_distance_mm=a["organ_max_distance_mm"],
+                vessel_names=tuple(a["vessel_names"]),
+                margin_mm=a["distance_margin_mm"],
+            )
+            row = {
+                "patient_id": patient_id, "study_uid": study_uid, "lesion_id": lid,
+                "lesion_label": m.name, "mask_source": m.source.value,
+                "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
+                "tracking_uid": m.tracking_uid,
+            }
+            row.update(asdict(shp))
+            row.update(asdict(site))
+            if skin is None and not row.get("skin_depth_reason"):
+                row["skin_depth_reason"] = skin_reason
+            row.update(asdict(pet))
+            rows.append(row)
+    lesions = pd.DataFrame(rows)
+
+    with timer.stage("ranking"):
+        ranking = rank_study(lesions, cfg["ranking"])
+    return lesions, ranking, used, warnings
+
+
+def _organs_on_grid(organs: dict[str, LesionMask], grid) -> dict[str, LesionMask]:
+    """Bring organ masks onto the lesion grid once (nearest neighbour), if they differ."""
+    from pipeline.geometry import bbox_of, resample
+
+    out = {}
+    for name, m in organs.items():
+        if m.grid.same_as(grid):
+            out[name] = m
+            continue
+        full = resample(m.full(), m.grid, grid, interpolation="nearest")
+        bb = bbox_of(full)
+        if bb is None:
+            continue
+        crop = full[tuple(slice(b0, b1) for b0, b1 in bb)]
+        out[name] = LesionMask(
+            name=m.name, source=m.source, grid=grid, bbox_zyx=bb, crop=crop, kind=m.kind,
+            source_uid=m.source_uid, referenced_series_uid=m.referenced_series_uid,
+            segment_number=m.segment_number, tracking_uid=m.tracking_uid,
+        )
+        log.info("organ mask %s resampled onto the lesion grid (nearest neighbour)", name)
+    return out
