@@ -1,0 +1,212 @@
+"""Body outline from CT (patient table removed) and the skin surface used for depths.
+
+Both are whole-volume products, computed ONCE per study and reused for every lesion:
+
+>>> body = body_mask(ct.array, ct.grid)                       # doctest: +SKIP
+>>> skin = SkinSurface.from_body_mask(body, ct.grid)          # doctest: +SKIP
+>>> skin.depth_mm(points_lps)                                 # doctest: +SKIP
+
+Frames and units: arrays (z, y, x) = (slice, row, column); points DICOM LPS mm; HU for CT.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+from scipy.spatial import cKDTree
+
+from pipeline.errors import FeatureError
+from pipeline.geometry import Grid, bbox_of, surface_points_lps
+
+log = logging.getLogger(__name__)
+
+
+def _disk_structure(radius_y_px: float, radius_x_px: float) -> np.ndarray:
+    """In-plane elliptic disk as a (1, ny, nx) structuring element (no extent across slices)."""
+    ry = max(int(np.floor(radius_y_px)), 0)
+    rx = max(int(np.floor(radius_x_px)), 0)
+    y, x = np.mgrid[-ry : ry + 1, -rx : rx + 1]
+    disk = (y / max(radius_y_px, 1e-9)) ** 2 + (x / max(radius_x_px, 1e-9)) ** 2 <= 1.0 + 1e-9
+    return disk[None, :, :]
+
+
+def _fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
+    """Fill holes slice by slice: background not 4-connected in-plane to the slice border.
+
+    One labelling call for all slices (the structure has no connectivity across slices).
+    """
+    padded = np.pad(mask, ((0, 0), (1, 1), (1, 1)), constant_values=False)
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    lab, n = ndi.label(~padded, structure=structure)
+    border = np.unique(
+        np.concatenate(
+            [lab[:, 0, :].ravel(), lab[:, -1, :].ravel(), lab[:, :, 0].ravel(), lab[:, :, -1].ravel()]
+        )
+    )
+    outside = np.zeros(n + 1, dtype=bool)
+    outside[border] = True
+    outside[0] = False
+    return ~outside[lab][:, 1:-1, 1:-1]
+
+
+def body_mask(
+    ct_hu: np.ndarray,
+    grid: Grid,
+    *,
+    threshold_hu: float = -300.0,
+    opening_radius_mm: float = 3.0,
+    min_component_ml: float = 100.0,
+    work_pixel_mm: float = 2.0,
+) -> np.ndarray:
+    """Binary body mask of a CT, without the patient table, lungs and bowel gas filled in.
+
+    Steps
+    -----
+    1. Threshold: ``ct_hu > threshold_hu``.
+    2. On an in-plane subsampled copy (pixels of about ``work_pixel_mm``; stride
+       ``floor(work_pixel_mm / max(sx, sy))``, at least 1), an in-plane opening with a disk of
+       radius ``opening_radius_mm`` cuts thin bridges (blankets, cushions, table pads) between
+       body and table.
+    3. 3D connected components (6-connectivity) of the opened mask: the largest is the body.
+       Other components of at least ``min_component_ml`` mL are kept too (arms lying beside the
+       trunk) when their centroid row lies within the row range of the largest component; the
+       table lies beyond the body along the row (j, anterior-posterior for axial scans) axis
+       and is dropped.
+    4. The kept components are dilated by the opening radius plus one work pixel and brought
+       back to full resolution; the body is the full-resolution threshold inside that region,
+       so the skin edge keeps full resolution and only a stub of a cut bridge (at most the
+       opening radius long) can remain.
+    5. Holes are filled slice by slice (lungs, bowel gas, trachea are inside the body; air
+       reaching the slice border in-plane, e.g. in front of the face, stays outside).
+
+    Parameters
+    ----------
+    ct_hu : (z, y, x) array
+        CT in HU on ``grid``.
+    grid : Grid
+        Geometry of ``ct_hu`` (spacing in mm).
+    threshold_hu : float
+        Tissue threshold, HU.
+    opening_radius_mm : float
+        Radius of the in-plane opening disk, mm. Bridges thinner than about twice this are cut.
+    min_component_ml : float
+        Smallest extra component (beside the largest) kept, mL.
+    work_pixel_mm : float
+        Target in-plane pixel size of the subsampled copy used for steps 2-4, mm.
+
+    Returns
+    -------
+    (z, y, x) bool array on ``grid``.
+
+    Raises
+    ------
+    FeatureError
+        If nothing in the CT is above ``threshold_hu``.
+    """
+    ct = np.asarray(ct_hu)
+    if tuple(ct.shape) != tuple(grid.shape_zyx):
+        raise FeatureError(f"CT shape {ct.shape} does not match its grid {grid.shape_zyx}")
+    th = ct > threshold_hu
+    if not th.any():
+        raise FeatureError(
+            f"no CT voxel above {threshold_hu} HU: cannot find the body",
+            hint="check the CT rescale (HU) or the body threshold in the config",
+        )
+    sx, sy, sz = grid.spacing_xyz_mm
+    f = max(1, int(np.floor(work_pixel_mm / max(sx, sy) + 1e-9)))
+    low = th[:, ::f, ::f]
+    ry, rx = opening_radius_mm / (sy * f), opening_radius_mm / (sx * f)
+    if min(ry, rx) >= 1.0:
+        low_open = ndi.binary_opening(low, structure=_disk_structure(ry, rx))
+    else:
+        low_open = low
+    lab, n = ndi.label(low_open)
+    if n == 0:
+        log.warning("body opening removed everything; using the raw threshold")
+        lab, n = ndi.label(low)
+    sizes = np.bincount(lab.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    main = int(np.argmax(sizes))
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[main] = True
+    voxel_ml_low = grid.voxel_volume_mm3 * f * f / 1000.0
+    big = np.flatnonzero(sizes * voxel_ml_low >= min_component_ml)
+    if len(big) > 1:
+        rows = np.arange(lab.shape[1], dtype=float)
+        row_sum = ndi.sum_labels(np.broadcast_to(rows[None, :, None], lab.shape), lab, big)
+        row_mean = row_sum / sizes[big]
+        main_rows = np.flatnonzero((lab == main).any(axis=(0, 2)))
+        r0, r1 = main_rows[0], main_rows[-1]
+        for lbl, rm in zip(big, row_mean):
+            if lbl != main and r0 <= rm <= r1:
+                keep[lbl] = True
+            elif lbl != main:
+                log.info(
+                    "dropped a %.0f mL component beyond the body's row range (table?)",
+                    sizes[lbl] * voxel_ml_low,
+                )
+    core = keep[lab]
+    grow = _disk_structure(ry + 1.0, rx + 1.0)
+    region_low = ndi.binary_dilation(core, structure=grow)
+    region = np.repeat(np.repeat(region_low, f, axis=1), f, axis=2)[:, : th.shape[1], : th.shape[2]]
+    body = th & region
+    bb = bbox_of(body)
+    if bb is None:  # pragma: no cover - th non-empty and core non-empty
+        return body
+    sl = tuple(slice(a, b) for a, b in bb)
+    out = np.zeros_like(body)
+    out[sl] = _fill_holes_in_plane(body[sl])
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class SkinSurface:
+    """Skin points of one study in a KD-tree, for skin-depth queries.
+
+    Attributes
+    ----------
+    points_lps : (N, 3) float array
+        Skin points, LPS mm: midpoints of the in-plane faces between body and outside voxels.
+        The caps where the first and last slices cut the body are not skin and are left out.
+        Where the body is cut by the in-plane field of view, the cut faces are kept (the true
+        skin is outside the image and unknown).
+    tree : scipy.spatial.cKDTree
+        KD-tree over ``points_lps``.
+    """
+
+    points_lps: np.ndarray
+    tree: cKDTree
+
+    @classmethod
+    def from_body_mask(cls, body: np.ndarray, grid: Grid) -> "SkinSurface":
+        """Build the skin surface from a body mask (z, y, x) on ``grid``. Once per study.
+
+        Raises
+        ------
+        FeatureError
+            If the body mask is empty.
+        """
+        body = np.asarray(body, dtype=bool)
+        bb = bbox_of(body)
+        if bb is None:
+            raise FeatureError("body mask is empty: no skin surface", hint="check body_mask input")
+        sl = tuple(slice(a, b) for a, b in bb)
+        pts = surface_points_lps(
+            body[sl], grid, offset_zyx=tuple(a for a, _ in bb), in_plane_only=True
+        )
+        if len(pts) == 0:
+            raise FeatureError("body mask has no in-plane surface: no skin surface")
+        log.debug("skin surface: %d points", len(pts))
+        return cls(points_lps=pts, tree=cKDTree(pts))
+
+    def depth_mm(self, points_lps: np.ndarray) -> np.ndarray:
+        """Distance (mm) from each (N, 3) LPS point to the nearest skin point; shape (N,)."""
+        pts = np.asarray(points_lps, dtype=float).reshape(-1, 3)
+        if len(pts) == 0:
+            return np.zeros(0)
+        d, _ = self.tree.query(pts)
+        return np.asarray(d, dtype=float)

@@ -1,0 +1,106 @@
+"""Body mask (table removal, hole filling) and skin depth against an analytic elliptic cylinder."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline.anatomy.body import SkinSurface, body_mask
+from pipeline.errors import FeatureError
+from pipeline.geometry import Grid
+
+GRID = Grid((24, 320, 320), (0.8, 0.8, 2.5), (-127.6, -127.6, -30.0))
+A, B = 95.0, 65.0  # body ellipse semi-axes along x (left) and y (posterior), mm
+TABLE_Y = (75.0, 85.0)  # table slab rows (posterior of the body: +y), mm; 10 mm air gap
+
+
+def plane_xy(grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    ny, nx = grid.shape_zyx[1:]
+    j, i = np.mgrid[0:ny, 0:nx]
+    sx, sy, _ = grid.spacing_xyz_mm
+    return grid.origin_lps_mm[0] + i * sx, grid.origin_lps_mm[1] + j * sy
+
+
+def phantom_ct(grid: Grid = GRID, *, bridge: bool = False, arm: bool = False, seed: int = 0):
+    x, y = plane_xy(grid)
+    ell = (x / A) ** 2 + (y / B) ** 2 <= 1.0
+    sl = np.full(x.shape, -1000.0, np.float32)
+    sl[ell] = 40.0
+    sl[(((x + 40) / 28) ** 2 + ((y + 5) / 35) ** 2) <= 1] = -850.0  # right lung
+    sl[(((x - 40) / 28) ** 2 + ((y + 5) / 35) ** 2) <= 1] = -850.0  # left lung
+    sl[((x / 8) ** 2 + ((y - 40) / 6) ** 2) <= 1] = -950.0  # bowel gas
+    table = (y >= TABLE_Y[0]) & (y < TABLE_Y[1]) & (np.abs(x) < 120)
+    sl[table] = 300.0
+    if bridge:  # a 2.4 mm wide blanket fold touching body and table
+        sl[(np.abs(x - 10.0) <= 1.2) & (y > 50) & (y < TABLE_Y[0])] = -50.0
+    if arm:
+        sl[((x - 112) ** 2 + y**2) <= 12.0**2] = 40.0
+    ct = np.broadcast_to(sl, grid.shape_zyx).copy()
+    ct += np.random.default_rng(seed).normal(0, 15, ct.shape).astype(np.float32)
+    return ct, ell, table
+
+
+def ellipse_distance(px: float, py: float, a: float = A, b: float = B) -> float:
+    """Numerical distance from an in-plane point to the ellipse curve, mm."""
+    t = np.linspace(0, 2 * np.pi, 400_000, endpoint=False)
+    return float(np.min(np.hypot(a * np.cos(t) - px, b * np.sin(t) - py)))
+
+
+def test_table_separated_by_air_gap_is_removed_and_holes_filled():
+    ct, ell, table = phantom_ct()
+    body = body_mask(ct, GRID)
+    assert body.dtype == bool and body.shape == GRID.shape_zyx
+    assert not body[:, table].any()
+    # lungs and bowel gas are inside: every slice equals the ellipse except edge pixels
+    mismatch = body != ell[None]
+    assert mismatch.sum(axis=(1, 2)).max() <= 0.002 * ell.sum()
+
+
+def test_table_touching_through_thin_bridge_is_cut():
+    ct, ell, table = phantom_ct(bridge=True)
+    body = body_mask(ct, GRID, opening_radius_mm=3.0)
+    assert not body[:, table].any()
+    assert (body != ell[None]).sum(axis=(1, 2)).max() <= 0.004 * ell.sum()
+
+
+def test_separate_arm_kept_table_dropped():
+    ct, ell, table = phantom_ct(arm=True)
+    body = body_mask(ct, GRID, min_component_ml=20.0)
+    x, y = plane_xy(GRID)
+    arm = ((x - 112) ** 2 + y**2) <= 10.0**2
+    assert body[:, arm].all()
+    assert not body[:, table].any()
+
+
+def test_empty_ct_raises():
+    with pytest.raises(FeatureError, match="body"):
+        body_mask(np.full(GRID.shape_zyx, -1000.0, np.float32), GRID)
+
+
+@pytest.fixture(scope="module")
+def skin():
+    ct, _, _ = phantom_ct()
+    return SkinSurface.from_body_mask(body_mask(ct, GRID), GRID)
+
+
+@pytest.mark.parametrize(
+    "p", [(0.0, -40.0), (-60.0, 20.0), (70.0, -10.0), (0.0, 0.0), (20.0, 55.0), (-85.0, -20.0)]
+)
+def test_depth_of_points_matches_ellipse(skin, p):
+    z = 0.0
+    truth = ellipse_distance(*p)
+    got = skin.depth_mm(np.array([[p[0], p[1], z]]))[0]
+    assert got == pytest.approx(truth, abs=1.0)
+
+
+def test_slice_caps_are_not_skin(skin):
+    """A point on the first slice, deep in-plane: the cap 1 mm away is not skin."""
+    z0 = GRID.origin_lps_mm[2]
+    got = skin.depth_mm(np.array([[0.0, -10.0, z0]]))[0]
+    assert got == pytest.approx(ellipse_distance(0.0, -10.0), abs=1.0)
+    assert skin.depth_mm(np.zeros((0, 3))).shape == (0,)
+
+
+def test_skin_from_empty_body_raises():
+    with pytest.raises(FeatureError):
+        SkinSurface.from_body_mask(np.zeros(GRID.shape_zyx, bool), GRID)
