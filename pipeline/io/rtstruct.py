@@ -1,0 +1,275 @@
+"""RTSTRUCT -> masks on an image grid, with our own rasterizer.
+
+Rasterization
+-------------
+* Contour points (ContourData, LPS mm) are mapped to continuous (z, y, x) indices with
+  :meth:`pipeline.geometry.Grid.lps_to_zyx`, so oblique and anisotropic grids need no special case.
+* Each CLOSED_PLANAR contour is matched to a slice by position: its mean z index is rounded; the
+  contour must lie within ``slice_tolerance`` (fraction of the slice step) of that slice, inside the
+  stack, and be planar in the grid (z spread of its points <= ``slice_tolerance``).
+* Polygons are filled at voxel centres (``skimage.draw.polygon``: a voxel is inside when its centre
+  is inside the polygon). All contours of one ROI on one slice are combined with XOR (even-odd
+  rule), so holes and nested islands subtract and add as drawn.
+* POINT and OPEN_PLANAR contours carry no area: skipped with a warning.
+
+References
+----------
+The RTSTRUCT must reference the image series it is rasterized on: if its
+RTReferencedSeriesSequence names series and ``series_uid`` is not among them, or (when
+``sop_instance_uids`` of the loaded series are given) a ContourImageSequence names an instance that
+is not in the series, :class:`SegmentationError` names the file and the UID.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Collection, Iterable
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from skimage.draw import polygon as draw_polygon
+
+from pipeline.errors import SegmentationError
+from pipeline.geometry import Grid, bbox_of
+from pipeline.io.dicom import tag_label
+from pipeline.io.seg import (
+    DEFAULT_LESION_NAME_PATTERNS,
+    DEFAULT_ORGAN_NAME_PATTERNS,
+    classify_segment,
+)
+from pipeline.records import LesionMask, MaskSource, SegmentKind
+
+log = logging.getLogger(__name__)
+
+#: RTROIInterpretedType values used when an ROI name matches no pattern.
+LESION_INTERPRETED_TYPES = frozenset({"GTV"})
+ORGAN_INTERPRETED_TYPES = frozenset({"ORGAN", "EXTERNAL", "AVOIDANCE", "BRACHY_CHANNEL"})
+
+
+def rtstruct_references(ds) -> tuple[list[str], list[str]]:
+    """Series and SOP instance UIDs referenced by an RTSTRUCT.
+
+    Returns
+    -------
+    series_uids : list of str
+        From ReferencedFrameOfReferenceSequence > RTReferencedStudySequence >
+        RTReferencedSeriesSequence.
+    sop_instance_uids : list of str
+        From the ContourImageSequence of those series and of every contour (unique, in order).
+    """
+    series: list[str] = []
+    sops: list[str] = []
+    for fr in ds.get("ReferencedFrameOfReferenceSequence", []) or []:
+        for st in fr.get("RTReferencedStudySequence", []) or []:
+            for se in st.get("RTReferencedSeriesSequence", []) or []:
+                if "SeriesInstanceUID" in se:
+                    series.append(str(se.SeriesInstanceUID))
+                for ci in se.get("ContourImageSequence", []) or []:
+                    if "ReferencedSOPInstanceUID" in ci:
+                        sops.append(str(ci.ReferencedSOPInstanceUID))
+    for rc in ds.get("ROIContourSequence", []) or []:
+        for c in rc.get("ContourSequence", []) or []:
+            for ci in c.get("ContourImageSequence", []) or []:
+                if "ReferencedSOPInstanceUID" in ci:
+                    sops.append(str(ci.ReferencedSOPInstanceUID))
+    return list(dict.fromkeys(series)), list(dict.fromkeys(sops))
+
+
+def roi_table(ds) -> list[dict]:
+    """Per ROI of an RTSTRUCT: number, name, RTROIInterpretedType, number of contours."""
+    names = {
+        int(r.ROINumber): str(r.get("ROIName", "") or "")
+        for r in ds.get("StructureSetROISequence", []) or []
+        if "ROINumber" in r
+    }
+    types = {
+        int(o.ReferencedROINumber): str(o.get("RTROIInterpretedType", "") or "").upper()
+        for o in ds.get("RTROIObservationsSequence", []) or []
+        if "ReferencedROINumber" in o
+    }
+    ncont = {
+        int(rc.ReferencedROINumber): len(rc.get("ContourSequence", []) or [])
+        for rc in ds.get("ROIContourSequence", []) or []
+        if "ReferencedROINumber" in rc
+    }
+    return [
+        {"roi_number": n, "name": names[n], "interpreted_type": types.get(n, ""),
+         "n_contours": ncont.get(n, 0)}
+        for n in names
+    ]
+
+
+def classify_roi(
+    name: str,
+    interpreted_type: str,
+    *,
+    lesion_name_patterns: Iterable[str],
+    organ_name_patterns: Iterable[str],
+) -> SegmentKind:
+    """Lesion or organ: name patterns first, then RTROIInterpretedType (GTV vs ORGAN ...)."""
+    kind = classify_segment(name=name, lesion_name_patterns=lesion_name_patterns,
+                            organ_name_patterns=organ_name_patterns)
+    if kind is not SegmentKind.UNKNOWN:
+        return kind
+    if interpreted_type in LESION_INTERPRETED_TYPES:
+        return SegmentKind.LESION
+    if interpreted_type in ORGAN_INTERPRETED_TYPES:
+        return SegmentKind.ORGAN
+    return SegmentKind.UNKNOWN
+
+
+def read_rtstruct(
+    path: str | Path,
+    *,
+    grid: Grid,
+    series_uid: str,
+    lesion_name_patterns: Iterable[str] = DEFAULT_LESION_NAME_PATTERNS,
+    organ_name_patterns: Iterable[str] = DEFAULT_ORGAN_NAME_PATTERNS,
+    sop_instance_uids: Collection[str] | None = None,
+    slice_tolerance: float = 0.5,
+    warnings: list[str] | None = None,
+) -> list[LesionMask]:
+    """Rasterize every non-empty ROI of an RTSTRUCT onto ``grid``.
+
+    Parameters
+    ----------
+    path : path
+        The RTSTRUCT file.
+    grid : Grid
+        Grid of the referenced image series (LPS mm).
+    series_uid : str
+        SeriesInstanceUID of that image series.
+    lesion_name_patterns, organ_name_patterns : iterable of str
+        fnmatch patterns (case-insensitive) telling lesions from organs by ROIName; when no
+        pattern matches, RTROIInterpretedType decides (GTV -> lesion; ORGAN, EXTERNAL, AVOIDANCE
+        -> organ), else the kind is unknown.
+    sop_instance_uids : collection of str, optional
+        SOPInstanceUIDs of the loaded image series; when given, every ContourImageSequence
+        reference must be among them.
+    slice_tolerance : float
+        Largest distance of a contour from its slice, as a fraction of the slice step.
+    warnings : list of str, optional
+        Appended with warnings (empty ROIs, open contours ...), which are also logged.
+
+    Returns
+    -------
+    list of LesionMask
+        One per non-empty ROI, in StructureSetROISequence order; ``crop`` bool (z, y, x) tight to
+        the ROI; ``segment_number`` = ROINumber; ``source_uid`` = the RTSTRUCT's
+        SeriesInstanceUID.
+
+    Raises
+    ------
+    SegmentationError
+        Unreadable file; broken references (names the file and the UID); contours off the grid.
+    """
+    path = Path(path)
+    warn = warnings if warnings is not None else []
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise SegmentationError(
+            f"cannot read RTSTRUCT: {type(exc).__name__}: {exc}", file=path,
+            hint="re-export the structure set",
+        ) from exc
+    rt_uid = str(ds.get("SeriesInstanceUID", ""))
+    if str(ds.get("Modality", "")) != "RTSTRUCT":
+        raise SegmentationError(
+            f"expected Modality RTSTRUCT, found {ds.get('Modality', '')!r}", file=path,
+            series_uid=rt_uid, tag=tag_label("Modality"),
+            hint="pass an RT Structure Set file",
+        )
+    ref_series, ref_sops = rtstruct_references(ds)
+    if ref_series and series_uid not in ref_series:
+        raise SegmentationError(
+            f"RTSTRUCT references image series {', '.join(ref_series)}, expected {series_uid}",
+            file=path, series_uid=rt_uid, tag=tag_label("RTReferencedSeriesSequence"),
+            hint="rasterize the structure set on the series it was drawn on (add that series to "
+            "the archive) or choose another segmentation in the study sheet",
+        )
+    if sop_instance_uids is not None:
+        known = set(sop_instance_uids)
+        missing = [u for u in ref_sops if u not in known]
+        if missing:
+            raise SegmentationError(
+                f"RTSTRUCT references {len(missing)} image instance(s) that are not in series "
+                f"{series_uid}, first {missing[0]}",
+                file=path, series_uid=rt_uid, tag=tag_label("ReferencedSOPInstanceUID"),
+                hint="the referenced CT slices are missing from the archive or the structure set "
+                "belongs to another series; add the slices or choose another segmentation",
+            )
+
+    nz, ny, nx = grid.shape_zyx
+    contours_by_roi: dict[int, list] = {}
+    for rc in ds.get("ROIContourSequence", []) or []:
+        if "ReferencedROINumber" in rc:
+            contours_by_roi[int(rc.ReferencedROINumber)] = list(rc.get("ContourSequence", []) or [])
+
+    out: list[LesionMask] = []
+    for roi in roi_table(ds):
+        n, name = roi["roi_number"], roi["name"]
+        slices: dict[int, np.ndarray] = {}
+        for ci, c in enumerate(contours_by_roi.get(n, [])):
+            gtype = str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
+            data = c.get("ContourData", None)
+            if gtype != "CLOSED_PLANAR" or not data:
+                msg = (f"RTSTRUCT {path.name}: ROI {n} '{name}' contour {ci + 1} is {gtype} "
+                       f"with {len(data or []) // 3} point(s); skipped (no area)")
+                warn.append(msg)
+                log.warning(msg)
+                continue
+            pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
+            zyx = grid.lps_to_zyx(pts)
+            zc = float(zyx[:, 0].mean())
+            k = int(np.rint(zc))
+            spread = float(np.ptp(zyx[:, 0]))
+            if abs(zc - k) > slice_tolerance or not (0 <= k < nz) or spread > slice_tolerance:
+                img_refs = [str(x.ReferencedSOPInstanceUID)
+                            for x in c.get("ContourImageSequence", []) or []
+                            if "ReferencedSOPInstanceUID" in x]
+                ref_txt = f" (ContourImageSequence references {img_refs[0]})" if img_refs else ""
+                raise SegmentationError(
+                    f"ROI {n} '{name}' contour {ci + 1} at LPS z {pts[:, 2].mean():.2f} mm lies on "
+                    f"no slice of series {series_uid}: continuous slice index {zc:.2f} "
+                    f"(spread {spread:.2f}) for {nz} slices, tolerance {slice_tolerance} of a "
+                    f"step{ref_txt}",
+                    file=path, series_uid=rt_uid, tag=tag_label("ContourData"),
+                    hint="the structure set was drawn on another series or slices are missing; "
+                    "rasterize it on the series it references",
+                )
+            rr, cc = draw_polygon(zyx[:, 1], zyx[:, 2], shape=(ny, nx))
+            if len(rr) == 0:
+                continue
+            m = slices.get(k)
+            if m is None:
+                m = np.zeros((ny, nx), dtype=bool)
+                slices[k] = m
+            poly = np.zeros((ny, nx), dtype=bool)
+            poly[rr, cc] = True
+            m ^= poly
+        slices = {k: m for k, m in slices.items() if m.any()}
+        if not slices:
+            msg = f"RTSTRUCT {path.name} (series {rt_uid}): ROI {n} '{name}' is empty; skipped"
+            warn.append(msg)
+            log.warning(msg)
+            continue
+        ks = sorted(slices)
+        stack = np.zeros((ks[-1] - ks[0] + 1, ny, nx), dtype=bool)
+        for k in ks:
+            stack[k - ks[0]] = slices[k]
+        tight = bbox_of(stack)
+        assert tight is not None
+        crop = stack[tuple(slice(a, b) for a, b in tight)].copy()
+        bbox = ((ks[0] + tight[0][0], ks[0] + tight[0][1]), tight[1], tight[2])
+        kind = classify_roi(name, roi["interpreted_type"],
+                            lesion_name_patterns=lesion_name_patterns,
+                            organ_name_patterns=organ_name_patterns)
+        out.append(
+            LesionMask(
+                name=name, source=MaskSource.RTSTRUCT, grid=grid, bbox_zyx=bbox, crop=crop,
+                kind=kind, source_uid=rt_uid, referenced_series_uid=series_uid,
+                segment_number=int(n),
+            )
+        )
+    return out
