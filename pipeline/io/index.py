@@ -72,6 +72,14 @@ DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"
 DEFLATED_TS = "1.2.840.10008.1.2.1.99"
 SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+#: Storage SOP classes that always carry PixelData (CT, enhanced/legacy CT, MR, PET, enhanced/
+#: legacy PET, SEG, secondary capture).
+IMAGE_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",
+    "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1", "1.2.840.10008.5.1.4.1.1.128",
+    "1.2.840.10008.5.1.4.1.1.130", "1.2.840.10008.5.1.4.1.1.128.1",
+    "1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.7",
+})
 _LONG_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR",
              b"UT", b"UV"}
 
@@ -177,7 +185,7 @@ class _Truncated(Exception):
     pass
 
 
-def _skip_meta(fp, start: int) -> int:
+def _skip_meta(fp, start: int, size: int) -> int:
     """Offset of the first element after group 0002 (explicit VR little endian)."""
     fp.seek(start)
     while True:
@@ -197,6 +205,9 @@ def _skip_meta(fp, start: int) -> int:
             length = struct.unpack("<I", ext)[0]
         else:
             length = struct.unpack("<H", hdr[6:8])[0]
+        if fp.tell() + length > size:
+            raise _Truncated(f"file meta element at byte {pos} declares {length} bytes but only "
+                             f"{size - fp.tell()} remain (file cut)")
         fp.seek(fp.tell() + length)
 
 
@@ -286,7 +297,9 @@ def check_complete(path: str | Path, ds: pydicom.Dataset) -> str | None:
         head = fp.read(132)
         start = 132 if len(head) == 132 and head[128:132] == b"DICM" else 0
         try:
-            data_start = _skip_meta(fp, start)
+            data_start = _skip_meta(fp, start, size)
+            if data_start >= size:
+                raise _Truncated("no data set after the file meta information")
             fp.seek(data_start)
             _walk_dataset(fp, size, bool(implicit), "<" if little else ">", nested=False,
                           pixel_info=pixel_info)
@@ -309,9 +322,12 @@ def check_complete(path: str | Path, ds: pydicom.Dataset) -> str | None:
             return (f"PixelData holds {length} bytes, expected {expected} for Rows {rows} x "
                     f"Columns {cols} x SamplesPerPixel {spp} x NumberOfFrames {frames} x "
                     f"BitsAllocated {bits} / 8 (inconsistent or cut file)")
-    elif length is None and str(ds.get("SOPClassUID", "")).startswith("1.2.840.10008.5.1.4.1.1.") \
-            and has_value(ds, "Rows") and "PixelData" not in ds:
-        return "image object without PixelData (file cut before the pixels)"
+    elif length is None:
+        sop = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "")
+                  or ds.get("SOPClassUID", "") or "")
+        if sop in IMAGE_SOP_CLASSES or has_value(ds, "Rows"):
+            return (f"image object (SOP class {sop or 'unknown'}) without PixelData: file cut "
+                    "before the pixels")
     return None
 
 

@@ -74,7 +74,8 @@ def read_sidecar(path: str | Path) -> dict:
     -------
     dict
         ``patient_id``, ``study_uid``, ``referenced_series_uid`` (str, "" when absent), ``kind``
-        (:class:`SegmentKind`), ``names`` (dict int -> str) and ``raw`` (the parsed JSON).
+        (:class:`SegmentKind`), ``names`` (dict int -> str; also under ``labels`` for callers
+        that use the phantom's key) and ``raw`` (the parsed JSON).
 
     Raises
     ------
@@ -132,6 +133,7 @@ def read_sidecar(path: str | Path) -> dict:
         "referenced_series_uid": str(ref),
         "kind": kind,
         "names": names,
+        "labels": dict(names),
         "raw": raw,
     }
 

@@ -42,9 +42,14 @@ from pipeline.records import LesionMask, MaskSource, SegmentKind
 
 log = logging.getLogger(__name__)
 
-#: RTROIInterpretedType values used when an ROI name matches no pattern.
-LESION_INTERPRETED_TYPES = frozenset({"GTV"})
-ORGAN_INTERPRETED_TYPES = frozenset({"ORGAN", "EXTERNAL", "AVOIDANCE", "BRACHY_CHANNEL"})
+#: RTROIInterpretedType values that decide the kind before any name pattern (coded type first:
+#: a GTV named after its site, e.g. "lung_subpleural", is still a lesion).
+DECISIVE_LESION_TYPES = frozenset({"GTV"})
+DECISIVE_ORGAN_TYPES = frozenset({"EXTERNAL"})
+#: RTROIInterpretedType values used only when an ROI name matches no pattern (many tools write
+#: ORGAN for every ROI, so it must not override a lesion-like name).
+FALLBACK_ORGAN_TYPES = frozenset({"ORGAN", "AVOIDANCE", "BRACHY_CHANNEL", "SUPPORT", "FIXATION",
+                                  "CAVITY", "BOLUS"})
 
 
 def rtstruct_references(ds) -> tuple[list[str], list[str]]:
@@ -107,14 +112,22 @@ def classify_roi(
     lesion_name_patterns: Iterable[str],
     organ_name_patterns: Iterable[str],
 ) -> SegmentKind:
-    """Lesion or organ: name patterns first, then RTROIInterpretedType (GTV vs ORGAN ...)."""
+    """Lesion or organ for an RTSTRUCT ROI.
+
+    Order: RTROIInterpretedType GTV -> lesion, EXTERNAL -> organ; then the name patterns
+    (lesion patterns first); then the other organ-like interpreted types (ORGAN, AVOIDANCE ...);
+    else unknown.
+    """
+    itype = (interpreted_type or "").strip().upper()
+    if itype in DECISIVE_LESION_TYPES:
+        return SegmentKind.LESION
+    if itype in DECISIVE_ORGAN_TYPES:
+        return SegmentKind.ORGAN
     kind = classify_segment(name=name, lesion_name_patterns=lesion_name_patterns,
                             organ_name_patterns=organ_name_patterns)
     if kind is not SegmentKind.UNKNOWN:
         return kind
-    if interpreted_type in LESION_INTERPRETED_TYPES:
-        return SegmentKind.LESION
-    if interpreted_type in ORGAN_INTERPRETED_TYPES:
+    if itype in FALLBACK_ORGAN_TYPES:
         return SegmentKind.ORGAN
     return SegmentKind.UNKNOWN
 
@@ -141,9 +154,9 @@ def read_rtstruct(
     series_uid : str
         SeriesInstanceUID of that image series.
     lesion_name_patterns, organ_name_patterns : iterable of str
-        fnmatch patterns (case-insensitive) telling lesions from organs by ROIName; when no
-        pattern matches, RTROIInterpretedType decides (GTV -> lesion; ORGAN, EXTERNAL, AVOIDANCE
-        -> organ), else the kind is unknown.
+        fnmatch patterns (case-insensitive) telling lesions from organs by ROIName, used after
+        the decisive RTROIInterpretedType values (GTV -> lesion, EXTERNAL -> organ); see
+        :func:`classify_roi`.
     sop_instance_uids : collection of str, optional
         SOPInstanceUIDs of the loaded image series; when given, every ContourImageSequence
         reference must be among them.

@@ -1,0 +1,270 @@
+"""Header-only archive index, persistence, study sheet and its validation."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+from io_synth import make_series, write_rtstruct, write_seg
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from pipeline.errors import ConfigError
+from pipeline.geometry import Grid
+from pipeline.io.index import (
+    build_study_sheet,
+    check_complete,
+    read_index,
+    read_study_sheet,
+    scan_archive,
+    validate_study_sheet,
+    write_index,
+)
+
+SCHEMA = Path(__file__).resolve().parents[2] / "configs" / "studies.schema.yaml"
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A messy archive: 2 CT phases, PET, localizer, SEG x2, RTSTRUCT, label map, junk."""
+    root = tmp_path_factory.mktemp("archive")
+    study = generate_uid()
+    nc = make_series(root / "p1" / "a", study_uid=study, description="CT ABD NON-CONTRAST",
+                     n=6, names="bare")
+    ce = make_series(root / "p1" / "b", study_uid=study, description="Abdomen 5mm", n=8,
+                     extra=lambda ds, k: setattr(ds, "ContrastBolusAgent", "Iohexol"))
+    short_nc = make_series(root / "p1" / "c", study_uid=study, description="native", n=3)
+    pet = make_series(root / "p1" / "pet", modality="PT", study_uid=study, n=4,
+                      description="PET AC")
+    nac = make_series(root / "p1" / "nac", modality="PT", study_uid=study, n=4,
+                      description="PET NAC",
+                      extra=lambda ds, k: setattr(ds, "CorrectedImage", ["DECY"]))
+    loc = make_series(root / "p1" / "loc", study_uid=study, description="Topogram", n=1,
+                      extra=lambda ds, k: setattr(ds, "ImageType",
+                                                  ["ORIGINAL", "PRIMARY", "LOCALIZER"]))
+    mask = np.zeros((6, 8, 10), bool)
+    mask[2:4, 3:6, 4:8] = True
+    seg_les = write_seg(root / "p1" / "seg_lesions.dcm", ref=nc, masks={1: mask},
+                        labels={1: "target 1"}, category="lesion")
+    seg_org = write_seg(root / "p1" / "seg_organs.dcm", ref=ce, masks={1: np.ones((8, 8, 10), bool)},
+                        labels={1: "liver"}, category="organ")
+    # SEG of a series that is not in the archive
+    ghost = make_series(root / "ghost", study_uid=study, n=6)
+    seg_ghost = write_seg(root / "p1" / "seg_ghost.dcm", ref=ghost, masks={1: mask},
+                          labels={1: "lesion x"}, category="lesion")
+    shutil.rmtree(root / "ghost")
+    sq = np.array([[0, 0, 0], [3, 0, 0], [3, 3, 0], [0, 3, 0]], float) + nc.positions[1]
+    rt = write_rtstruct(root / "p1" / "rt", ref=nc, rois=[(1, "GTV_1", [sq])])
+    # label map with sidecar
+    import json
+
+    import nibabel as nib
+
+    grid = Grid((6, 8, 10), (0.7, 0.8, 2.5), tuple(nc.positions[0]))
+    lab = np.zeros((10, 8, 6), np.uint8)
+    lab[2:5, 2:5, 1:3] = 1
+    (root / "p1" / "lm").mkdir()
+    nib.save(nib.Nifti1Image(lab, grid.nifti_affine_ras()), root / "p1" / "lm" / "les.nii.gz")
+    (root / "p1" / "lm" / "les.json").write_text(json.dumps({
+        "patient_id": "P001", "study_uid": study, "referenced_series_uid": nc.series_uid,
+        "kind": "lesion", "names": {"1": "lesion_1"}}))
+    # a NIfTI without sidecar, junk, a truncated file, a DICOMDIR, a raw (no preamble) file
+    shutil.copy(root / "p1" / "lm" / "les.nii.gz", root / "p1" / "orphan.nii.gz")
+    (root / "notes.txt").write_text("not dicom at all\n")
+    (root / "empty.dcm").write_bytes(b"")
+    data = nc.paths[0].read_bytes()
+    (root / "cut_in_pixels.dcm").write_bytes(data[: len(data) - 40])
+    (root / "cut_in_header.dcm").write_bytes(data[:300])
+    dd = Dataset()
+    dd.file_meta = FileMetaDataset()
+    dd.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    dd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    dd.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    dd.FileSetID = "TEST"
+    dd.DirectoryRecordSequence = []
+    dd.save_as(root / "DICOMDIR", enforce_file_format=True)
+    raw = make_series(root / "raw", study_uid=generate_uid(), patient_id="P002", n=2,
+                      order="sorted", write=False)
+    for p, ds in zip(raw.paths, raw.datasets):
+        ds.preamble = None
+        pydicom.dcmwrite(p, ds, enforce_file_format=False)
+    return {
+        "root": root, "study": study, "nc": nc, "ce": ce, "short_nc": short_nc, "pet": pet,
+        "nac": nac, "loc": loc, "seg_les": seg_les, "seg_org": seg_org, "seg_ghost": seg_ghost,
+        "rt": rt, "raw": raw,
+    }
+
+
+@pytest.fixture(scope="module")
+def index(archive):
+    calls = []
+    ix = scan_archive(archive["root"], progress=lambda d, t: calls.append((d, t)))
+    ix.meta["_calls"] = calls
+    return ix
+
+
+def _row(ix, uid):
+    return ix.series_row(uid)
+
+
+def test_problems_listed_with_reasons(index):
+    pr = index.problems.set_index("path")
+    assert "not a DICOM file" in pr.loc["notes.txt", "reason"]
+    assert "not a DICOM file" in pr.loc["empty.dcm", "reason"]
+    assert "truncated" in pr.loc["cut_in_pixels.dcm", "reason"]
+    assert "remain" in pr.loc["cut_in_pixels.dcm", "reason"]
+    assert pr.loc["cut_in_header.dcm", "error_class"] == "DicomReadError"
+    assert "sidecar" in pr.loc["p1/orphan.nii.gz", "reason"]
+    assert "DICOMDIR" not in pr.index
+    assert "DICOMDIR" not in set(index.files["path"])
+    assert len(pr) == 5
+
+
+def test_progress_reported(index):
+    calls = index.meta["_calls"]
+    assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
+
+
+def test_files_recognised_by_content(index, archive):
+    paths = set(index.files["path"])
+    assert {p.relative_to(archive["root"]).as_posix() for p in archive["nc"].paths} <= paths
+    assert "p1/rt" in paths  # RTSTRUCT without extension
+    raw_rows = index.files[index.files["patient_id"] == "P002"]
+    assert len(raw_rows) == 2  # files without preamble
+
+
+def test_series_classification(index, archive):
+    a = archive
+    assert _row(index, a["nc"].series_uid)["ct_phase"] == "noncontrast"
+    ce = _row(index, a["ce"].series_uid)
+    assert ce["ct_phase"] == "contrast" and "Iohexol" in ce["phase_reason"]
+    assert _row(index, a["short_nc"].series_uid)["ct_phase"] == "noncontrast"
+    loc = _row(index, a["loc"].series_uid)
+    assert loc["is_localizer"] and loc["excluded_reason"].startswith("localizer")
+    assert bool(_row(index, a["pet"].series_uid)["pet_corrected"]) is True
+    assert bool(_row(index, a["nac"].series_uid)["pet_corrected"]) is False
+    sl = _row(index, a["seg_les"])
+    assert sl["modality"] == "SEG" and sl["segment_kind"] == "lesion"
+    assert sl["referenced_series_uids"] == a["nc"].series_uid
+    assert _row(index, a["seg_org"])["segment_kind"] == "organ"
+    rt = _row(index, a["rt"])
+    assert rt["modality"] == "RTSTRUCT" and rt["segment_kind"] == "lesion"
+    assert rt["reference_problem"] == ""
+    ghost = _row(index, a["seg_ghost"])
+    assert "not in the archive" in ghost["reference_problem"]
+    lm = index.series[index.series["modality"] == "LABELMAP"].iloc[0]
+    assert lm["first_path"] == "p1/lm/les.nii.gz" and lm["segment_kind"] == "lesion"
+    assert lm["referenced_series_uids"] == a["nc"].series_uid
+    assert _row(index, a["nc"].series_uid)["orientation"] == "axial"
+
+
+def test_index_round_trip(index, tmp_path):
+    write_index(index, tmp_path / "ix")
+    assert {p.name for p in (tmp_path / "ix").iterdir()} == {
+        "files.csv", "series.csv", "problems.csv", "index.json"}
+    back = read_index(tmp_path / "ix")
+    pd.testing.assert_frame_equal(back.files, index.files)
+    pd.testing.assert_frame_equal(back.series, index.series)
+    pd.testing.assert_frame_equal(back.problems, index.problems)
+    assert back.root == index.root.resolve()
+    assert back.series_paths(index.series.iloc[0]["series_uid"])[0].exists()
+
+
+def test_study_sheet_choices(index, archive):
+    sheet = build_study_sheet(index)
+    row = sheet[sheet["study_uid"] == archive["study"]].iloc[0]
+    assert row["ct_series_uid"] == archive["nc"].series_uid  # most slices among non-contrast
+    assert row["ce_ct_series_uid"] == archive["ce"].series_uid
+    assert row["pet_series_uid"] == archive["pet"].series_uid
+    assert (row["lesion_mask_source"], row["lesion_mask_ref"]) == ("seg", archive["seg_les"])
+    assert (row["organ_mask_source"], row["organ_mask_ref"]) == ("seg", archive["seg_org"])
+    assert archive["seg_ghost"] in row["notes"] and "skipped" in row["notes"]
+    assert "non-attenuation-corrected" in row["notes"]
+    rt_first = build_study_sheet(index, mask_source_priority=("rtstruct", "seg", "labelmap"))
+    r2 = rt_first[rt_first["study_uid"] == archive["study"]].iloc[0]
+    assert (r2["lesion_mask_source"], r2["lesion_mask_ref"]) == ("rtstruct", archive["rt"])
+    lm_first = build_study_sheet(index, mask_source_priority=("labelmap",))
+    r3 = lm_first[lm_first["study_uid"] == archive["study"]].iloc[0]
+    assert (r3["lesion_mask_source"], r3["lesion_mask_ref"]) == ("labelmap", "p1/lm/les.nii.gz")
+    validate_study_sheet(sheet, SCHEMA, index=index)
+
+
+def test_study_sheet_validation_errors(index, archive, tmp_path):
+    sheet = build_study_sheet(index)
+    i = int(np.flatnonzero(sheet["study_uid"] == archive["study"])[0])
+    path = tmp_path / "studies.csv"
+    sheet.to_csv(path, index=False)
+    back = read_study_sheet(path)
+    validate_study_sheet(back, SCHEMA, index=index)
+
+    def bad(col, value, match):
+        s = back.copy()
+        s.loc[i, col] = value
+        with pytest.raises(ConfigError, match=match) as ei:
+            validate_study_sheet(s, SCHEMA, index=index)
+        assert f"row {i + 1}" in ei.value.message
+        return ei.value
+
+    e = bad("pet_series_uid", "1.2.3.999", "not in the archive index")
+    assert e.tag == "pet_series_uid"
+    e = bad("ct_series_uid", archive["pet"].series_uid, "modality PT, expected CT")
+    assert e.tag == "ct_series_uid"
+    e = bad("lesion_mask_source", "nrrd", "lesion_mask_source")
+    assert e.tag == "lesion_mask_source"
+    e = bad("ce_ct_series_uid", "not-a-uid", "ce_ct_series_uid")
+    assert e.tag == "ce_ct_series_uid"
+    bad("lesion_mask_ref", "", "must be filled exactly when")
+    s = back.copy()
+    s["extra_column"] = "x"
+    with pytest.raises(ConfigError, match="unknown column"):
+        validate_study_sheet(s, SCHEMA)
+    with pytest.raises(ConfigError, match="lacks column"):
+        validate_study_sheet(back.drop(columns=["pet_series_uid"]), SCHEMA)
+
+
+def test_truncation_check_directly(tmp_path):
+    s = make_series(tmp_path / "ct", n=1, rows=64, cols=64, order="sorted")
+    data = s.paths[0].read_bytes()
+    for cut, expect in [(len(data), None), (len(data) - 1, "remain"), (len(data) - 4000, "remain")]:
+        p = tmp_path / f"cut{cut}.dcm"
+        p.write_bytes(data[:cut])
+        ds = pydicom.dcmread(p, stop_before_pixels=True)
+        reason = check_complete(p, ds)
+        assert (reason is None) if expect is None else (expect in reason)
+    # PixelData length consistent with the file but shorter than Rows x Columns x 2
+    ds = pydicom.dcmread(s.paths[0])
+    ds.PixelData = ds.PixelData[:100]
+    p = tmp_path / "short.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    assert "PixelData holds 100 bytes" in check_complete(
+        p, pydicom.dcmread(p, stop_before_pixels=True))
+
+
+def test_truncated_sequence_file(tmp_path, archive):
+    """An RTSTRUCT (undefined-length sequences) cut in the middle is caught too."""
+    data = (archive["root"] / "p1" / "rt").read_bytes()
+    p = tmp_path / "rt_cut"
+    p.write_bytes(data[: len(data) // 2])
+    ix = scan_archive(tmp_path)
+    assert list(ix.problems["path"]) == ["rt_cut"]
+    assert ix.files.empty
+
+
+def test_empty_archive(tmp_path):
+    ix = scan_archive(tmp_path)
+    assert ix.files.empty and ix.series.empty and ix.problems.empty
+    assert build_study_sheet(ix).empty
+
+
+def test_missing_root_is_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        scan_archive(tmp_path / "nope")
+
+
+def test_index_carries_no_patient_names(index):
+    assert "PatientName" not in index.files.columns
+    assert not any("Test^Patient" in str(v) for v in index.series.to_numpy().ravel())

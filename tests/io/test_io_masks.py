@@ -1,0 +1,319 @@
+"""SEG, RTSTRUCT and NIfTI label maps onto image grids (synthetic and real files)."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+import SimpleITK as sitk
+from io_synth import DATA, make_series, rot_x, write_rtstruct, write_seg
+from matplotlib.path import Path as MplPath
+
+from pipeline.errors import SegmentationError
+from pipeline.geometry import Grid
+from pipeline.io.dicom import load_ct, load_series_headers
+from pipeline.io.labelmap import read_labelmap, read_sidecar
+from pipeline.io.rtstruct import classify_roi, read_rtstruct
+from pipeline.io.seg import classify_segment, read_seg
+from pipeline.records import MaskSource, SegmentKind
+
+PAT = dict(lesion_name_patterns=("gtv*", "*lesion*"), organ_name_patterns=("liver", "*lung*"))
+
+
+# ------------------------------------------------------------------ classification
+def test_classify_segment_order():
+    assert classify_segment(name="liver", category_code="49755003") is SegmentKind.LESION
+    assert classify_segment(name="GTV", category_code="91723000") is SegmentKind.ORGAN
+    assert classify_segment(name="x", category_code="85756007", type_code="108369006") \
+        is SegmentKind.LESION
+    assert classify_segment(name="Lesion 3", category_code="85756007", **PAT) is SegmentKind.LESION
+    assert classify_segment(name="LIVER", **PAT) is SegmentKind.ORGAN
+    assert classify_segment(name="ROI-1", **PAT) is SegmentKind.UNKNOWN
+    assert classify_roi("lung_subpleural", "GTV", **PAT) is SegmentKind.LESION
+    assert classify_roi("Body", "EXTERNAL", **PAT) is SegmentKind.ORGAN
+    assert classify_roi("ROI-1", "ORGAN", **PAT) is SegmentKind.ORGAN
+    assert classify_roi("gtv_node", "ORGAN", **PAT) is SegmentKind.LESION
+
+
+# ------------------------------------------------------------------ SEG, synthetic
+@pytest.fixture()
+def oblique_ct(tmp_path):
+    r = rot_x(25)
+    iop = tuple(np.concatenate([r[:, 0], r[:, 1]]))
+    s = make_series(tmp_path / "ct", iop=iop, n=7, rows=9, cols=11, step=2.0)
+    return s, load_ct(s.paths, series_uid=s.series_uid)
+
+
+def test_seg_maps_frames_by_position(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    a = np.zeros(vol.grid.shape_zyx, bool)
+    a[1:4, 2:5, 3:9] = True
+    a[2, 3, 4] = False
+    b = np.zeros(vol.grid.shape_zyx, bool)
+    b[5, 7, 1] = True
+    empty = np.zeros(vol.grid.shape_zyx, bool)
+    uid = write_seg(tmp_path / "seg.dcm", ref=s, masks={1: a, 2: b, 3: empty},
+                    labels={1: "lesion_a", 2: "lesion_b", 3: "lesion_empty"})
+    # highdicom stores only non-empty frames, ordered by its own dimension index
+    ds = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert ds.NumberOfFrames == 4
+    warnings: list[str] = []
+    masks = read_seg(tmp_path / "seg.dcm", grids={s.series_uid: vol.grid}, warnings=warnings)
+    assert [m.name for m in masks] == ["lesion_a", "lesion_b"]
+    assert np.array_equal(masks[0].full(), a) and np.array_equal(masks[1].full(), b)
+    assert masks[0].bbox_zyx == ((1, 4), (2, 5), (3, 9))
+    assert masks[1].crop.shape == (1, 1, 1)
+    m = masks[0]
+    assert m.source is MaskSource.SEG and m.kind is SegmentKind.LESION
+    assert m.source_uid == uid and m.referenced_series_uid == s.series_uid
+    assert m.segment_number == 1 and m.grid == vol.grid
+    assert len(warnings) == 1 and "lesion_empty" in warnings[0]
+
+
+def test_seg_fractional_threshold(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    a = np.zeros(vol.grid.shape_zyx, bool)
+    a[2:5, 1:4, 1:4] = True
+    write_seg(tmp_path / "f.dcm", ref=s, masks={1: a}, labels={1: "liver"},
+              category="organ", fractional=True)
+    masks = read_seg(tmp_path / "f.dcm", grids={s.series_uid: vol.grid})
+    assert masks[0].kind is SegmentKind.ORGAN
+    assert np.array_equal(masks[0].full(), a)
+
+
+def test_seg_of_missing_series(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    a = np.zeros(vol.grid.shape_zyx, bool)
+    a[1, 1, 1] = True
+    uid = write_seg(tmp_path / "s.dcm", ref=s, masks={1: a}, labels={1: "x"})
+    with pytest.raises(SegmentationError) as ei:
+        read_seg(tmp_path / "s.dcm", grids={"1.2.3": vol.grid, "1.2.4": vol.grid})
+    e = ei.value
+    assert e.file == str(tmp_path / "s.dcm") and e.series_uid == uid
+    assert s.series_uid in e.message and e.tag == "ReferencedSeriesSequence (0008,1115)"
+    assert e.hint
+
+
+def test_seg_on_wrong_grid(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    a = np.zeros(vol.grid.shape_zyx, bool)
+    a[6, 1, 1] = True
+    write_seg(tmp_path / "s.dcm", ref=s, masks={1: a}, labels={1: "x"})
+    g = vol.grid
+    shorter = Grid((5,) + g.shape_zyx[1:], g.spacing_xyz_mm, g.origin_lps_mm, g.direction)
+    with pytest.raises(SegmentationError, match="matches no slice"):
+        read_seg(tmp_path / "s.dcm", grids={s.series_uid: shorter})
+
+
+# ------------------------------------------------------------------ SEG, real files
+def _ct2():
+    paths = sorted((DATA / "pydicom_ct2" / "CT2").iterdir())
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    return uid, load_ct(paths[1:], series_uid=uid)  # first slice is 202.5 mm away
+
+
+@pytest.mark.parametrize("name", ["seg_image_ct_binary.dcm", "seg_image_ct_binary_fractional.dcm",
+                                  "seg_image_ct_true_fractional.dcm"])
+def test_highdicom_seg_on_pydicom_ct2(name):
+    uid, vol = _ct2()
+    path = DATA / "highdicom" / name
+    masks = read_seg(path, grids={uid: vol.grid})
+    assert len(masks) == 1 and masks[0].name == "first segment"
+    # independent check: frame f -> slice with the same z position, value threshold 0.5
+    ds = pydicom.dcmread(path)
+    px = ds.pixel_array.astype(float) / float(ds.get("MaximumFractionalValue", 1) or 1)
+    full = masks[0].full()
+    zs = [round(float(z), 2) for z in (vol.grid.zyx_to_lps(np.array([[k, 0, 0]
+                                                                      for k in range(3)]))[:, 2])]
+    for f, fg in enumerate(ds.PerFrameFunctionalGroupsSequence):
+        k = zs.index(round(float(fg.PlanePositionSequence[0].ImagePositionPatient[2]), 2))
+        assert np.array_equal(full[k], px[f] >= 0.5)
+    assert masks[0].voxel_count == int((px >= 0.5).sum())
+
+
+def test_highdicom_overlap_seg_needs_the_gap_slice():
+    uid, vol = _ct2()
+    with pytest.raises(SegmentationError) as ei:
+        read_seg(DATA / "highdicom" / "seg_image_ct_binary_overlap.dcm", grids={uid: vol.grid})
+    assert "seg_image_ct_binary_overlap.dcm" in str(ei.value)
+
+
+@pytest.mark.parametrize("seg_name, nrrd_name", [
+    ("24x38x3/seg/label.seg", "24x38x3/nrrd/label.nrrd"),
+    ("sparse-labelmap-noppv.dcm", "sparse_labelmap_noppv_seg.nrrd"),
+])
+def test_dcmqi_seg_equals_nrrd_voxel_by_voxel(seg_name, nrrd_name):
+    paths = sorted((DATA / "dcmqi" / "24x38x3" / "image").glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    vol = load_ct(paths, series_uid=uid)
+    masks = read_seg(DATA / "dcmqi" / seg_name, grids={uid: vol.grid})
+    assert [m.name for m in masks] == ["Liver"] and masks[0].kind is SegmentKind.ORGAN
+    img = sitk.ReadImage(str(DATA / "dcmqi" / nrrd_name))
+    assert Grid.from_sitk(img).same_as(vol.grid)
+    ref = sitk.GetArrayFromImage(img) == 1
+    assert ref.sum() > 100
+    assert np.array_equal(masks[0].full(), ref)
+
+
+# ------------------------------------------------------------------ RTSTRUCT
+def _square(grid, k, y0, y1, x0, x1):
+    """Closed polygon through index-space corners (z=k), as LPS points."""
+    idx = np.array([[k, y0, x0], [k, y0, x1], [k, y1, x1], [k, y1, x0]], float)
+    return grid.zyx_to_lps(idx)
+
+
+def test_rtstruct_oblique_holes_and_islands(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    g = vol.grid
+    outer = _square(g, 2, 0.5, 7.5, 0.5, 9.5)   # centres y 1..7, x 1..9
+    hole = _square(g, 2, 2.5, 5.5, 2.5, 7.5)    # y 3..5, x 3..7
+    island = _square(g, 2, 3.5, 4.5, 4.5, 5.5)  # y 4, x 5
+    other = _square(g, 4, 1.5, 3.5, 1.5, 2.5)   # y 2..3, x 2
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[
+        (3, "GTV ring", [outer, hole, island]), (7, "liver", [other]),
+        (9, "empty roi", []),
+    ])
+    warnings: list[str] = []
+    masks = read_rtstruct(tmp_path / "rt.dcm", grid=g, series_uid=s.series_uid,
+                          sop_instance_uids=s.sop_uids, warnings=warnings, **PAT)
+    assert [m.name for m in masks] == ["GTV ring", "liver"]
+    expect = np.zeros(g.shape_zyx, bool)
+    expect[2, 1:8, 1:10] = True
+    expect[2, 3:6, 3:8] = False
+    expect[2, 4, 5] = True
+    assert np.array_equal(masks[0].full(), expect)
+    assert masks[0].kind is SegmentKind.LESION and masks[0].segment_number == 3
+    assert masks[0].source is MaskSource.RTSTRUCT
+    e2 = np.zeros(g.shape_zyx, bool)
+    e2[4, 2:4, 2] = True
+    assert np.array_equal(masks[1].full(), e2) and masks[1].kind is SegmentKind.ORGAN
+    assert any("empty roi" in w for w in warnings)
+
+
+def test_rtstruct_contour_off_slice(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    c = _square(vol.grid, 9.0, 1, 3, 1, 3)  # beyond the 7 slices
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[(1, "GTV", [c])])
+    with pytest.raises(SegmentationError, match="lies on no slice") as ei:
+        read_rtstruct(tmp_path / "rt.dcm", grid=vol.grid, series_uid=s.series_uid)
+    assert ei.value.file == str(tmp_path / "rt.dcm")
+
+
+def test_rtstruct_of_another_series(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[(1, "GTV", [_square(vol.grid, 1, 1, 3, 1, 3)])])
+    with pytest.raises(SegmentationError) as ei:
+        read_rtstruct(tmp_path / "rt.dcm", grid=vol.grid, series_uid="1.2.3.4")
+    assert ei.value.tag == "RTReferencedSeriesSequence (3006,0014)"
+    assert s.series_uid in ei.value.message
+
+
+def _rt_utils_ct():
+    paths = sorted((DATA / "rt_utils" / "mock_data").glob("ct_*.dcm"))
+    hs = load_series_headers(paths)
+    uid = hs[0].SeriesInstanceUID
+    return uid, [h.SOPInstanceUID for h in hs], load_ct(paths, series_uid=uid)
+
+
+def test_rt_utils_rtstruct_with_hole_matches_independent_rasterizer():
+    uid, sops, vol = _rt_utils_ct()
+    path = DATA / "rt_utils" / "mock_data" / "rt.dcm"
+    masks = read_rtstruct(path, grid=vol.grid, series_uid=uid, sop_instance_uids=sops)
+    assert len(masks) == 1 and masks[0].name == "ROI-1"
+    # independent: matplotlib even-odd point-in-polygon at voxel centres, in LPS x/y
+    ds = pydicom.dcmread(path)
+    contours = [np.asarray(c.ContourData, float).reshape(-1, 3)
+                for c in ds.ROIContourSequence[0].ContourSequence]
+    g = vol.grid
+    jj, ii = np.mgrid[0: g.shape_zyx[1], 0: g.shape_zyx[2]]
+    centres = g.zyx_to_lps(np.stack([0 * jj.ravel(), jj.ravel(), ii.ravel()], axis=1))
+    inside = np.zeros(len(centres), bool)
+    for c in contours:
+        inside ^= MplPath(c[:, :2]).contains_points(centres[:, :2])
+    expect = np.zeros(g.shape_zyx, bool)
+    expect[0] = inside.reshape(g.shape_zyx[1:])
+    full = masks[0].full()
+    # boundary voxels whose centre lies within 1e-6 mm of an edge may go either way
+    assert abs(int(full.sum()) - int(expect.sum())) <= 0.01 * expect.sum()
+    assert (full & expect).sum() >= 0.99 * expect.sum()
+    # the octagonal hole is really empty: centre of the contour pair
+    centre = g.lps_to_zyx(np.array([[-39.5, -39.5, 60.0]]))[0].round().astype(int)
+    assert not full[tuple(centre)]
+
+
+@pytest.mark.parametrize("name", ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"])
+@pytest.mark.parametrize("with_sops", [True, False])
+def test_rt_utils_broken_references(name, with_sops):
+    uid, sops, vol = _rt_utils_ct()
+    path = DATA / "rt_utils" / "mock_data" / name
+    with pytest.raises(SegmentationError) as ei:
+        read_rtstruct(path, grid=vol.grid, series_uid=uid,
+                      sop_instance_uids=sops if with_sops else None)
+    e = ei.value
+    assert e.file == str(path) and name in str(e)
+    assert "2.16.840.1.114362.1.11940992.23790159890.5634234" in e.message  # names the UID
+
+
+# ------------------------------------------------------------------ label maps
+def _write_nifti(path, grid, labels_zyx, sidecar=None):
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(labels_zyx.transpose(2, 1, 0)).astype(np.uint8),
+                             grid.nifti_affine_ras()), path)
+    if sidecar is not None:
+        path.with_name(path.name.split(".")[0] + ".json").write_text(json.dumps(sidecar))
+
+
+def test_labelmap_same_grid_exact(tmp_path, oblique_ct):
+    _, vol = oblique_ct
+    lab = np.zeros(vol.grid.shape_zyx, np.uint8)
+    lab[1:3, 2:6, 2:4] = 1
+    lab[5, 0, 0] = 4
+    _write_nifti(tmp_path / "lm.nii.gz", vol.grid, lab,
+                 {"names": {"1": "lesion one", "2": "gone"}, "kind": "lesion",
+                  "referenced_series_uid": vol.series_uid, "patient_id": "P", "study_uid": "1"})
+    sc = read_sidecar(tmp_path / "lm.nii.gz")
+    assert sc["names"] == {1: "lesion one", 2: "gone"} and sc["kind"] is SegmentKind.LESION
+    warnings: list[str] = []
+    masks = read_labelmap(tmp_path / "lm.nii.gz", grid=vol.grid, names=sc["names"],
+                          kind=sc["kind"], warnings=warnings)
+    assert [(m.name, m.segment_number) for m in masks] == [("lesion one", 1), ("label_4", 4)]
+    assert np.array_equal(masks[0].full(), lab == 1)
+    assert np.array_equal(masks[1].full(), lab == 4)
+    assert masks[0].source is MaskSource.LABELMAP and masks[0].source_uid == "lm.nii.gz"
+    assert any("'gone' is empty" in w for w in warnings)
+    assert any("no name" in w for w in warnings)
+    assert not any("resampled" in w for w in warnings)
+
+
+def test_labelmap_other_grid_resampled(tmp_path, oblique_ct):
+    _, vol = oblique_ct
+    g = vol.grid
+    # the same physical block on a grid with half the in-plane spacing
+    fine = Grid((g.shape_zyx[0], g.shape_zyx[1] * 2, g.shape_zyx[2] * 2),
+                (g.spacing_xyz_mm[0] / 2, g.spacing_xyz_mm[1] / 2, g.spacing_xyz_mm[2]),
+                tuple(g.zyx_to_lps(np.array([[0, -0.25, -0.25]]))[0]), g.direction)
+    lab = np.zeros(fine.shape_zyx, np.uint8)
+    lab[2:4, 4:10, 6:14] = 1  # = coarse y 2..4, x 3..6
+    _write_nifti(tmp_path / "lm.nii", fine, lab)
+    warnings: list[str] = []
+    masks = read_labelmap(tmp_path / "lm.nii", grid=g, names={1: "a"}, kind="organ",
+                          warnings=warnings)
+    expect = np.zeros(g.shape_zyx, bool)
+    expect[2:4, 2:5, 3:7] = True
+    assert np.array_equal(masks[0].full(), expect)
+    assert masks[0].kind is SegmentKind.ORGAN
+    assert any("resampled with nearest" in w for w in warnings)
+
+
+def test_sidecar_errors(tmp_path):
+    with pytest.raises(SegmentationError, match="no sidecar"):
+        read_sidecar(tmp_path / "x.nii.gz")
+    (tmp_path / "y.json").write_text('{"names": {"one": "a"}}')
+    with pytest.raises(SegmentationError, match="names") as ei:
+        read_sidecar(tmp_path / "y.nii.gz")
+    assert ei.value.file == str(tmp_path / "y.json")
+    (tmp_path / "z.json").write_text('{"labels": [{"value": 2, "name": "b"}], "kind": "organ"}')
+    sc = read_sidecar(tmp_path / "z.json")
+    assert sc["names"] == {2: "b"} and sc["kind"] is SegmentKind.ORGAN
