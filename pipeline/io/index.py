@@ -122,7 +122,12 @@ SERIES_COLUMNS: dict[str, str] = {
     "n_organ_segments": "int", "segment_names": "str", "reference_problem": "str",
     "first_path": "str",
 }
-PROBLEM_COLUMNS: dict[str, str] = {"path": "str", "reason": "str", "error_class": "str"}
+PROBLEM_COLUMNS: dict[str, str] = {
+    "path": "str", "reason": "str", "error_class": "str",
+    # filled when the header could still be read (e.g. a file cut in its pixel data), so that a
+    # study can report its own broken files
+    "patient_id": "str", "study_uid": "str", "series_uid": "str",
+}
 STUDY_SHEET_COLUMNS: tuple[str, ...] = (
     "patient_id", "study_uid", "ct_series_uid", "ce_ct_series_uid", "pet_series_uid",
     "lesion_mask_source", "lesion_mask_ref", "organ_mask_source", "organ_mask_ref", "notes",
@@ -683,9 +688,12 @@ def scan_archive(
     problems: list[dict] = []
     total = len(all_paths)
 
-    def problem(p: Path, reason: str, cls: str) -> None:
-        problems.append({"path": p.relative_to(root).as_posix(), "reason": reason,
-                         "error_class": cls})
+    def problem(p: Path, reason: str, cls: str, ds=None) -> None:
+        rec = {"path": p.relative_to(root).as_posix(), "reason": reason, "error_class": cls}
+        if ds is not None:
+            rec.update(patient_id=_s(ds, "PatientID"), study_uid=_s(ds, "StudyInstanceUID"),
+                       series_uid=_s(ds, "SeriesInstanceUID"))
+        problems.append(rec)
 
     for i, p in enumerate(all_paths):
         try:
@@ -712,7 +720,8 @@ def scan_archive(
         if progress is not None:
             progress(i + 1, total)
 
-    files = _typed(pd.DataFrame(records, columns=list(FILE_COLUMNS)), FILE_COLUMNS)
+    files = _inherit_labelmap_ids(
+        _typed(pd.DataFrame(records, columns=list(FILE_COLUMNS)), FILE_COLUMNS), extras)
     series = _build_series(files, extras) if len(files) else _typed(
         pd.DataFrame(columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
     probs = _typed(pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), PROBLEM_COLUMNS)
@@ -720,6 +729,27 @@ def scan_archive(
              len(files), len(series), root, len(probs))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
                         meta={"n_scanned": total})
+
+
+def _inherit_labelmap_ids(files: pd.DataFrame, extras: dict[str, _Extra]) -> pd.DataFrame:
+    """Label maps whose sidecar lacks patient_id / study_uid take them from their series."""
+    if files.empty:
+        return files
+    lm = files["modality"] == Modality.LABELMAP.value
+    need = lm & ((files["patient_id"] == "") | (files["study_uid"] == ""))
+    if not need.any():
+        return files
+    dicom = files[~lm].drop_duplicates("series_uid").set_index("series_uid")
+    files = files.copy()
+    for i in files.index[need]:
+        refs = extras[files.at[i, "path"]].ref_series
+        ref = next((r for r in refs if r in dicom.index), None)
+        if ref is None:
+            continue
+        for col in ("patient_id", "study_uid"):
+            if not files.at[i, col]:
+                files.at[i, col] = dicom.at[ref, col]
+    return files
 
 
 def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
@@ -745,13 +775,13 @@ def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
         return
     reason = check_complete(p, ds)
     if reason:
-        problem(p, reason, "DicomReadError")
+        problem(p, reason, "DicomReadError", ds)
         return
     missing = [kw for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
                if not has_value(ds, kw)]
     if missing:
         problem(p, f"DICOM file without {', '.join(missing)}: cannot be placed in a series",
-                "MissingTagError")
+                "MissingTagError", ds)
         return
     rec = _file_record(p, root, ds, size)
     records.append(rec)
@@ -851,6 +881,12 @@ def build_study_sheet(
         if n_excl:
             notes.append(f"{n_excl} series excluded ("
                          + ", ".join(sorted(set(g_all["excluded_reason"]) - {""})) + ")")
+        if not index.problems.empty:
+            bad = index.problems[(index.problems["study_uid"] == study)
+                                 & (index.problems["patient_id"] == pid)]
+            if len(bad):
+                notes.append(f"{len(bad)} file(s) of this study unreadable or truncated, first "
+                             f"{bad.iloc[0]['path']}: {bad.iloc[0]['reason']}")
         cts = g[g["modality"] == Modality.CT.value]
         ct = _pick(cts[cts["ct_phase"] == CTPhase.NONCONTRAST.value])
         if ct is None:
@@ -861,8 +897,12 @@ def build_study_sheet(
         ce = _pick(cts[cts["ct_phase"] == CTPhase.CONTRAST.value])
         if ct is None:
             notes.append("no non-contrast CT")
+        elif ct["ct_phase"] == CTPhase.NONCONTRAST.value:
+            notes.append(f"ct: {ct['n_files']} files, non-contrast by {ct['phase_reason']}")
         if ce is None:
             notes.append("no contrast-enhanced CT")
+        else:
+            notes.append(f"ce_ct: {ce['n_files']} files, contrast by {ce['phase_reason']}")
         if ct is not None and len(cts) > 1 + (ce is not None):
             notes.append(f"{len(cts)} CT series; chose the one with most files per phase")
 
@@ -877,6 +917,8 @@ def build_study_sheet(
                          "(no CorrectedImage)")
         if pet is None:
             notes.append("no PET")
+        else:
+            notes.append(f"pet: {pet['n_files']} files")
 
         study_series = set(g_all["series_uid"])
         chosen_images = [r["series_uid"] for r in (ct, ce, pet) if r is not None]
@@ -922,6 +964,11 @@ def build_study_sheet(
                 if len(cands[src]) > 1:
                     notes.append(f"{len(cands[src])} {src} candidates for {label}; chose the one "
                                  "referencing the chosen images with most segments")
+                refs = [u for u in best["referenced_series_uids"].split(";") if u]
+                role = next((r for r, row_ in (("ct", ct), ("ce_ct", ce), ("pet", pet))
+                             if row_ is not None and row_["series_uid"] in refs), "other series")
+                notes.append(f"{label}: {src} with {best['n_segments']} segment(s) "
+                             f"({best['segment_kind']}) drawn on {role}")
                 ref = best["first_path"] if src == "labelmap" else best["series_uid"]
                 return src, ref
             return "", ""

@@ -268,3 +268,40 @@ def test_missing_root_is_config_error(tmp_path):
 def test_index_carries_no_patient_names(index):
     assert "PatientName" not in index.files.columns
     assert not any("Test^Patient" in str(v) for v in index.series.to_numpy().ravel())
+
+
+def test_truncated_file_reported_with_its_study(index, archive):
+    pr = index.problems.set_index("path")
+    nc = archive["nc"]
+    row = pr.loc["cut_in_pixels.dcm"]
+    assert (row["study_uid"], row["series_uid"]) == (archive["study"], nc.series_uid)
+    sheet = build_study_sheet(index)
+    notes = sheet[sheet["study_uid"] == archive["study"]].iloc[0]["notes"]
+    assert "cut_in_pixels.dcm" in notes and "truncated" in notes
+
+
+def test_edited_results_sheet_with_output_folders_validates(index):
+    sheet = build_study_sheet(index)
+    sheet["patient_dir"] = sheet["patient_id"]
+    sheet["study_dir"] = sheet["study_uid"]
+    validate_study_sheet(sheet, SCHEMA, index=index)
+
+
+def test_labelmap_sidecar_without_ids_inherits_from_series(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    s = make_series(tmp_path / "ct", n=3, patient_id="PX")
+    grid = Grid((3, 8, 10), (0.7, 0.8, 2.5), tuple(s.positions[0]))
+    lab = np.zeros((10, 8, 3), np.uint8)
+    lab[1:3, 1:3, 1] = 1
+    nib.save(nib.Nifti1Image(lab, grid.nifti_affine_ras()), tmp_path / "m.nii.gz")
+    (tmp_path / "m.json").write_text(json.dumps({"referenced_series_uid": s.series_uid,
+                                                 "names": {"1": "tumour"}}))
+    ix = scan_archive(tmp_path)
+    lm = ix.series[ix.series["modality"] == "LABELMAP"].iloc[0]
+    assert (lm["patient_id"], lm["study_uid"]) == ("PX", s.study_uid)
+    assert lm["segment_kind"] == "lesion"  # "tumour" matches the default lesion patterns
+    sheet = build_study_sheet(ix)
+    assert len(sheet) == 1 and sheet.iloc[0]["lesion_mask_ref"] == "m.nii.gz"
