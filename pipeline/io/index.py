@@ -678,7 +678,15 @@ def scan_archive(
         raise ConfigError(f"archive folder does not exist: {root}", file=root,
                           hint="pass the folder that holds the DICOM files")
     all_paths: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    seen_dirs: set[str] = set()
+    # symbolic links to folders are followed (archives are often assembled from links); a
+    # folder reached twice (link loops, duplicate links) is scanned once
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             all_paths.append(Path(dirpath) / name)

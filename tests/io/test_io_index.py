@@ -305,3 +305,15 @@ def test_labelmap_sidecar_without_ids_inherits_from_series(tmp_path):
     assert lm["segment_kind"] == "lesion"  # "tumour" matches the default lesion patterns
     sheet = build_study_sheet(ix)
     assert len(sheet) == 1 and sheet.iloc[0]["lesion_mask_ref"] == "m.nii.gz"
+
+
+def test_symlinked_folders_followed_once(tmp_path):
+    s = make_series(tmp_path / "real" / "ct", n=3)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (arch / "link2").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "loop").symlink_to(arch, target_is_directory=True)
+    ix = scan_archive(arch)
+    assert len(ix.files) == 3 and ix.series.iloc[0]["series_uid"] == s.series_uid
+    assert ix.series_paths(s.series_uid)[0].exists()
