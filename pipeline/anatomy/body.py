@@ -163,6 +163,77 @@ def body_mask(
     return out
 
 
+def surface_tree(points: np.ndarray) -> cKDTree:
+    """KD-tree tuned for surface point clouds (mm).
+
+    Face midpoints lie on a lattice with many equal coordinates; with scipy's default
+    ``compact_nodes=True`` a nearest-neighbour query from 60 mm inside the body took about
+    440 us on a 437 000-point skin, against 35 us with ``balanced_tree=False,
+    compact_nodes=False`` (sliding-midpoint splits, uncompacted cells), which also builds faster.
+    """
+    return cKDTree(np.asarray(points, dtype=float), balanced_tree=False, compact_nodes=False)
+
+
+def min_tree_distance(
+    tree: cKDTree, points: np.ndarray, *, n_probe: int = 128, max_distance: float = np.inf
+) -> float:
+    """Exact minimum over ``points`` of the distance to the nearest point stored in ``tree``.
+
+    Much faster than querying every point when the points are far from the tree's points (a deep
+    lesion's surface vs. the skin): nearest-neighbour queries from far away visit many KD-tree
+    cells. The distance to a point set is 1-Lipschitz, so the search prunes: query ``n_probe``
+    random probe points of the candidates (their minimum U bounds the answer from above); a
+    candidate ``p`` whose lower bound ``d(q) - |p - q|`` (``q`` its nearest probe) exceeds U
+    cannot improve on U and is dropped; repeat on the survivors (denser probes, tighter bounds)
+    and query the last ones with ``distance_upper_bound=U``.
+
+    Parameters
+    ----------
+    tree : cKDTree over (M, 3) points, mm.
+    points : (N, 3) query points, mm (same frame).
+    n_probe : int
+        Probes per round.
+    max_distance : float
+        Only distances up to this (mm) are of interest; larger ones return ``inf``. Bounds every
+        query, which makes "nothing within X mm" cheap.
+
+    Returns
+    -------
+    float, mm: the minimum distance, or ``inf`` if ``points`` is empty or nothing lies within
+    ``max_distance``.
+    """
+    cand = np.asarray(points, dtype=float).reshape(-1, 3)
+    best = np.inf
+    if len(cand) == 0:
+        return best
+    rng = np.random.default_rng(0)
+
+    def bounded_query(x: np.ndarray, upper: float) -> tuple[np.ndarray, np.ndarray]:
+        """Distances (inf beyond ``upper``) and lower bounds (``upper`` where beyond)."""
+        if not np.isfinite(upper):
+            d = tree.query(x)[0]
+            return d, d
+        d = tree.query(x, distance_upper_bound=upper * (1.0 + 1e-9) + 1e-9)[0]
+        return d, np.where(np.isfinite(d), d, upper)
+
+    while len(cand) > 2 * n_probe:
+        upper = min(best, float(max_distance))
+        probes = cand[rng.choice(len(cand), n_probe, replace=False)]
+        d_probe, lb_probe = bounded_query(probes, upper)
+        best = min(best, float(np.min(d_probe)))
+        upper = min(best, float(max_distance))
+        dist_pq, nn = cKDTree(probes).query(cand)
+        keep = (lb_probe[nn] - dist_pq) <= upper
+        n_keep = int(np.count_nonzero(keep))
+        cand = cand[keep]
+        if n_keep > 0.8 * len(keep):  # bounds no longer prune: finish directly
+            break
+    if len(cand):
+        d, _ = bounded_query(cand, min(best, float(max_distance)))
+        best = min(best, float(np.min(d)))
+    return float(best) if best <= max_distance * (1.0 + 1e-9) + 1e-9 else float("inf")
+
+
 @dataclass(frozen=True, eq=False)
 class SkinSurface:
     """Skin points of one study in a KD-tree, for skin-depth queries.
@@ -175,7 +246,7 @@ class SkinSurface:
         Where the body is cut by the in-plane field of view, the cut faces are kept (the true
         skin is outside the image and unknown).
     tree : scipy.spatial.cKDTree
-        KD-tree over ``points_lps``.
+        KD-tree over ``points_lps`` (built with :func:`surface_tree`).
     """
 
     points_lps: np.ndarray
@@ -201,7 +272,7 @@ class SkinSurface:
         if len(pts) == 0:
             raise FeatureError("body mask has no in-plane surface: no skin surface")
         log.debug("skin surface: %d points", len(pts))
-        return cls(points_lps=pts, tree=cKDTree(pts))
+        return cls(points_lps=pts, tree=surface_tree(pts))
 
     def depth_mm(self, points_lps: np.ndarray) -> np.ndarray:
         """Distance (mm) from each (N, 3) LPS point to the nearest skin point; shape (N,)."""
@@ -210,3 +281,11 @@ class SkinSurface:
             return np.zeros(0)
         d, _ = self.tree.query(pts)
         return np.asarray(d, dtype=float)
+
+    def min_depth_mm(self, points_lps: np.ndarray) -> float:
+        """Smallest skin distance (mm) over (N, 3) LPS points, e.g. a lesion's surface points.
+
+        Exact and much faster than ``depth_mm(points).min()`` for deep lesions
+        (see :func:`min_tree_distance`). ``inf`` for no points.
+        """
+        return min_tree_distance(self.tree, points_lps)

@@ -195,6 +195,15 @@ def pet_features(
         notes.append(note)
     arr = np.asarray(suv.array)
     values = arr[tuple(idx.T)].astype(np.float64)
+    finite_v = np.isfinite(values)
+    if not finite_v.any():
+        return PetFeatures(
+            activity_max_bqml=act_max,
+            suv_reason="no finite SUV value in the lesion's PET voxels",
+        )
+    if not finite_v.all():
+        notes.append(f"{int((~finite_v).sum())} lesion PET voxels without a finite SUV left out")
+        idx, cov_sel, values = idx[finite_v], cov_sel[finite_v], values[finite_v]
     suv_max = float(values.max())
     suv_mean = float(values.mean())
 

@@ -104,3 +104,35 @@ def test_slice_caps_are_not_skin(skin):
 def test_skin_from_empty_body_raises():
     with pytest.raises(FeatureError):
         SkinSurface.from_body_mask(np.zeros(GRID.shape_zyx, bool), GRID)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_min_tree_distance_equals_brute_force(seed):
+    """The Lipschitz-pruned minimum is exact (random clouds, a shell far from a sheet)."""
+    from scipy.spatial import cKDTree
+
+    from pipeline.anatomy.body import min_tree_distance
+
+    rng = np.random.default_rng(seed)
+    sheet = np.column_stack([rng.uniform(-100, 100, 20000), rng.uniform(-100, 100, 20000), np.zeros(20000)])
+    sheet[:, 2] += 5 * np.sin(sheet[:, 0] / 7.0)
+    shell = rng.normal(size=(3000, 3))
+    shell = 20 * shell / np.linalg.norm(shell, axis=1, keepdims=True) + [rng.uniform(-50, 50), 0, 40 + 10 * seed]
+    tree = cKDTree(sheet)
+    assert min_tree_distance(tree, shell, n_probe=32) == pytest.approx(tree.query(shell)[0].min(), abs=1e-9)
+    assert min_tree_distance(tree, shell[:5]) == pytest.approx(tree.query(shell[:5])[0].min(), abs=1e-9)
+    assert min_tree_distance(tree, np.zeros((0, 3))) == float("inf")
+
+
+def test_min_tree_distance_max_distance():
+    from scipy.spatial import cKDTree
+
+    from pipeline.anatomy.body import min_tree_distance
+
+    rng = np.random.default_rng(7)
+    a = rng.uniform(0, 10, (5000, 3))
+    b = rng.uniform(0, 10, (5000, 3)) + [30.0, 0, 0]
+    tree = cKDTree(b)
+    true = tree.query(a)[0].min()
+    assert min_tree_distance(tree, a, max_distance=true + 1.0) == pytest.approx(true)
+    assert min_tree_distance(tree, a, max_distance=true - 0.5) == float("inf")

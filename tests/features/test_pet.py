@@ -138,3 +138,13 @@ def test_chunked_coverage_equals_single_call(monkeypatch):
     np.testing.assert_allclose(c1, c2, atol=1e-6)
     # total coverage x PET voxel volume ~ mask volume (map_mask_coverage clips aliasing above 1)
     assert c1.sum() * PET4.voxel_volume_mm3 == pytest.approx(m.voxel_count * CT.voxel_volume_mm3, rel=0.05)
+
+
+def test_non_finite_suv_voxels_are_left_out():
+    suv = pet_sphere(PET4, CENTRE, 12.0, 5.0, background=1.0)
+    arr = suv.array.copy()
+    k = np.rint(PET4.lps_to_zyx(CENTRE[None])[0]).astype(int)
+    arr[k[0], k[1], k[2]] = np.nan
+    f = pet_features(sphere_mask(CT, CENTRE, 12.0), Volume(arr, PET4, "SUVbw", "x"))
+    assert f.suv_max == pytest.approx(5.0) and np.isfinite(f.suv_mean) and np.isfinite(f.suv_peak)
+    assert "without a finite SUV" in f.suv_reason
