@@ -189,6 +189,7 @@ def read_labelmap(
     path = Path(path)
     warn = warnings if warnings is not None else []
     kind = SegmentKind(kind) if not isinstance(kind, SegmentKind) else kind
+    names = {int(k): str(v) for k, v in names.items()}  # JSON keys arrive as strings
     try:
         img = nib.load(str(path))
         data = np.asanyarray(img.dataobj)
@@ -229,7 +230,7 @@ def read_labelmap(
             log.warning(msg)
     present = sorted(int(v) for v in np.unique(arr_zyx) if v != 0)
     out: list[LesionMask] = []
-    for value in sorted(set(present) | set(int(k) for k in names if int(k) != 0)):
+    for value in sorted(set(present) | {k for k in names if k != 0}):
         name = names.get(value)
         if value not in present:
             msg = f"label map {path.name}: label {value} '{name}' is empty; skipped"

@@ -251,6 +251,12 @@ def read_rtstruct(
                     hint="the structure set was drawn on another series or slices are missing; "
                     "rasterize it on the series it references",
                 )
+            if (zyx[:, 1].min() < -0.5 or zyx[:, 1].max() > ny - 0.5 or zyx[:, 2].min() < -0.5
+                    or zyx[:, 2].max() > nx - 0.5):
+                msg = (f"RTSTRUCT {path.name}: ROI {n} '{name}' contour {ci + 1} extends beyond "
+                       f"the {ny}x{nx} image of series {series_uid}; clipped to the image")
+                warn.append(msg)
+                log.warning(msg)
             rr, cc = draw_polygon(zyx[:, 1], zyx[:, 2], shape=(ny, nx))
             if len(rr) == 0:
                 continue

@@ -235,6 +235,15 @@ def test_truncation_check_directly(tmp_path):
         ds = pydicom.dcmread(p, stop_before_pixels=True)
         reason = check_complete(p, ds)
         assert (reason is None) if expect is None else (expect in reason)
+    # encapsulated (RLE) pixel data cut inside a fragment
+    ds = pydicom.dcmread(s.paths[0])
+    ds.compress(pydicom.uid.RLELossless)
+    p = tmp_path / "rle.dcm"
+    ds.save_as(p, enforce_file_format=True)
+    assert check_complete(p, pydicom.dcmread(p, stop_before_pixels=True)) is None
+    rle = p.read_bytes()
+    p.write_bytes(rle[:-10])
+    assert "item at byte" in check_complete(p, pydicom.dcmread(p, stop_before_pixels=True))
     # PixelData length consistent with the file but shorter than Rows x Columns x 2
     ds = pydicom.dcmread(s.paths[0])
     ds.PixelData = ds.PixelData[:100]

@@ -276,8 +276,8 @@ def test_labelmap_same_grid_exact(tmp_path, oblique_ct):
     sc = read_sidecar(tmp_path / "lm.nii.gz")
     assert sc["names"] == {1: "lesion one", 2: "gone"} and sc["kind"] is SegmentKind.LESION
     warnings: list[str] = []
-    masks = read_labelmap(tmp_path / "lm.nii.gz", grid=vol.grid, names=sc["names"],
-                          kind=sc["kind"], warnings=warnings)
+    masks = read_labelmap(tmp_path / "lm.nii.gz", grid=vol.grid, names=sc["raw"]["names"],
+                          kind=sc["kind"], warnings=warnings)  # str keys accepted
     assert [(m.name, m.segment_number) for m in masks] == [("lesion one", 1), ("label_4", 4)]
     assert np.array_equal(masks[0].full(), lab == 1)
     assert np.array_equal(masks[1].full(), lab == 4)
