@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 
 import numpy as np
 import pytest
-from io_synth import make_series, pet_headers
+from io_synth import DATA, make_series, pet_headers
 
 from pipeline.errors import SUVError
 from pipeline.io.dicom import load_pet_activity
@@ -156,3 +158,50 @@ def test_to_suv_on_loaded_volume(tmp_path):
     assert math.isclose(a.suvbw_factor, EXPECTED_FACTOR, rel_tol=REL)
     with pytest.raises(SUVError):
         to_suv(out, a)  # already converted
+
+
+# ------------------------------------------------------------------ real vendor headers
+VENDOR = DATA / "suv_vendor_headers"
+_RADIOPHARM = {"RadionuclideTotalDose", "RadionuclideHalfLife", "RadiopharmaceuticalStartTime",
+               "RadiopharmaceuticalStartDateTime"}
+
+
+def _vendor_headers(case: str) -> list:
+    """The JSON instances of one case as pydicom headers (radiopharmaceutical keys -> sequence)."""
+    from pydicom.dataset import Dataset
+
+    out = []
+    for inst in json.loads((VENDOR / "metadata" / f"{case}-instances.json").read_text()):
+        ds, item = Dataset(), Dataset()
+        for key, value in inst.items():
+            if isinstance(value, dict):  # private groups: issue 3
+                continue
+            setattr(item if key in _RADIOPHARM else ds, key, value)
+        if len(item):
+            ds.RadiopharmaceuticalInformationSequence = [item]
+        out.append(ds)
+    return out
+
+
+def _vendor_cases() -> list[tuple[str, float]]:
+    rows = csv.DictReader((VENDOR / "expected_suvbw_factors.csv").open())
+    return [(r["case"], float(r["expected_suvbw_factor_g_per_ml_per_bq_per_ml"])) for r in rows]
+
+
+@pytest.mark.parametrize("case, expected", _vendor_cases(), ids=[c for c, _ in _vendor_cases()])
+def test_vendor_headers_suvbw_factor(case, expected):
+    """Real Siemens / GE / Philips headers (cornerstonejs/calculate-suv, MIT), 1e-6 relative.
+
+    Philips CNTS cases need the Philips private scale factors (issue 3): until then they must be
+    refused with an error naming Units, never converted wrongly.
+    """
+    headers = _vendor_headers(case)
+    if headers[0].Units != "BQML":
+        with pytest.raises(SUVError) as ei:
+            suv_audit(headers, file_hint=case)
+        assert ei.value.tag == "Units (0054,1001)"
+        return
+    audit = suv_audit(headers, file_hint=case)
+    assert audit.suvbw_factor == pytest.approx(expected, rel=1e-6)
+    if "lessThan_S_DT" in case or "AC_DT_-_S_DT" in case:
+        assert audit.reference_time_rule == "earliest AcquisitionDate/Time"
