@@ -18,7 +18,8 @@ Assembly rules (first version, see issue 3 for the deeper ones)
 * Irregular spacing (a slice more than 10 % of the median step away from the regular grid that
   starts at the first slice) -> :class:`GeometryError` (issue 3 will resample).
 * Gantry tilt / sheared stacks (:func:`pipeline.geometry.stack_shear_deg` > 0.5 degrees) ->
-  :class:`GeometryError` naming the tilt in degrees (issue 3 will resample).
+  :class:`GeometryError` naming the tilt in degrees (issue 3 will resample). Checked before the
+  spacing, so a tilted series with variable spacing is reported as tilted.
 * Multi-frame (enhanced / legacy converted) images -> :class:`DicomReadError` for now.
 * Missing required attributes -> :class:`MissingTagError` naming keyword and ``(gggg,eeee)``.
 
@@ -331,6 +332,22 @@ def _assemble(
     positions = positions[keep]
     proj = proj[keep]
 
+    # ---- gantry tilt
+    shear = stack_shear_deg(positions, iop)
+    if shear > MAX_SHEAR_DEG:
+        header_tilt = datasets[0].get("GantryDetectorTilt", None)
+        extra = f" (GantryDetectorTilt in the header: {header_tilt})" if header_tilt else ""
+        raise GeometryError(
+            f"gantry tilt: expected slice positions along the slice normal, found the stack "
+            f"sheared by {shear:.2f} degrees{extra}; loading it as an untilted volume would "
+            "misplace every voxel",
+            file=files[0],
+            series_uid=series_uid,
+            tag=tag_label("GantryDetectorTilt"),
+            hint="resample the tilted series to an axial grid before ingestion (issue 3 will do "
+            "this automatically) or choose an untilted reconstruction",
+        )
+
     # ---- gaps and irregular spacing
     if len(proj) > 1:
         steps = np.diff(proj)
@@ -343,8 +360,9 @@ def _assemble(
                 for g in gaps
             )
             raise GeometryError(
-                f"missing slices: expected a regular step of {med:.3f} mm along the slice "
-                f"normal, found {len(gaps)} gap(s) larger than {GAP_FACTOR} x the median: {desc}",
+                f"missing slices (or variable slice spacing): expected a regular step of "
+                f"{med:.3f} mm along the slice normal, found {len(gaps)} gap(s) larger than "
+                f"{GAP_FACTOR} x the median: {desc}",
                 file=files[gaps[0]],
                 series_uid=series_uid,
                 tag=tag_label("ImagePositionPatient"),
@@ -367,22 +385,6 @@ def _assemble(
             )
         if abs(dev[worst]) > 0.01:
             notes.append(f"slice positions deviate up to {abs(dev[worst]):.3f} mm from regular")
-
-    # ---- gantry tilt
-    shear = stack_shear_deg(positions, iop)
-    if shear > MAX_SHEAR_DEG:
-        header_tilt = datasets[0].get("GantryDetectorTilt", None)
-        extra = f" (GantryDetectorTilt in the header: {header_tilt})" if header_tilt else ""
-        raise GeometryError(
-            f"gantry tilt: expected slice positions along the slice normal, found the stack "
-            f"sheared by {shear:.2f} degrees{extra}; loading it as an untilted volume would "
-            "misplace every voxel",
-            file=files[0],
-            series_uid=series_uid,
-            tag=tag_label("GantryDetectorTilt"),
-            hint="resample the tilted series to an axial grid before ingestion (issue 3 will do "
-            "this automatically) or choose an untilted reconstruction",
-        )
 
     # ---- grid and pixels
     ps = [float(v) for v in datasets[0].PixelSpacing]

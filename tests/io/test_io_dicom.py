@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -218,3 +220,18 @@ def test_real_oblique_anisotropic_ct():
     for k, h in enumerate(sorted(hs, key=lambda h: float(h.ImagePositionPatient[2]))):
         p = vol.grid.zyx_to_lps(np.array([[k, 0, 0]]))[0]
         np.testing.assert_allclose(p, [float(v) for v in h.ImagePositionPatient], atol=1e-3)
+
+
+GE_TILT = Path("/work/shared/reference_data/awkward_ct/ge_gantry_tilt_variable_spacing")
+
+
+@pytest.mark.skipif(not GE_TILT.is_dir(), reason="shared reference data (GE tilted CT) not present")
+def test_real_ge_gantry_tilt_refused_naming_tilt():
+    """28 GE head slices, gantry tilt 18.5 degrees and variable spacing: refused, tilt named."""
+    paths = sorted(GE_TILT.glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    with pytest.raises(GeometryError) as ei:
+        load_ct(paths, series_uid=uid)
+    m = re.search(r"sheared by ([0-9.]+) degrees", ei.value.message)
+    assert m and float(m.group(1)) == pytest.approx(18.5, abs=0.1)
+    assert ei.value.tag == "GantryDetectorTilt (0018,1120)"
