@@ -326,3 +326,13 @@ def test_symlinked_folders_followed_once(tmp_path):
     ix = scan_archive(arch)
     assert len(ix.files) == 3 and ix.series.iloc[0]["series_uid"] == s.series_uid
     assert ix.series_paths(s.series_uid)[0].exists()
+
+
+def test_series_refs_records(index, archive):
+    from pipeline.records import CTPhase, Modality, SegmentKind
+
+    refs = {r.series_uid: r for r in index.series_refs()}
+    assert refs[archive["ce"].series_uid].ct_phase is CTPhase.CONTRAST
+    assert refs[archive["seg_les"]].modality is Modality.SEG
+    assert refs[archive["seg_les"]].segment_kind is SegmentKind.LESION
+    assert refs[archive["seg_les"]].referenced_series_uids == (archive["nc"].series_uid,)
