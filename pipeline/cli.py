@@ -129,7 +129,7 @@ def cmd_phantom(args) -> int:
     out = Path(args.outdir)
     t0 = time.perf_counter()
 
-    def progress(i: int, n: int) -> None:
+    def progress(i: int, n: int, folder=None) -> None:
         el = time.perf_counter() - t0
         left = el / i * (n - i) if i else float("nan")
         print(f"phantom patients {i}/{n} written ({el:.1f} s, ~{left:.0f} s left)", file=sys.stderr)

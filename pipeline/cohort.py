@@ -38,8 +38,12 @@ def study_output_dir(results: Path, row: dict) -> Path:
 
 def index_failures(problems: pd.DataFrame) -> list[dict]:
     """Index problems (unreadable, truncated, non-DICOM files) as failure records."""
+    from pipeline.io.index import NOT_DICOM
+
     recs = []
     for p in problems.to_dict(orient="records"):
+        if p.get("error_class") == NOT_DICOM:
+            continue  # skipped, listed in index/problems.csv
         recs.append({
             "patient_id": p.get("patient_id", "") or "", "study_uid": p.get("study_uid", "") or "",
             "stage": "index", "error_class": p.get("error_class", "DicomReadError"),
@@ -97,6 +101,8 @@ def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | No
         "studies_failed": sum(1 for s in status if s["status"] != "done"),
         "lesions": int(len(les_df)),
         "failures": len(failures),
+        "skipped_non_dicom_files": 0 if problems is None else int(
+            (problems.get("error_class", pd.Series(dtype=str)) == "NotDicom").sum()),
         "tables": {
             "lesions": str(cohort / "lesions.csv"),
             "lesions_parquet": str(cohort / "lesions.parquet"),

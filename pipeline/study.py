@@ -64,6 +64,10 @@ class StudyInputs:
         sel = self._files[self._files["series_uid"] == series_uid]
         return [self.root / p for p in sel["path"].tolist()]
 
+    def sop_uids(self, series_uid: str) -> list[str]:
+        sel = self._files[self._files["series_uid"] == series_uid]
+        return [u for u in sel["sop_instance_uid"].tolist() if u]
+
     def uid(self, key: str) -> str:
         v = self.row.get(key)
         return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
@@ -87,7 +91,8 @@ def _load_masks(inp: StudyInputs, source: str, ref: str, grids: dict, cfg: dict)
         if not paths:
             raise SegmentationError("RTSTRUCT listed in the study sheet has no files", series_uid=ref)
         ref_uid = _rtstruct_reference(paths[0], grids)
-        return rtstruct.read_rtstruct(paths[0], grid=grids[ref_uid], series_uid=ref_uid, **pats)
+        return rtstruct.read_rtstruct(paths[0], grid=grids[ref_uid], series_uid=ref_uid,
+                                      sop_instance_uids=inp.sop_uids(ref_uid), **pats)
     if source == "labelmap":
         path = inp.root / ref
         side = labelmap.read_sidecar(path)
@@ -97,9 +102,8 @@ def _load_masks(inp: StudyInputs, source: str, ref: str, grids: dict, cfg: dict)
                 f"label map refers to series {ref_uid or '(none)'} which is not loaded for this study",
                 file=path, hint="set referenced_series_uid in the JSON sidecar to the CT it was drawn on",
             )
-        names = {int(k): str(v) for k, v in side.get("labels", {}).items()}
-        kind = SegmentKind(side.get("kind", "lesion"))
-        return labelmap.read_labelmap(path, grid=grids[ref_uid], names=names, kind=kind)
+        return labelmap.read_labelmap(path, grid=grids[ref_uid], names=side["names"],
+                                      kind=SegmentKind(side["kind"]), referenced_series_uid=ref_uid)
     raise SegmentationError(f"unknown mask source {source!r} in the study sheet")
 
 

@@ -65,7 +65,8 @@ def truth_checks(lesions: pd.DataFrame, truth: dict) -> list[Check]:
         tl = float(t["longest_axial_diameter_mm"])
         out.append(Check(pid, t["name"], "longest_diameter_mm", ld, tl,
                          None if ld is None else ld - tl, voxel_diag, "mm"))
-        c = np.array([num(r.get(f"centroid_{a}_mm")) or np.nan for a in "xyz"])
+        c = np.array([np.nan if num(r.get(f"centroid_{a}_mm")) is None
+                      else num(r.get(f"centroid_{a}_mm")) for a in "xyz"])
         tc = np.asarray(t["centroid_lps_mm_voxelized"], dtype=float)
         err = float(np.linalg.norm(c - tc)) if np.all(np.isfinite(c)) else None
         out.append(Check(pid, t["name"], "centroid_mm", None if err is None else 0.0, 0.0, err,

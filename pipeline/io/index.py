@@ -760,12 +760,17 @@ def _inherit_labelmap_ids(files: pd.DataFrame, extras: dict[str, _Extra]) -> pd.
     return files
 
 
+#: ``error_class`` of files that are simply not DICOM (notes, JSON, spreadsheets): listed in
+#: ``problems.csv`` as skipped, but not failures of the batch.
+NOT_DICOM = "NotDicom"
+
+
 def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
                  lesion_patterns, organ_patterns) -> None:
     looks, preamble = _sniff(p)
     if not looks:
         problem(p, "not a DICOM file (no DICM preamble and no DICOM group 0002/0008 at the "
-                   "start)", "DicomReadError")
+                   "start)", NOT_DICOM)
         return
     size = p.stat().st_size
     try:
@@ -778,8 +783,7 @@ def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
         log.debug("skipping DICOMDIR %s", p)
         return
     if not preamble and not (has_value(ds, "SOPInstanceUID") or has_value(ds, "Modality")):
-        problem(p, "not a DICOM file (no preamble and no SOPInstanceUID/Modality)",
-                "DicomReadError")
+        problem(p, "not a DICOM file (no preamble and no SOPInstanceUID/Modality)", NOT_DICOM)
         return
     reason = check_complete(p, ds)
     if reason:
