@@ -155,8 +155,8 @@ def _watch_progress(results: Path, stop: threading.Event, t0: float) -> None:
         done = len(list((results / "studies").glob("*/*/provenance.json")))
         if done != last and total:
             el = time.perf_counter() - t0
-            left = el / done * (total - done) if done else float("nan")
-            print(f"[hitit] studies done {done}/{total}, elapsed {el:.0f} s, ~{left:.0f} s left",
+            eta = f"~{el / done * (total - done):.0f} s left" if done else "estimating time left"
+            print(f"[hitit] studies done {done}/{total}, elapsed {el:.0f} s, {eta}",
                   file=sys.stderr, flush=True)
             last = done
 
@@ -236,10 +236,19 @@ def cmd_demo(args) -> int:
     print(f"HIT-IT demo: running the workflow on the sample cohort in {archive}")
     rc = run_workflow(archive, Path(args.output), config_file=None, cores=args.cores)
     if rc == 0:
+        import pandas as pd
+
         from pipeline.validation import compare_with_truth
 
-        report = compare_with_truth(Path(args.output), archive)
-        print(report)
+        rk = pd.read_csv(Path(args.output) / "cohort" / "ranking.csv", dtype=str,
+                         keep_default_na=False)
+        print("\n=== Injection and monitoring sets ===")
+        for pid, g in rk.groupby("patient_id"):
+            inj = g[g["role"] == "inject"]["lesion_label"].tolist()
+            mon = g[g["role"] == "monitor"]["lesion_label"].tolist()
+            print(f"{pid}: inject {', '.join(inj) or '-'}; monitor {', '.join(mon) or '-'}")
+        print()
+        print(compare_with_truth(Path(args.output), archive))
     return rc
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import re
 import traceback
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -203,10 +202,8 @@ def run_study(
 
 
 def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
-    from pipeline.anatomy.body import SkinSurface, body_mask
-    from pipeline.anatomy.site import site_features
-    from pipeline.features.pet import pet_features
-    from pipeline.features.shape import shape_features
+    from pipeline.anatomy import stage as anatomy_stage
+    from pipeline.features import stage as feature_stage
     from pipeline.io import dicom, suv
     from pipeline.ranking.select import rank_study
 
@@ -216,12 +213,16 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
 
     # ---- load each image series once
     with timer.stage("load_images"):
-        cts = {}
-        for key in ("ct_series_uid", "ce_ct_series_uid"):
+        cts: dict[str, object] = {}
+        by_uid: dict[str, object] = {}
+        for key, role in (("ct_series_uid", "noncontrast"), ("ce_ct_series_uid", "contrast")):
             uid = inp.uid(key)
-            if uid and uid not in cts:
-                cts[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid)
-                used[key] = uid
+            if not uid:
+                continue
+            if uid not in by_uid:
+                by_uid[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid)
+            cts[role] = by_uid[uid]
+            used[key] = uid
         suv_vol = activity = None
         suv_reason = ""
         pet_uid = inp.uid("pet_series_uid")
@@ -241,7 +242,7 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
                 warnings.append(suv_reason)
         else:
             suv_reason = "no PET series in this study"
-        grids = {uid: v.grid for uid, v in cts.items()}
+        grids = {uid: v.grid for uid, v in by_uid.items()}
         if activity is not None:
             grids[pet_uid] = activity.grid
 
@@ -270,78 +271,29 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
             except PipelineError as exc:
                 warnings.append(f"organ masks unusable, organ will be unknown: {exc}")
                 organs = {}
-        lesion_grid = masks[0].grid
-        organs = _organs_on_grid(organs, lesion_grid)
 
-    # ---- body and skin, once, on the CT the lesions were drawn on
-    with timer.stage("anatomy_setup"):
-        ct_for_body = next((v for v in cts.values() if v.grid.same_as(lesion_grid)), None)
-        skin = None
-        skin_reason = ""
-        if ct_for_body is None:
-            skin_reason = "no CT on the lesion mask's grid"
-        else:
-            body = body_mask(ct_for_body.array, ct_for_body.grid,
-                             threshold_hu=cfg["anatomy"]["body_threshold_hu"])
-            skin = SkinSurface.from_body_mask(body, ct_for_body.grid)
-            del body
+    # ---- whole-study preparation, once
+    with timer.stage("prepare"):
+        fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg)
+        actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg)
 
     # ---- per lesion: crops only
-    a = cfg["anatomy"]
     rows = []
     ids = lesion_ids([m.name for m in masks])
-    with timer.stage("features"):
+    with timer.stage("lesions"):
         for lid, m in zip(ids, masks):
-            shp = shape_features(m)
-            pet = pet_features(m, suv_vol, activity=activity, suv_reason=suv_reason,
-                               peak_volume_ml=cfg["features"]["pet"]["peak_volume_ml"],
-                               min_coverage=cfg["features"]["pet"]["min_coverage"])
-            site = site_features(
-                m, organs=organs, skin=skin,
-                node_name_patterns=tuple(a["node_name_patterns"]),
-                superficial_depth_mm=a["superficial_depth_mm"],
-                organ_min_overlap=a["organ_min_overlap"],
-                organ_max_distance_mm=a["organ_max_distance_mm"],
-                vessel_names=tuple(a["vessel_names"]),
-                margin_mm=a["distance_margin_mm"],
-            )
             row = {
                 "patient_id": patient_id, "study_uid": study_uid, "lesion_id": lid,
                 "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
                 "tracking_uid": m.tracking_uid,
             }
-            row.update(asdict(shp))
-            row.update(asdict(site))
-            if skin is None and not row.get("skin_depth_reason"):
-                row["skin_depth_reason"] = skin_reason
-            row.update(asdict(pet))
+            feats = feature_stage.lesion_columns(m, fctx, cfg)
+            row.update(feats)
+            row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
             rows.append(row)
     lesions = pd.DataFrame(rows)
 
     with timer.stage("ranking"):
         ranking = rank_study(lesions, cfg["ranking"])
     return lesions, ranking, used, warnings
-
-
-def _organs_on_grid(organs: dict[str, LesionMask], grid) -> dict[str, LesionMask]:
-    """Bring organ masks onto the lesion grid once (nearest neighbour), if they differ."""
-    from pipeline.geometry import bbox_of, resample
-
-    out = {}
-    for name, m in organs.items():
-        if m.grid.same_as(grid):
-            out[name] = m
-            continue
-        full = resample(m.full(), m.grid, grid, interpolation="nearest")
-        bb = bbox_of(full)
-        if bb is None:
-            continue
-        crop = full[tuple(slice(b0, b1) for b0, b1 in bb)]
-        out[name] = LesionMask(
-            name=m.name, source=m.source, grid=grid, bbox_zyx=bb, crop=crop, kind=m.kind,
-            source_uid=m.source_uid, referenced_series_uid=m.referenced_series_uid,
-            segment_number=m.segment_number, tracking_uid=m.tracking_uid,
-        )
-        log.info("organ mask %s resampled onto the lesion grid (nearest neighbour)", name)
-    return out
