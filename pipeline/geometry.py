@@ -424,3 +424,234 @@ def max_pairwise_distance(points: np.ndarray) -> tuple[float, np.ndarray, np.nda
     d2 = ((cand[:, None, :] - cand[None, :, :]) ** 2).sum(-1)
     a, b = np.unravel_index(np.argmax(d2), d2.shape)
     return float(np.sqrt(d2[a, b])), cand[a], cand[b]
+
+
+# --------------------------------------------------------------------------- irregular stacks
+@dataclass(frozen=True)
+class StackLayout:
+    """How the slices of a sorted stack sit relative to their common slice normal.
+
+    Attributes
+    ----------
+    normal : (3,) array
+        Unit slice normal ``row_cosine x column_cosine`` in LPS.
+    projections_mm : (N,) array
+        ImagePositionPatient of each slice projected on the normal (ascending), mm.
+    steps_mm : (N-1,) array
+        Differences of consecutive projections, mm.
+    inplane_offsets_mm : (N, 2) array
+        In-plane offset of each slice's first pixel from the line through slice 0 along the
+        normal, as (along the row cosine = i axis, along the column cosine = j axis), mm. All
+        zeros for an ordinary stack; grows linearly with the slice for a gantry-tilted (sheared)
+        acquisition.
+    shear_deg : float
+        Angle between the normal and the line through the first and last slice positions.
+    """
+
+    normal: np.ndarray
+    projections_mm: np.ndarray
+    steps_mm: np.ndarray
+    inplane_offsets_mm: np.ndarray
+    shear_deg: float
+
+    @property
+    def max_offset_mm(self) -> float:
+        """Largest in-plane offset of a slice from the normal line, mm."""
+        if len(self.inplane_offsets_mm) == 0:
+            return 0.0
+        return float(np.max(np.linalg.norm(self.inplane_offsets_mm, axis=1)))
+
+
+def stack_layout(sorted_positions_lps_mm: np.ndarray, image_orientation_patient) -> StackLayout:
+    """Describe a sorted slice stack (see :class:`StackLayout`).
+
+    Parameters
+    ----------
+    sorted_positions_lps_mm : (N, 3) array
+        ImagePositionPatient of the slices, sorted along the normal (:func:`sort_slices`).
+    image_orientation_patient : (6,) array
+        The shared ImageOrientationPatient (row cosine, column cosine).
+    """
+    iop = np.asarray(image_orientation_patient, dtype=float).reshape(2, 3)
+    n = slice_normal(iop)
+    pos = np.asarray(sorted_positions_lps_mm, dtype=float).reshape(-1, 3)
+    proj = pos @ n
+    rel = pos - pos[0] if len(pos) else pos
+    offsets = np.stack([rel @ iop[0], rel @ iop[1]], axis=1) if len(pos) else np.zeros((0, 2))
+    return StackLayout(
+        normal=n, projections_mm=proj, steps_mm=np.diff(proj), inplane_offsets_mm=offsets,
+        shear_deg=stack_shear_deg(pos, iop),
+    )
+
+
+def regular_stack_grid(
+    sorted_positions_lps_mm: np.ndarray,
+    image_orientation_patient,
+    pixel_spacing_rc_mm: tuple[float, float],
+    n_rows: int,
+    n_cols: int,
+    *,
+    step_mm: float | None = None,
+) -> Grid:
+    """The regular, orthogonal grid that an irregular or sheared slice stack is resampled onto.
+
+    * Axes: i along the row cosine, j along the column cosine, k along the slice normal
+      ``n = row x column`` (an orthonormal frame: the acquired image planes are kept, the stack
+      is made orthogonal to them). For a gantry-tilted CT this is the de-sheared volume; for an
+      axial acquisition with variable spacing it is axial.
+    * Along k: from the first slice's plane to the last one's (never extrapolated), at
+      ``step_mm`` (default: the median step between the acquired planes).
+    * In-plane: the acquired pixel spacing; the extent is grown by whole pixels so that every
+      slice's footprint is inside (a tilted stack drifts along the column direction), and the
+      grid is aligned with slice 0's pixels.
+
+    Parameters
+    ----------
+    sorted_positions_lps_mm : (N, 3) array
+        ImagePositionPatient of the slices, sorted along the normal, LPS mm.
+    image_orientation_patient : (6,) array
+    pixel_spacing_rc_mm : (row spacing, column spacing)
+        DICOM PixelSpacing, mm.
+    n_rows, n_cols : int
+        Size of each acquired slice.
+    step_mm : float, optional
+        Slice spacing of the result along the normal, mm.
+
+    Returns
+    -------
+    Grid
+    """
+    iop = np.asarray(image_orientation_patient, dtype=float).reshape(2, 3)
+    lay = stack_layout(sorted_positions_lps_mm, iop)
+    pos = np.asarray(sorted_positions_lps_mm, dtype=float).reshape(-1, 3)
+    rs, cs = float(pixel_spacing_rc_mm[0]), float(pixel_spacing_rc_mm[1])
+    a = lay.inplane_offsets_mm[:, 0] / cs  # column (i) offset of each slice, pixels
+    b = lay.inplane_offsets_mm[:, 1] / rs  # row (j) offset, pixels
+    lo_i, hi_i = int(np.floor(a.min() + 1e-6)), int(np.ceil(a.max() - 1e-6))
+    lo_j, hi_j = int(np.floor(b.min() + 1e-6)), int(np.ceil(b.max() - 1e-6))
+    extent = float(lay.projections_mm[-1] - lay.projections_mm[0]) if len(pos) > 1 else 0.0
+    if step_mm is None:
+        step_mm = float(np.median(lay.steps_mm)) if len(pos) > 1 else 1.0
+    if not step_mm > 0:
+        raise GeometryError(f"slice step must be positive, got {step_mm} mm")
+    nz = int(np.floor(extent / step_mm + 1e-6)) + 1
+    origin = pos[0] + lo_i * cs * iop[0] + lo_j * rs * iop[1]
+    direction = np.column_stack([iop[0], iop[1], lay.normal])
+    return Grid(
+        shape_zyx=(nz, int(n_rows + hi_j - lo_j), int(n_cols + hi_i - lo_i)),
+        spacing_xyz_mm=(cs, rs, float(step_mm)),
+        origin_lps_mm=tuple(float(v) for v in origin),
+        direction=tuple(float(v) for v in direction.ravel()),
+    )
+
+
+def resample_stack(
+    slices: np.ndarray,
+    sorted_positions_lps_mm: np.ndarray,
+    image_orientation_patient,
+    pixel_spacing_rc_mm: tuple[float, float],
+    target: Grid,
+    *,
+    fill: float = 0.0,
+) -> np.ndarray:
+    """Resample an irregular or sheared stack of planes onto a grid with the same plane frame.
+
+    Each acquired slice ``k`` is a plane of pixels at its own ImagePositionPatient. A target
+    voxel centre ``p`` is valued by linear interpolation **along the slice normal** between the
+    two acquired planes that bracket it (``w`` from the projections of ``p`` and of the planes on
+    the normal), each plane being sampled bilinearly at the orthogonal projection of ``p`` onto
+    it. The in-plane (bilinear, translation-only) resampling of every plane onto the target's
+    in-plane grid ("de-shearing") is done with SimpleITK from the true slice position; the
+    interpolation between planes with numpy.
+
+    Parameters
+    ----------
+    slices : (N, rows, cols) array
+        Pixel values in the sorted order of ``sorted_positions_lps_mm``.
+    sorted_positions_lps_mm : (N, 3) array
+        ImagePositionPatient of each slice, LPS mm, ascending along the normal.
+    image_orientation_patient : (6,) array
+        Shared row and column cosines; ``target`` must have the same in-plane axes and its k
+        axis along the slice normal (e.g. from :func:`regular_stack_grid`).
+    pixel_spacing_rc_mm : (row spacing, column spacing), mm
+    target : Grid
+    fill : float
+        Value of target voxels outside the acquired planes' footprints.
+
+    Returns
+    -------
+    (z, y, x) float32 array on ``target``.
+
+    Raises
+    ------
+    GeometryError
+        ``target`` does not share the stack's plane frame.
+    """
+    iop = np.asarray(image_orientation_patient, dtype=float).reshape(2, 3)
+    pos = np.asarray(sorted_positions_lps_mm, dtype=float).reshape(-1, 3)
+    src = np.asarray(slices)
+    n = slice_normal(iop)
+    d = target.direction_matrix
+    if not (np.allclose(d[:, 0], iop[0], atol=1e-5) and np.allclose(d[:, 1], iop[1], atol=1e-5)
+            and np.allclose(d[:, 2], n, atol=1e-5)):
+        raise GeometryError(
+            "resample_stack needs a target grid in the slices' own frame (row, column, normal)",
+            hint="build the target with pipeline.geometry.regular_stack_grid",
+        )
+    if src.shape[0] != len(pos):
+        raise GeometryError(f"{src.shape[0]} slices but {len(pos)} positions")
+    rs, cs = float(pixel_spacing_rc_mm[0]), float(pixel_spacing_rc_mm[1])
+    nz, ny, nx = target.shape_zyx
+    t_origin = np.asarray(target.origin_lps_mm, dtype=float)
+    proj = pos @ n
+    if np.any(np.diff(proj) <= 0):
+        raise GeometryError("slice positions must be strictly ascending along the normal")
+    tz = t_origin @ n + target.spacing_xyz_mm[2] * np.arange(nz)
+
+    ref2d = sitk.Image(int(nx), int(ny), sitk.sitkFloat32)
+    ref2d.SetSpacing((cs, rs))
+    ref2d.SetOrigin((0.0, 0.0))
+    cache: dict[int, np.ndarray] = {}
+
+    def deshear(k: int) -> np.ndarray:
+        if k in cache:
+            return cache[k]
+        rel = pos[k] - t_origin
+        off = (float(rel @ iop[0]), float(rel @ iop[1]))  # mm along i, j
+        fi, fj = off[0] / cs, off[1] / rs
+        img2d = src[k].astype(np.float32)
+        if (abs(fi - round(fi)) < 1e-6 and abs(fj - round(fj)) < 1e-6):
+            out = np.full((ny, nx), fill, dtype=np.float32)  # whole-pixel shift: exact copy
+            i0, j0 = int(round(fi)), int(round(fj))
+            ys = slice(max(j0, 0), min(j0 + img2d.shape[0], ny))
+            xs = slice(max(i0, 0), min(i0 + img2d.shape[1], nx))
+            out[ys, xs] = img2d[ys.start - j0: ys.stop - j0, xs.start - i0: xs.stop - i0]
+        else:
+            im = sitk.GetImageFromArray(img2d)
+            im.SetSpacing((cs, rs))
+            im.SetOrigin(off)
+            res = sitk.Resample(im, ref2d, sitk.Transform(2, sitk.sitkIdentity), sitk.sitkLinear,
+                                float(fill), sitk.sitkFloat32)
+            out = sitk.GetArrayFromImage(res)
+        if len(cache) > 4:
+            cache.pop(min(cache))
+        cache[k] = out
+        return out
+
+    result = np.empty((nz, ny, nx), dtype=np.float32)
+    tol = 1e-4
+    for m in range(nz):
+        t = tz[m]
+        if t < proj[0] - tol or t > proj[-1] + tol:
+            result[m] = fill
+            continue
+        k0 = int(np.clip(np.searchsorted(proj, t, side="right") - 1, 0, len(proj) - 1))
+        if abs(t - proj[k0]) <= tol or k0 == len(proj) - 1:
+            result[m] = deshear(k0)
+            continue
+        w = float((t - proj[k0]) / (proj[k0 + 1] - proj[k0]))
+        if w >= 1.0 - 1e-9:
+            result[m] = deshear(k0 + 1)
+            continue
+        result[m] = (1.0 - w) * deshear(k0) + w * deshear(k0 + 1)
+    return result

@@ -1,26 +1,45 @@
 """Assemble CT and PET image series into volumes.
 
-Pixels are decoded with pydicom (compressed transfer syntaxes through the installed
-pylibjpeg / openjpeg / RLE / JPEG-LS / GDCM plugins). Geometry comes only from
-:mod:`pipeline.geometry`: slices are ordered by the projection of ImagePositionPatient on the
-slice normal (:func:`pipeline.geometry.sort_slices`), the grid from
-:func:`pipeline.geometry.grid_from_slices`.
+Pixels are decoded with pydicom; compressed transfer syntaxes go through the installed plugins
+(JPEG baseline / extended / lossless: pylibjpeg-libjpeg or GDCM; JPEG-LS: pyjpegls; JPEG 2000:
+pylibjpeg-openjpeg; RLE: pylibjpeg-rle or pydicom's own decoder; deflate: pydicom). Geometry
+comes only from :mod:`pipeline.geometry`: slices are ordered by the projection of
+ImagePositionPatient on the slice normal (:func:`pipeline.geometry.sort_slices`), the grid from
+:func:`pipeline.geometry.grid_from_slices`, irregular stacks are resampled by
+:func:`pipeline.geometry.resample_stack`.
 
-Assembly rules (first version, see issue 3 for the deeper ones)
----------------------------------------------------------------
-* Every file must belong to the requested SeriesInstanceUID and share ImageOrientationPatient
-  (within 1e-4), Rows, Columns and PixelSpacing; otherwise :class:`GeometryError` naming the tag.
-* Duplicates (two files at the same position along the normal, within 0.01 mm): identical
-  SOPInstanceUID -> the copy is dropped; different SOPInstanceUIDs -> the one with the higher
-  InstanceNumber is kept. Both are recorded in ``Volume.notes``.
-* Missing slices: any step between consecutive positions larger than 1.5 x the median step ->
-  :class:`GeometryError` naming the series and the positions on both sides of each gap.
-* Irregular spacing (a slice more than 10 % of the median step away from the regular grid that
-  starts at the first slice) -> :class:`GeometryError` (issue 3 will resample).
-* Gantry tilt / sheared stacks (:func:`pipeline.geometry.stack_shear_deg` > 0.5 degrees) ->
-  :class:`GeometryError` naming the tilt in degrees (issue 3 will resample). Checked before the
-  spacing, so a tilted series with variable spacing is reported as tilted.
-* Multi-frame (enhanced / legacy converted) images -> :class:`DicomReadError` for now.
+Slices and frames
+-----------------
+A series is a set of *slices*. A single-frame file is one slice; a multi-frame file (Enhanced CT
+/ PET, Legacy Converted Enhanced CT / PET) contributes one slice per frame, with its position,
+orientation, pixel spacing and rescale taken from the per-frame functional groups, else the
+shared functional groups, else the top-level attributes. Both kinds may be mixed in one series.
+Headers are read first (no pixel data); pixels are decoded only once the geometry is accepted.
+
+Assembly rules
+--------------
+* Every file must belong to the requested SeriesInstanceUID and Modality, and all slices share
+  ImageOrientationPatient (within 1e-4), Rows, Columns and PixelSpacing; otherwise
+  :class:`GeometryError` / :class:`DicomReadError` naming the tag and the file.
+* **Duplicates** (two slices within 0.01 mm along the normal): identical SOPInstanceUID (and
+  frame) -> the copy is dropped; different instances -> the one with the higher InstanceNumber
+  is kept. Both are recorded in ``Volume.notes``. Two frames of one multi-frame object at one
+  position (several stacks or time points) -> :class:`GeometryError`.
+* **Missing slices**: a step along the normal larger than 1.5 x the median step is a *gap* when
+  the InstanceNumbers on both sides jump by more than 1 (instances are missing), when the step
+  exceeds 3.5 x the median, or (InstanceNumbers unusable) when it is an isolated near-integer
+  multiple of the median. A gap -> :class:`GeometryError` naming the series and the positions on
+  both sides ("missing slices"), whatever ``on_irregular`` says: interpolating over lost files
+  would invent anatomy.
+* **Variable spacing** (steps that are not gaps, or any slice more than 5 % of the median step
+  off the regular grid starting at the first slice) and **gantry tilt** (a slice whose origin
+  drifts in-plane from the normal line through the first slice by more than 0.1 pixel) make the
+  stack *irregular*. With ``on_irregular="resample"`` (default) it is resampled with linear
+  interpolation onto :func:`pipeline.geometry.regular_stack_grid` (the acquired planes' frame,
+  median step, in-plane extent grown to keep every slice), and ``Volume.notes`` say so, with
+  the tilt in degrees and the spacings found. With ``"refuse"`` -> :class:`GeometryError` naming
+  the tilt (tag GantryDetectorTilt) or the irregular spacing. A tilted series is never loaded as
+  if it were untilted.
 * Missing required attributes -> :class:`MissingTagError` naming keyword and ``(gggg,eeee)``.
 
 Arrays are float32 in (z, y, x) order; the grid is in LPS mm.
@@ -30,29 +49,44 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
 from pipeline.errors import DicomReadError, GeometryError, MissingTagError
-from pipeline.geometry import Grid, grid_from_slices, slice_normal, sort_slices, stack_shear_deg
+from pipeline.geometry import (
+    Grid,
+    grid_from_slices,
+    regular_stack_grid,
+    resample_stack,
+    slice_normal,
+    sort_slices,
+    stack_layout,
+)
 from pipeline.records import Volume
 
 log = logging.getLogger(__name__)
 
 #: Positions closer than this along the normal are the same slice (mm).
 DUPLICATE_TOL_MM = 0.01
-#: A step larger than this multiple of the median step means missing slices.
+#: A step larger than this multiple of the median step is a gap or variable spacing.
 GAP_FACTOR = 1.5
-#: Largest allowed deviation of a slice from the regular grid, as a fraction of the step.
-IRREGULAR_FRACTION = 0.10
-#: Largest stack shear (gantry tilt) accepted without resampling, degrees.
-MAX_SHEAR_DEG = 0.5
+#: A step larger than this multiple of the median step is always a gap (missing slices).
+MAX_VARIABLE_RATIO = 3.5
+#: Largest deviation of a slice from the regular grid accepted as regular, fraction of the step.
+IRREGULAR_FRACTION = 0.05
+#: Largest in-plane drift of a slice origin from the normal line accepted as untilted (pixels).
+TILT_TOL_PX = 0.1
 #: Tolerance for ImageOrientationPatient equality (direction cosines).
 IOP_TOL = 1e-4
+#: Value given to resampled voxels outside every acquired slice, per modality.
+FILL_VALUE = {"CT": -1024.0, "PT": 0.0}
+
+OnIrregular = Literal["resample", "refuse"]
 
 _DECODE_HINT = (
     "install the pixel-data plugins (pylibjpeg, pylibjpeg-libjpeg, pylibjpeg-openjpeg, "
@@ -109,6 +143,33 @@ def require(
     return ds[keyword].value
 
 
+def functional_group_value(ds: Dataset, frame: int, group_keyword: str, keyword: str) -> Any:
+    """An attribute of a multi-frame functional group: per-frame first, then shared; else None.
+
+    Parameters
+    ----------
+    ds : Dataset
+        A multi-frame object (Enhanced / Legacy Converted CT or PET, SEG).
+    frame : int
+        0-based frame index.
+    group_keyword : str
+        The functional group macro, e.g. ``"PlanePositionSequence"``.
+    keyword : str
+        The attribute inside it, e.g. ``"ImagePositionPatient"``.
+    """
+    pf = ds.get("PerFrameFunctionalGroupsSequence", None)
+    if pf is not None and len(pf) > frame:
+        grp = pf[frame].get(group_keyword, None)
+        if grp and keyword in grp[0] and grp[0][keyword].value not in (None, ""):
+            return grp[0][keyword].value
+    sh = ds.get("SharedFunctionalGroupsSequence", None)
+    if sh:
+        grp = sh[0].get(group_keyword, None)
+        if grp and keyword in grp[0] and grp[0][keyword].value not in (None, ""):
+            return grp[0][keyword].value
+    return None
+
+
 def _fmt_pos(p: Iterable[float]) -> str:
     return "(" + ", ".join(f"{float(v):.2f}" for v in p) + ")"
 
@@ -146,60 +207,221 @@ def load_series_headers(paths: Sequence[str | Path]) -> list[Dataset]:
     return out
 
 
-# --------------------------------------------------------------------------- assembly
-def _read_full(path: str | Path) -> Dataset:
-    try:
-        return pydicom.dcmread(str(path))
-    except Exception as exc:
-        raise DicomReadError(
-            f"cannot read DICOM file: {type(exc).__name__}: {exc}",
-            file=path,
-            hint="re-export the file; run the archive index to list all unreadable files",
-        ) from exc
+# --------------------------------------------------------------------------- slices
+@dataclass
+class _Slice:
+    """One image plane: a single-frame file or one frame of a multi-frame file."""
+
+    file: str
+    frame: int | None  # None for single-frame files
+    ds: Dataset  # header (no pixel data)
+    position: np.ndarray
+    iop: np.ndarray
+    pixel_spacing: tuple[float, float]
+    slope: float
+    intercept: float
+    sop_uid: str
+    instance_number: int | None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.sop_uid, -1 if self.frame is None else self.frame)
+
+    @property
+    def name(self) -> str:
+        base = Path(self.file).name
+        return base if self.frame is None else f"{base} frame {self.frame + 1}"
 
 
-def _pixels(ds: Dataset, path: str | Path, series_uid: str) -> np.ndarray:
-    require(ds, "PixelData", file=path, series_uid=series_uid)
+def _as_floats(value, n: int, *, file, series_uid, keyword: str) -> np.ndarray:
     try:
-        arr = ds.pixel_array
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise DicomReadError(
-            f"cannot decode pixel data (transfer syntax {ts}): {type(exc).__name__}: {exc}",
-            file=path,
-            series_uid=series_uid,
-            tag=tag_label("TransferSyntaxUID"),
-            hint=_DECODE_HINT,
-        ) from exc
-    if arr.ndim != 2:
-        raise DicomReadError(
-            f"expected a single-frame greyscale image, found pixel array of shape {arr.shape}",
-            file=path,
-            series_uid=series_uid,
-            tag=tag_label("SamplesPerPixel"),
-            hint="colour or multi-sample images cannot be used as CT/PET volumes",
-        )
+        arr = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise GeometryError(f"{keyword} is not numeric: {value!r}", file=file,
+                            series_uid=series_uid, tag=tag_label(keyword),
+                            hint="re-export the series; the header is damaged") from exc
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise GeometryError(f"{keyword} must hold {n} finite numbers, found {list(value)}",
+                            file=file, series_uid=series_uid, tag=tag_label(keyword),
+                            hint="re-export the series; the header is damaged")
     return arr
 
 
+def _instance_number(ds: Dataset) -> int | None:
+    v = ds.get("InstanceNumber", None)
+    try:
+        return int(v) if v not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _slices_of(ds: Dataset, path: str, series_uid: str, rescale_required: bool) -> list[_Slice]:
+    """Expand one header into its slices (1 for single-frame, NumberOfFrames otherwise)."""
+    for kw in ("Rows", "Columns", "SOPInstanceUID"):
+        require(ds, kw, file=path, series_uid=series_uid)
+    try:
+        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError):
+        nframes = 1
+    multi = nframes > 1 or "PerFrameFunctionalGroupsSequence" in ds
+    out = []
+    for f in range(nframes if multi else 1):
+        def get(group: str, kw: str):
+            if multi:
+                v = functional_group_value(ds, f, group, kw)
+                if v is not None:
+                    return v
+            return ds[kw].value if has_value(ds, kw) else None
+
+        where = f" (frame {f + 1})" if multi else ""
+        ipp = get("PlanePositionSequence", "ImagePositionPatient")
+        iop = get("PlaneOrientationSequence", "ImageOrientationPatient")
+        ps = get("PixelMeasuresSequence", "PixelSpacing")
+        for kw, v in (("ImagePositionPatient", ipp), ("ImageOrientationPatient", iop),
+                      ("PixelSpacing", ps)):
+            if v is None:
+                require(ds, kw, file=path, series_uid=series_uid,
+                        context=f"placing the slice{where}")
+        slope = get("PixelValueTransformationSequence", "RescaleSlope")
+        inter = get("PixelValueTransformationSequence", "RescaleIntercept")
+        if rescale_required:
+            for kw, v in (("RescaleSlope", slope), ("RescaleIntercept", inter)):
+                if v is None:
+                    require(ds, kw, file=path, series_uid=series_uid,
+                            context=f"converting stored values to physical units{where}")
+        try:
+            slope_f = float(slope) if slope is not None else 1.0
+            inter_f = float(inter) if inter is not None else 0.0
+        except (TypeError, ValueError) as exc:
+            raise MissingTagError(f"RescaleSlope/RescaleIntercept not numeric{where}",
+                                  file=path, series_uid=series_uid,
+                                  tag=tag_label("RescaleSlope"),
+                                  hint="re-export the series") from exc
+        out.append(_Slice(
+            file=path, frame=f if multi else None, ds=ds,
+            position=_as_floats(ipp, 3, file=path, series_uid=series_uid,
+                                keyword="ImagePositionPatient"),
+            iop=_as_floats(iop, 6, file=path, series_uid=series_uid,
+                           keyword="ImageOrientationPatient"),
+            pixel_spacing=tuple(_as_floats(ps, 2, file=path, series_uid=series_uid,
+                                           keyword="PixelSpacing")),
+            slope=slope_f, intercept=inter_f, sop_uid=str(ds.SOPInstanceUID),
+            instance_number=_instance_number(ds),
+        ))
+    return out
+
+
+# --------------------------------------------------------------------------- pixels
+def _decode(path: str, series_uid: str) -> tuple[np.ndarray, Dataset]:
+    """Decode all frames of one file: (frames, rows, cols) array and its dataset."""
+    try:
+        ds = pydicom.dcmread(str(path))
+    except Exception as exc:
+        raise DicomReadError(
+            f"cannot read DICOM file: {type(exc).__name__}: {exc}", file=path,
+            series_uid=series_uid,
+            hint="re-export the file; run the archive index to list all unreadable files",
+        ) from exc
+    require(ds, "PixelData", file=path, series_uid=series_uid)
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:
+        raise DicomReadError(
+            f"cannot decode pixel data (transfer syntax {ts} "
+            f"{getattr(ts, 'name', '')}): {type(exc).__name__}: {exc}",
+            file=path, series_uid=series_uid, tag=tag_label("TransferSyntaxUID"),
+            hint=_DECODE_HINT,
+        ) from exc
+    spp = int(ds.get("SamplesPerPixel", 1) or 1)
+    if spp != 1 or arr.ndim not in (2, 3):
+        raise DicomReadError(
+            f"expected greyscale image frames, found SamplesPerPixel {spp} and pixel array of "
+            f"shape {arr.shape}",
+            file=path, series_uid=series_uid, tag=tag_label("SamplesPerPixel"),
+            hint="colour or multi-sample images cannot be used as CT/PET volumes",
+        )
+    if arr.ndim == 2:
+        arr = arr[None]
+    return arr, ds
+
+
+def _read_pixels(slices: list[_Slice], series_uid: str) -> np.ndarray:
+    """Rescaled float32 (N, rows, cols) for ``slices``, each file decoded once."""
+    rows, cols = int(slices[0].ds.Rows), int(slices[0].ds.Columns)
+    out = np.empty((len(slices), rows, cols), dtype=np.float32)
+    by_file: dict[str, list[int]] = {}
+    for k, s in enumerate(slices):
+        by_file.setdefault(s.file, []).append(k)
+    for path, ks in by_file.items():
+        arr, _ = _decode(path, series_uid)
+        for k in ks:
+            f = slices[k].frame or 0
+            if f >= arr.shape[0] or arr.shape[1:] != (rows, cols):
+                raise DicomReadError(
+                    f"pixel data holds {arr.shape[0]} frame(s) of {arr.shape[1:]}, expected "
+                    f"frame {f + 1} of ({rows}, {cols})",
+                    file=path, series_uid=series_uid, tag=tag_label("NumberOfFrames"),
+                    hint="the file is damaged or its NumberOfFrames/Rows/Columns are wrong; "
+                    "re-export it",
+                )
+            out[k] = arr[f].astype(np.float32) * np.float32(slices[k].slope) + np.float32(
+                slices[k].intercept)
+        del arr
+    return out
+
+
+# --------------------------------------------------------------------------- step analysis
+def _gap_steps(proj: np.ndarray, slices: list[_Slice]) -> tuple[list[int], list[int], float]:
+    """Split large steps into gaps (missing slices) and variable spacing.
+
+    Returns (gap step indices, variable-spacing step indices, median step).
+    """
+    steps = np.diff(proj)
+    med = float(np.median(steps))
+    big = [int(g) for g in np.flatnonzero(steps > GAP_FACTOR * med)]
+    inst = [s.instance_number for s in slices]
+    usable = (all(v is not None for v in inst) and len(set(inst)) == len(inst)
+              and len({s.sop_uid for s in slices}) == len(slices))
+    if usable:
+        d = np.diff(np.asarray(inst, dtype=np.int64))
+        usable = bool(np.all(d > 0) or np.all(d < 0))
+    gaps, variable = [], []
+    for g in big:
+        ratio = steps[g] / med
+        if ratio > MAX_VARIABLE_RATIO:
+            gaps.append(g)
+        elif usable:
+            (gaps if abs(inst[g + 1] - inst[g]) > 1 else variable).append(g)
+        else:
+            near_int = abs(ratio - round(ratio)) < 0.1
+            isolated = (g - 1 not in big) and (g + 1 not in big)
+            (gaps if near_int and isolated else variable).append(g)
+    return gaps, variable, med
+
+
+# --------------------------------------------------------------------------- assembly
 def _assemble(
     paths: Sequence[str | Path],
     *,
     series_uid: str,
     modality: str,
     rescale_required: bool,
+    on_irregular: OnIrregular = "resample",
 ) -> tuple[np.ndarray, Grid, list[Dataset], list[str], str]:
-    """Shared CT/PET assembly: returns (array float32 zyx, grid, sorted headers, notes, FoR UID)."""
+    """Shared CT/PET assembly: (array float32 zyx, grid, headers in slice order, notes, FoR)."""
+    if on_irregular not in ("resample", "refuse"):
+        raise ValueError(f"on_irregular must be 'resample' or 'refuse', got {on_irregular!r}")
     if len(paths) == 0:
         raise DicomReadError(
             f"no files given for {modality} series",
             series_uid=series_uid,
             hint="check the archive index: the series has no readable files",
         )
-    datasets: list[Dataset] = []
-    files: list[str] = []
+    slices: list[_Slice] = []
+    n_multi = 0
     for p in paths:
-        ds = _read_full(p)
+        (ds,) = load_series_headers([p])
         uid = str(require(ds, "SeriesInstanceUID", file=p, series_uid=series_uid))
         if uid != series_uid:
             raise DicomReadError(
@@ -218,36 +440,26 @@ def _assemble(
                 tag=tag_label("Modality"),
                 hint="check the study sheet: the series chosen for this role has another modality",
             )
-        nframes = int(ds.get("NumberOfFrames", 1) or 1)
-        if nframes > 1:
-            raise DicomReadError(
-                f"multi-frame image with {nframes} frames: enhanced and legacy-converted "
-                "multi-frame series are not supported yet (expected one slice per file)",
-                file=p,
-                series_uid=series_uid,
-                tag=tag_label("NumberOfFrames"),
-                hint="convert to single-frame files (e.g. `emf2sf` of dcm4che) until issue 3 lands",
-            )
-        for kw in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "Rows",
-                   "Columns", "SOPInstanceUID"):
-            require(ds, kw, file=p, series_uid=series_uid)
-        if rescale_required:
-            require(ds, "RescaleSlope", file=p, series_uid=series_uid)
-            require(ds, "RescaleIntercept", file=p, series_uid=series_uid)
-        datasets.append(ds)
-        files.append(str(p))
+        new = _slices_of(ds, str(p), series_uid, rescale_required)
+        if new[0].frame is not None:
+            n_multi += 1
+        slices.extend(new)
     notes: list[str] = []
+    if n_multi:
+        notes.append(f"{n_multi} multi-frame file(s): geometry and rescale from the functional "
+                     "groups")
 
     # ---- shared in-plane geometry
-    iops = np.array([[float(v) for v in ds.ImageOrientationPatient] for ds in datasets])
+    iops = np.array([s.iop for s in slices])
     bad = np.flatnonzero(np.any(np.abs(iops - iops[0]) > IOP_TOL, axis=1))
     if len(bad):
         distinct = {tuple(np.round(r, 4)) for r in iops}
+        s_bad = slices[bad[0]]
         raise GeometryError(
             f"mixed slice orientations in one series: expected one ImageOrientationPatient, found "
             f"{len(distinct)} ({'; '.join(str(list(d)) for d in sorted(distinct))}); first "
-            f"differing file {files[bad[0]]}",
-            file=files[bad[0]],
+            f"differing slice {s_bad.name}",
+            file=s_bad.file,
             series_uid=series_uid,
             tag=tag_label("ImageOrientationPatient"),
             hint="split the series by orientation (e.g. a localizer mixed into the volume) and "
@@ -255,63 +467,71 @@ def _assemble(
         )
     iop = iops[0]
     slice_normal(iop)  # raises GeometryError on degenerate cosines
-    for kw in ("Rows", "Columns", "PixelSpacing"):
-        vals = [tuple(np.atleast_1d(np.asarray(ds[kw].value, dtype=float))) for ds in datasets]
-        if any(not np.allclose(v, vals[0], atol=1e-4) for v in vals):
-            i = next(i for i, v in enumerate(vals) if not np.allclose(v, vals[0], atol=1e-4))
+    checks = {
+        "Rows": [(int(s.ds.Rows),) for s in slices],
+        "Columns": [(int(s.ds.Columns),) for s in slices],
+        "PixelSpacing": [s.pixel_spacing for s in slices],
+    }
+    for kw, vals in checks.items():
+        i = next((i for i, v in enumerate(vals) if not np.allclose(v, vals[0], atol=1e-4)), None)
+        if i is not None:
             raise GeometryError(
-                f"{kw} differs between slices: expected {vals[0]} (file {files[0]}), found "
+                f"{kw} differs between slices: expected {vals[0]} ({slices[0].name}), found "
                 f"{vals[i]}",
-                file=files[i],
+                file=slices[i].file,
                 series_uid=series_uid,
                 tag=tag_label(kw),
                 hint="the series mixes images of different sizes; re-export the volume alone",
             )
 
     # ---- order along the normal
-    positions = np.array([[float(v) for v in ds.ImagePositionPatient] for ds in datasets])
+    positions = np.array([s.position for s in slices])
     order, proj = sort_slices(positions, iop)
-    datasets = [datasets[i] for i in order]
-    files = [files[i] for i in order]
-    positions = positions[order]
-    notes.append(
-        f"{len(datasets)} files sorted by ImagePositionPatient projected on the slice normal"
-    )
+    slices = [slices[i] for i in order]
+    notes.append(f"{len(slices)} slices sorted by ImagePositionPatient projected on the slice "
+                 "normal")
 
     # ---- duplicates
     keep: list[int] = []
     n_identical = 0
     replaced: list[str] = []
     i = 0
-    n = len(datasets)
+    n = len(slices)
     while i < n:
         j = i + 1
         while j < n and proj[j] - proj[i] < DUPLICATE_TOL_MM:
             j += 1
         group = list(range(i, j))
         if len(group) > 1:
-            by_uid: dict[str, int] = {}
-            for g in group:  # identical SOPInstanceUID: keep the first copy
-                uid = str(datasets[g].SOPInstanceUID)
-                if uid in by_uid:
+            by_key: dict[tuple, int] = {}
+            for g in group:  # identical SOPInstanceUID (and frame): keep the first copy
+                if slices[g].key in by_key:
                     n_identical += 1
                 else:
-                    by_uid[uid] = g
-            cands = list(by_uid.values())
+                    by_key[slices[g].key] = g
+            cands = list(by_key.values())
+            sops = [slices[g].sop_uid for g in cands]
+            if len(set(sops)) < len(sops):
+                raise GeometryError(
+                    f"multi-frame object {slices[cands[0]].name} holds several frames at "
+                    f"{proj[cands[0]]:.2f} mm along the normal (several stacks or time points): "
+                    "not a single volume",
+                    file=slices[cands[0]].file, series_uid=series_uid,
+                    tag=tag_label("PlanePositionSequence"),
+                    hint="split the object into one volume per stack / temporal position",
+                )
             if len(cands) > 1:
                 def _inst(g: int) -> tuple[int, int]:
-                    v = datasets[g].get("InstanceNumber", None)
-                    return (int(v) if v not in (None, "") else -(10**9), g)
+                    v = slices[g].instance_number
+                    return (v if v is not None else -(10**9), g)
 
                 best = max(cands, key=_inst)
                 for g in cands:
                     if g != best:
                         replaced.append(
-                            f"{Path(files[g]).name} (InstanceNumber "
-                            f"{datasets[g].get('InstanceNumber', '?')}) replaced by "
-                            f"{Path(files[best]).name} (InstanceNumber "
-                            f"{datasets[best].get('InstanceNumber', '?')}) at "
-                            f"{proj[g]:.2f} mm"
+                            f"{slices[g].name} (InstanceNumber {slices[g].instance_number}) "
+                            f"replaced by {slices[best].name} (InstanceNumber "
+                            f"{slices[best].instance_number}) at {proj[g]:.2f} mm"
                         )
                 keep.append(best)
             else:
@@ -327,43 +547,37 @@ def _assemble(
             + "; ".join(replaced)
         )
         log.warning("series %s: %d duplicate slice position(s) resolved", series_uid, len(replaced))
-    datasets = [datasets[k] for k in keep]
-    files = [files[k] for k in keep]
-    positions = positions[keep]
+    slices = [slices[k] for k in keep]
+    positions = np.array([s.position for s in slices])
     proj = proj[keep]
+    first = slices[0]
+    ps = first.pixel_spacing
+    rows, cols = int(first.ds.Rows), int(first.ds.Columns)
 
-    # ---- gantry tilt
-    shear = stack_shear_deg(positions, iop)
-    if shear > MAX_SHEAR_DEG:
-        header_tilt = datasets[0].get("GantryDetectorTilt", None)
-        extra = f" (GantryDetectorTilt in the header: {header_tilt})" if header_tilt else ""
-        raise GeometryError(
-            f"gantry tilt: expected slice positions along the slice normal, found the stack "
-            f"sheared by {shear:.2f} degrees{extra}; loading it as an untilted volume would "
-            "misplace every voxel",
-            file=files[0],
-            series_uid=series_uid,
-            tag=tag_label("GantryDetectorTilt"),
-            hint="resample the tilted series to an axial grid before ingestion (issue 3 will do "
-            "this automatically) or choose an untilted reconstruction",
-        )
-
-    # ---- gaps and irregular spacing
+    # ---- tilt, gaps, irregular spacing
+    lay = stack_layout(positions, iop)
+    tilt_px = float(np.max(np.abs(lay.inplane_offsets_mm / np.array([ps[1], ps[0]]))))
+    tilted = tilt_px > TILT_TOL_PX
+    header_tilt = first.ds.get("GantryDetectorTilt", None)
+    irregular_why = ""
     if len(proj) > 1:
         steps = np.diff(proj)
-        med = float(np.median(steps))
-        gaps = np.flatnonzero(steps > GAP_FACTOR * med)
-        if len(gaps):
+        gaps, variable, med = _gap_steps(proj, slices)
+        if gaps:
             desc = "; ".join(
                 f"{steps[g]:.2f} mm between {proj[g]:.2f} and {proj[g + 1]:.2f} mm "
-                f"(LPS {_fmt_pos(positions[g])} -> {_fmt_pos(positions[g + 1])})"
+                f"(LPS {_fmt_pos(positions[g])} -> {_fmt_pos(positions[g + 1])}"
+                + (f", InstanceNumber {slices[g].instance_number} -> "
+                   f"{slices[g + 1].instance_number}"
+                   if slices[g].instance_number is not None
+                   and slices[g + 1].instance_number is not None else "")
+                + ")"
                 for g in gaps
             )
             raise GeometryError(
-                f"missing slices (or variable slice spacing): expected a regular step of "
-                f"{med:.3f} mm along the slice normal, found {len(gaps)} gap(s) larger than "
-                f"{GAP_FACTOR} x the median: {desc}",
-                file=files[gaps[0]],
+                f"missing slices: expected a regular step of {med:.3f} mm along the slice normal, "
+                f"found {len(gaps)} gap(s) larger than {GAP_FACTOR} x the median step: {desc}",
+                file=slices[gaps[0]].file,
                 series_uid=series_uid,
                 tag=tag_label("ImagePositionPatient"),
                 hint="re-export the complete series (files may have been lost in transfer) or "
@@ -371,74 +585,107 @@ def _assemble(
             )
         dev = proj - (proj[0] + med * np.arange(len(proj)))
         worst = int(np.argmax(np.abs(dev)))
-        if abs(dev[worst]) > IRREGULAR_FRACTION * med:
-            raise GeometryError(
-                f"irregular slice spacing: expected a regular step of {med:.3f} mm, found steps "
-                f"from {steps.min():.3f} to {steps.max():.3f} mm (slice at {proj[worst]:.2f} mm "
-                f"is {dev[worst]:.2f} mm off the regular grid); resampling of variable spacing "
-                "is not supported yet",
-                file=files[worst],
-                series_uid=series_uid,
-                tag=tag_label("ImagePositionPatient"),
-                hint="resample the series to regular spacing before ingestion (issue 3 will do "
-                "this automatically)",
+        if variable or abs(dev[worst]) > IRREGULAR_FRACTION * med:
+            irregular_why = (
+                f"variable slice spacing: steps from {steps.min():.3f} to {steps.max():.3f} mm "
+                f"(median {med:.3f} mm; slice at {proj[worst]:.2f} mm is {dev[worst]:.2f} mm off "
+                "the regular grid)"
             )
-        if abs(dev[worst]) > 0.01:
+        elif abs(dev[worst]) > 0.01:
             notes.append(f"slice positions deviate up to {abs(dev[worst]):.3f} mm from regular")
-
-    # ---- grid and pixels
-    ps = [float(v) for v in datasets[0].PixelSpacing]
-    grid = grid_from_slices(
-        positions[0], iop, (ps[0], ps[1]), int(datasets[0].Rows), int(datasets[0].Columns),
-        positions,
-    )
-    if len(datasets) == 1:
-        thick = datasets[0].get("SpacingBetweenSlices", None) or datasets[0].get(
-            "SliceThickness", None
+    if tilted and on_irregular == "refuse":
+        extra = f" (GantryDetectorTilt in the header: {header_tilt})" if header_tilt else ""
+        raise GeometryError(
+            f"gantry tilt: expected slice positions along the slice normal, found the stack "
+            f"sheared by {lay.shear_deg:.2f} degrees{extra} (slice origins drift up to "
+            f"{lay.max_offset_mm:.2f} mm in-plane); loading it as an untilted volume would "
+            "misplace every voxel",
+            file=first.file,
+            series_uid=series_uid,
+            tag=tag_label("GantryDetectorTilt"),
+            hint="load with on_irregular='resample' (the default) to resample it to a regular "
+            "grid, or choose an untilted reconstruction",
         )
-        if thick:
-            from dataclasses import replace
+    if irregular_why and on_irregular == "refuse":
+        raise GeometryError(
+            f"irregular slice spacing: expected a regular step along the slice normal, found "
+            f"{irregular_why}",
+            file=slices[worst].file,
+            series_uid=series_uid,
+            tag=tag_label("ImagePositionPatient"),
+            hint="load with on_irregular='resample' (the default) to resample it to a regular "
+            "grid, or re-export a regularly spaced reconstruction",
+        )
 
-            sx, sy, _ = grid.spacing_xyz_mm
-            grid = replace(grid, spacing_xyz_mm=(sx, sy, float(thick)))
-            notes.append(f"single slice: slice spacing taken from thickness {float(thick)} mm")
-        else:
-            notes.append("single slice without SliceThickness: slice spacing set to 1 mm")
-
-    arr = np.empty(grid.shape_zyx, dtype=np.float32)
-    slopes = []
-    for k, (ds, f) in enumerate(zip(datasets, files)):
-        px = _pixels(ds, f, series_uid)
-        slope = float(ds.RescaleSlope) if has_value(ds, "RescaleSlope") else 1.0
-        inter = float(ds.RescaleIntercept) if has_value(ds, "RescaleIntercept") else 0.0
-        slopes.append(slope)
-        arr[k] = px.astype(np.float32) * np.float32(slope) + np.float32(inter)
-    if len(set(slopes)) > 1:
+    # ---- pixels and grid
+    stack = _read_pixels(slices, series_uid)
+    slopes = {s.slope for s in slices}
+    if len(slopes) > 1:
         notes.append(f"per-slice RescaleSlope applied ({min(slopes):.6g} .. {max(slopes):.6g})")
-    for ds in datasets:  # keep headers light
-        if "PixelData" in ds:
-            del ds.PixelData
-    for ds, f in zip(datasets, files):
-        ds.filename = f
-    for_uid = str(datasets[0].get("FrameOfReferenceUID", "") or "")
-    return arr, grid, datasets, notes, for_uid
+    if tilted or irregular_why:
+        grid = regular_stack_grid(positions, iop, ps, rows, cols)
+        arr = resample_stack(stack, positions, iop, ps, grid,
+                             fill=FILL_VALUE.get(modality, 0.0))
+        what = []
+        if tilted:
+            what.append(
+                f"gantry tilt: stack sheared by {lay.shear_deg:.2f} degrees"
+                + (f" (GantryDetectorTilt {header_tilt})" if header_tilt else "")
+                + f", slice origins drifting up to {lay.max_offset_mm:.2f} mm in-plane")
+        if irregular_why:
+            what.append(irregular_why)
+        note = (
+            f"RESAMPLED: {'; '.join(what)}. {len(slices)} acquired slices resampled with linear "
+            f"interpolation (SimpleITK in-plane from each slice's ImagePositionPatient, linear "
+            f"along the slice normal) onto a regular grid of {grid.shape_zyx[0]} slices at "
+            f"{grid.spacing_xyz_mm[2]:.3f} mm, {grid.shape_zyx[1]} x {grid.shape_zyx[2]} "
+            f"pixels (acquired {rows} x {cols}); voxels outside every slice set to "
+            f"{FILL_VALUE.get(modality, 0.0):g}"
+        )
+        notes.append(note)
+        log.warning("series %s: %s", series_uid, note)
+    else:
+        arr = stack
+        grid = grid_from_slices(positions[0], iop, ps, rows, cols, positions)
+        if len(slices) == 1:
+            thick = first.ds.get("SpacingBetweenSlices", None) or first.ds.get(
+                "SliceThickness", None)
+            if thick is None and first.frame is not None:
+                thick = functional_group_value(first.ds, first.frame, "PixelMeasuresSequence",
+                                               "SliceThickness")
+            if thick:
+                sx, sy, _ = grid.spacing_xyz_mm
+                grid = replace(grid, spacing_xyz_mm=(sx, sy, float(thick)))
+                notes.append(f"single slice: slice spacing taken from thickness {float(thick)} mm")
+            else:
+                notes.append("single slice without SliceThickness: slice spacing set to 1 mm")
+    for s in slices:
+        s.ds.filename = s.file
+    headers = [s.ds for s in slices]
+    for_uid = str(first.ds.get("FrameOfReferenceUID", "") or "")
+    return arr, grid, headers, notes, for_uid
 
 
-def load_ct(paths: Sequence[str | Path], *, series_uid: str) -> Volume:
+def load_ct(
+    paths: Sequence[str | Path], *, series_uid: str, on_irregular: OnIrregular = "resample"
+) -> Volume:
     """Load one CT series as a volume in Hounsfield units.
 
     Parameters
     ----------
     paths : sequence of path
-        The files of the series (any order; duplicates allowed, see module docstring).
+        The files of the series (any order; duplicates allowed; single- and multi-frame).
     series_uid : str
         SeriesInstanceUID every file must carry.
+    on_irregular : {"resample", "refuse"}
+        What to do with gantry tilt and variable slice spacing (see module docstring).
 
     Returns
     -------
     Volume
         ``array`` float32, shape (z, y, x), HU = stored value x RescaleSlope + RescaleIntercept
-        (per slice); ``grid`` in LPS mm; ``notes`` record sorting, duplicates and rescaling.
+        (per slice); ``grid`` in LPS mm; ``notes`` record sorting, duplicates, rescaling and any
+        resampling.
 
     Raises
     ------
@@ -446,7 +693,8 @@ def load_ct(paths: Sequence[str | Path], *, series_uid: str) -> Volume:
         See module docstring.
     """
     arr, grid, _, notes, for_uid = _assemble(
-        paths, series_uid=series_uid, modality="CT", rescale_required=True
+        paths, series_uid=series_uid, modality="CT", rescale_required=True,
+        on_irregular=on_irregular,
     )
     return Volume(
         array=arr, grid=grid, units="HU", series_uid=series_uid, frame_of_reference_uid=for_uid,
@@ -455,7 +703,7 @@ def load_ct(paths: Sequence[str | Path], *, series_uid: str) -> Volume:
 
 
 def load_pet_activity(
-    paths: Sequence[str | Path], *, series_uid: str
+    paths: Sequence[str | Path], *, series_uid: str, on_irregular: OnIrregular = "resample"
 ) -> tuple[Volume, list[Dataset]]:
     """Load one PET series as stored activity values (before SUV conversion).
 
@@ -465,6 +713,8 @@ def load_pet_activity(
         The files of the series.
     series_uid : str
         SeriesInstanceUID every file must carry.
+    on_irregular : {"resample", "refuse"}
+        What to do with tilt and variable slice spacing (see module docstring).
 
     Returns
     -------
@@ -473,8 +723,9 @@ def load_pet_activity(
         in the units of the Units tag (0054,1001) (``"BQML"`` = Bq/mL for the common case);
         ``grid`` in LPS mm.
     headers : list of Dataset
-        Headers (pixel data removed) in slice order (index k = ``array[k]``), for
-        :func:`pipeline.io.suv.suv_audit`.
+        Headers (no pixel data), one per acquired slice in ascending order along the normal
+        (equal to ``array`` order unless the notes say the stack was resampled; a multi-frame
+        file appears once per frame), for :func:`pipeline.io.suv.suv_audit`.
 
     Raises
     ------
@@ -484,7 +735,8 @@ def load_pet_activity(
         See module docstring.
     """
     arr, grid, headers, notes, for_uid = _assemble(
-        paths, series_uid=series_uid, modality="PT", rescale_required=True
+        paths, series_uid=series_uid, modality="PT", rescale_required=True,
+        on_irregular=on_irregular,
     )
     units = str(require(headers[0], "Units", file=headers[0].filename, series_uid=series_uid,
                         hint="the PET export lacks Units; re-export from the scanner console"))

@@ -95,6 +95,8 @@ def make_series(
     seed: int = 0,
     write: bool = True,
     extra=None,
+    positions: np.ndarray | None = None,
+    value_fn=None,
 ) -> Series:
     """A single-frame series. Stored value of slice k, row j, column i: 100*k + 10*j + i.
 
@@ -102,6 +104,9 @@ def make_series(
     ``order``: "shuffled" (files written and named in random order), "reversed"
     (InstanceNumber/file names descending along the normal) or "sorted".
     ``shear_deg`` shifts slice k by k*step*tan(shear) along the column direction (gantry tilt).
+    ``positions`` (n, 3) overrides the slice positions (given in slice order). ``value_fn``
+    (CT only) maps (N, 3) LPS points to HU: pixel values are then ``round(f(centre) + 1024)``
+    at each pixel centre (quantisation 0.5 HU).
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -111,11 +116,15 @@ def make_series(
     for_uid = for_uid or generate_uid()
     iop_a = np.asarray(iop, dtype=float)
     normal = np.cross(iop_a[:3], iop_a[3:])
-    positions = np.array([
-        np.asarray(origin) + k * step * normal + k * step * math.tan(math.radians(shear_deg))
-        * iop_a[3:]
-        for k in range(n)
-    ])
+    if positions is None:
+        positions = np.array([
+            np.asarray(origin) + k * step * normal + k * step * math.tan(math.radians(shear_deg))
+            * iop_a[3:]
+            for k in range(n)
+        ])
+    else:
+        positions = np.asarray(positions, dtype=float)
+        n = len(positions)
     sop_class = CTImageStorage if modality == "CT" else PositronEmissionTomographyImageStorage
     values = np.zeros((n, rows, cols), dtype=np.float64)
     datasets = []
@@ -141,6 +150,11 @@ def make_series(
         ds.PixelRepresentation = 0
         jj, ii = np.mgrid[0:rows, 0:cols]
         stored = (100 * k + 10 * jj + ii).astype(np.uint16)
+        if value_fn is not None:
+            pts = (positions[k][None, :] + ii.reshape(-1, 1) * pixel_spacing[1] * iop_a[:3]
+                   + jj.reshape(-1, 1) * pixel_spacing[0] * iop_a[3:])
+            stored = np.clip(np.rint(np.asarray(value_fn(pts)).reshape(rows, cols) + 1024),
+                             0, 65535).astype(np.uint16)
         ds.PixelData = stored.tobytes()
         if modality == "CT":
             ds.RescaleSlope = "1"
