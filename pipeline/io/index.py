@@ -55,7 +55,14 @@ import pydicom
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.dicom import has_value
-from pipeline.io.labelmap import is_nifti, labelmap_grid, read_sidecar, sidecar_path
+from pipeline.io.labelmap import (
+    is_labelmap,
+    is_nrrd,
+    labelmap_grid,
+    nrrd_segments,
+    read_sidecar,
+    sidecar_path,
+)
 from pipeline.io.rtstruct import classify_roi, roi_table, rtstruct_references
 from pipeline.io.seg import (
     DEFAULT_LESION_NAME_PATTERNS,
@@ -114,7 +121,8 @@ FILE_COLUMNS: dict[str, str] = {
 }
 SERIES_COLUMNS: dict[str, str] = {
     "series_uid": "str", "study_uid": "str", "patient_id": "str", "modality": "str",
-    "dicom_modality": "str", "n_files": "int", "n_instances": "int", "description": "str",
+    "dicom_modality": "str", "n_files": "int", "n_instances": "int", "n_slices": "int",
+    "description": "str",
     "series_number": "str", "frame_of_reference_uid": "str", "study_date": "str",
     "orientation": "str", "ct_phase": "str", "phase_reason": "str", "excluded_reason": "str",
     "is_localizer": "bool", "pet_corrected": "boolean", "referenced_series_uids": "str",
@@ -391,6 +399,22 @@ def _orientation_label(iop: str) -> str:
     return ("sagittal", "coronal", "axial")[axis]
 
 
+def _fg_first(ds, group: str, kw: str) -> str:
+    """A multi-frame functional-group attribute of the first frame (per-frame, then shared)."""
+    from pipeline.io.dicom import functional_group_value
+
+    if "PerFrameFunctionalGroupsSequence" not in ds and "SharedFunctionalGroupsSequence" not in ds:
+        return ""
+    try:
+        v = functional_group_value(ds, 0, group, kw)
+    except Exception:  # damaged functional groups: leave it to the loader
+        return ""
+    if v is None:
+        return ""
+    return "\\".join(str(x) for x in v) if isinstance(v, (list, tuple,
+                                                         pydicom.multival.MultiValue)) else str(v)
+
+
 def _file_record(path: Path, root: Path, ds, size: int) -> dict:
     dm = _s(ds, "Modality").upper()
     return {
@@ -405,8 +429,10 @@ def _file_record(path: Path, root: Path, ds, size: int) -> dict:
         "series_description": _s(ds, "SeriesDescription"),
         "series_number": _s(ds, "SeriesNumber"),
         "frame_of_reference_uid": _s(ds, "FrameOfReferenceUID"),
-        "image_position": _s(ds, "ImagePositionPatient"),
-        "image_orientation": _s(ds, "ImageOrientationPatient"),
+        "image_position": _s(ds, "ImagePositionPatient")
+        or _fg_first(ds, "PlanePositionSequence", "ImagePositionPatient"),
+        "image_orientation": _s(ds, "ImageOrientationPatient")
+        or _fg_first(ds, "PlaneOrientationSequence", "ImageOrientationPatient"),
         "instance_number": _int_or_none(ds, "InstanceNumber"),
         "rows": _int_or_none(ds, "Rows"),
         "columns": _int_or_none(ds, "Columns"),
@@ -431,7 +457,12 @@ class _Extra:
 
 
 def _extra(ds, dm: str, lesion_patterns, organ_patterns) -> _Extra:
-    ex = _Extra(contrast_agent=_s(ds, "ContrastBolusAgent"),
+    agent = _s(ds, "ContrastBolusAgent")
+    if not agent:  # enhanced CT: Contrast/Bolus Agent Sequence (0018,0012)
+        seq = ds.get("ContrastBolusAgentSequence", None) or []
+        agent = next((str(it.get("CodeMeaning", "") or it.get("CodeValue", "")) for it in seq
+                      if it.get("CodeMeaning", "") or it.get("CodeValue", "")), "")
+    ex = _Extra(contrast_agent=agent,
                 corrected_image=_s(ds, "CorrectedImage"), study_date=_s(ds, "StudyDate"))
     if dm == "SEG":
         for d in segment_descriptions(ds):
@@ -459,7 +490,7 @@ def _extra(ds, dm: str, lesion_patterns, organ_patterns) -> _Extra:
 def _labelmap_record(path: Path, root: Path, lesion_patterns, organ_patterns
                      ) -> tuple[dict, _Extra]:
     sc = read_sidecar(path)
-    grid = labelmap_grid(path)  # header only: validates the NIfTI header
+    grid = labelmap_grid(path)  # header only: validates the NIfTI / NRRD header
     rel = path.relative_to(root).as_posix()
     rec = {k: "" for k, t in FILE_COLUMNS.items() if t == "str"}
     rec.update({
@@ -471,7 +502,16 @@ def _labelmap_record(path: Path, root: Path, lesion_patterns, organ_patterns
     })
     ex = _Extra()
     kind = sc["kind"].value
-    for value, name in sorted(sc["names"].items()):
+    names = dict(sc["names"])
+    if not names and is_nrrd(path):  # 3D Slicer .seg.nrrd: names in the header
+        import SimpleITK as sitk
+
+        r = sitk.ImageFileReader()
+        r.SetFileName(str(path))
+        r.ReadImageInformation()
+        names = {v: n for _, v, n in nrrd_segments({k: r.GetMetaData(k)
+                                                     for k in r.GetMetaDataKeys()})}
+    for value, name in sorted(names.items()):
         if value == 0:
             continue
         k = kind
@@ -504,6 +544,79 @@ def _ct_phase(agents: list[str], desc: str) -> tuple[str, str]:
     if p:
         return CTPhase.CONTRAST.value, f"description '{desc}' matches {p}"
     return CTPhase.UNKNOWN.value, "no ContrastBolusAgent and no phase keyword in the description"
+
+
+#: Median HU inside the (eroded) aorta above which a CT is contrast-enhanced, and below which
+#: it is non-contrast (unenhanced blood is 30-60 HU; portal-venous aorta 120-200 HU, arterial
+#: > 250 HU). In between: unknown.
+AORTA_CONTRAST_HU = 110.0
+AORTA_NONCONTRAST_HU = 75.0
+
+
+def refine_ct_phase(
+    ct_volume,
+    aorta_mask,
+    *,
+    header_phase: CTPhase | str = CTPhase.UNKNOWN,
+    min_voxels: int = 20,
+) -> tuple[CTPhase, str]:
+    """CT contrast phase from the HU of the aorta (needs pixels: call it outside the index).
+
+    Parameters
+    ----------
+    ct_volume : Volume
+        The CT (HU), e.g. from :func:`pipeline.io.dicom.load_ct`.
+    aorta_mask : LesionMask or (z, y, x) bool array
+        The aorta on ``ct_volume``'s grid (an organ mask from a SEG, RTSTRUCT or label map).
+    header_phase : CTPhase or str
+        The phase the index found from the headers (ContrastBolusAgent, description).
+    min_voxels : int
+        Fewest voxels (after a one-voxel erosion, to leave out the wall and partial volume)
+        needed to judge.
+
+    Returns
+    -------
+    (CTPhase, reason)
+        ``contrast`` when the median aortic HU is >= 110, ``noncontrast`` when <= 75, else the
+        header phase. The reason gives the median HU, the voxel count and whether it agrees with
+        the header phase; a disagreement keeps the HU verdict (the pixels decide) and says so.
+    """
+    from scipy import ndimage
+
+    header_phase = CTPhase(header_phase)
+    if hasattr(aorta_mask, "full"):
+        if not aorta_mask.grid.same_as(ct_volume.grid):
+            return header_phase, "aorta mask is not on the CT grid; phase from the headers"
+        mask = aorta_mask.full()
+    else:
+        mask = np.asarray(aorta_mask, dtype=bool)
+    if mask.shape != tuple(ct_volume.array.shape):
+        return header_phase, "aorta mask shape differs from the CT; phase from the headers"
+    core = ndimage.binary_erosion(mask, iterations=1)
+    if core.sum() < min_voxels:
+        core = mask
+    n = int(core.sum())
+    if n < min_voxels:
+        return header_phase, (f"aorta mask has {n} voxels (< {min_voxels}); phase from the "
+                              "headers")
+    hu = float(np.median(ct_volume.array[core]))
+    if hu >= AORTA_CONTRAST_HU:
+        phase = CTPhase.CONTRAST
+    elif hu <= AORTA_NONCONTRAST_HU:
+        phase = CTPhase.NONCONTRAST
+    else:
+        return header_phase, (f"median aortic HU {hu:.0f} over {n} voxels is between "
+                              f"{AORTA_NONCONTRAST_HU:.0f} and {AORTA_CONTRAST_HU:.0f}: "
+                              "inconclusive; phase from the headers")
+    reason = f"median aortic HU {hu:.0f} over {n} voxels"
+    if header_phase is CTPhase.UNKNOWN:
+        reason += " (headers did not tell)"
+    elif header_phase is not phase:
+        reason += f" contradicts the header phase {header_phase.value}; the HU decide"
+        log.warning("CT %s: %s", ct_volume.series_uid, reason)
+    else:
+        reason += f" agrees with the headers ({header_phase.value})"
+    return phase, reason
 
 
 def _excluded_reason(dm: str, sop_classes: set[str], image_types: list[str], desc: str
@@ -552,6 +665,8 @@ def _build_series(files: pd.DataFrame, extras: dict[str, _Extra]) -> pd.DataFram
         orientation = orients.pop() if len(orients) == 1 else ("mixed" if orients else "")
         excluded, is_loc = _excluded_reason(dm, set(g["sop_class_uid"]),
                                             list(g["image_type"]), desc)
+        if not excluded and mod == Modality.CT.value and orientation in ("sagittal", "coronal"):
+            excluded = f"{orientation} reformat (not an axial CT volume)"
         phase, phase_reason = "", ""
         if mod == Modality.CT.value:
             phase, phase_reason = _ct_phase([e.contrast_agent for e in ex_list], desc)
@@ -588,6 +703,9 @@ def _build_series(files: pd.DataFrame, extras: dict[str, _Extra]) -> pd.DataFram
             "modality": mod, "dicom_modality": dm,
             "n_files": int(len(g)),
             "n_instances": int(len(set(g["sop_instance_uid"]) - {""}) or len(g)),
+            "n_slices": int(sum(int(v) if not pd.isna(v) and int(v) > 1 else 1
+                                for v in g.drop_duplicates("sop_instance_uid")
+                                ["number_of_frames"])),
             "description": desc, "series_number": first["series_number"],
             "frame_of_reference_uid": first["frame_of_reference_uid"],
             "study_date": next((e.study_date for e in ex_list if e.study_date), ""),
@@ -690,7 +808,7 @@ def scan_archive(
         dirnames.sort()
         for name in sorted(filenames):
             all_paths.append(Path(dirpath) / name)
-    nifti_stems = {sidecar_path(p) for p in all_paths if is_nifti(p)}
+    nifti_stems = {sidecar_path(p) for p in all_paths if is_labelmap(p)}
     records: list[dict] = []
     extras: dict[str, _Extra] = {}
     problems: list[dict] = []
@@ -707,9 +825,10 @@ def scan_archive(
         try:
             if p.is_symlink() and not p.exists():
                 problem(p, "broken symbolic link", "DicomReadError")
-            elif is_nifti(p):
+            elif is_labelmap(p):
                 if not sidecar_path(p).exists():
-                    problem(p, f"NIfTI label map without sidecar {sidecar_path(p).name}",
+                    problem(p, f"label map without sidecar {sidecar_path(p).name} (needs "
+                            "patient_id, study_uid, referenced_series_uid, kind, names)",
                             "SegmentationError")
                 else:
                     rec, ex = _labelmap_record(p, root, lesion_name_patterns,
@@ -847,7 +966,8 @@ def _pick(cands: pd.DataFrame, prefer: Callable[[pd.Series], tuple] | None = Non
     keyed = []
     for _, r in cands.iterrows():
         extra = prefer(r) if prefer else ()
-        keyed.append((extra + (-int(r["n_files"]), r["series_uid"]), r))
+        size = int(r["n_slices"]) if "n_slices" in r and int(r["n_slices"]) else int(r["n_files"])
+        keyed.append((extra + (-size, r["series_uid"]), r))
     keyed.sort(key=lambda t: t[0])
     return keyed[0][1]
 
@@ -863,11 +983,16 @@ def build_study_sheet(
     ------------
     Series with an ``excluded_reason`` (localizers, secondary captures, reports) are never chosen.
 
-    * ``ct_series_uid``: the non-contrast CT with the most files; if there is none, the CT of
-      unknown phase with the most files (noted). Ties: smallest SeriesInstanceUID.
-    * ``ce_ct_series_uid``: the contrast CT with the most files.
+    * ``ct_series_uid``: the non-contrast CT with the most slices (frames of multi-frame objects
+      count); if there is none, the CT of unknown phase with the most slices (noted). Ties:
+      smallest SeriesInstanceUID.
+    * ``ce_ct_series_uid``: the contrast CT with the most slices.
     * ``pet_series_uid``: the attenuation-corrected PET (CorrectedImage ATTN; unknown accepted
-      with a note) with the most files; a PET known to be uncorrected is not chosen (noted).
+      with a note) with the most slices; a PET known to be uncorrected is never chosen, even
+      when it is the only PET (noted).
+    * Studies with only a PET or only a CT get their row too, with a note saying which features
+      their data allow (PET only: shape and SUV from a mask drawn on the PET, no skin depth or
+      organ; CT only: no SUV).
     * ``lesion_mask_source`` / ``lesion_mask_ref``: the first source in ``mask_source_priority``
       that has a usable candidate. Candidates: SEG / RTSTRUCT series and label maps of the study
       whose ``segment_kind`` is lesion or mixed (unknown only if no source has one, noted) and
@@ -910,13 +1035,13 @@ def build_study_sheet(
         if ct is None:
             notes.append("no non-contrast CT")
         elif ct["ct_phase"] == CTPhase.NONCONTRAST.value:
-            notes.append(f"ct: {ct['n_files']} files, non-contrast by {ct['phase_reason']}")
+            notes.append(f"ct: {ct['n_slices']} slices, non-contrast by {ct['phase_reason']}")
         if ce is None:
             notes.append("no contrast-enhanced CT")
         else:
-            notes.append(f"ce_ct: {ce['n_files']} files, contrast by {ce['phase_reason']}")
+            notes.append(f"ce_ct: {ce['n_slices']} slices, contrast by {ce['phase_reason']}")
         if ct is not None and len(cts) > 1 + (ce is not None):
-            notes.append(f"{len(cts)} CT series; chose the one with most files per phase")
+            notes.append(f"{len(cts)} CT series; chose the one with most slices per phase")
 
         pets = g[g["modality"] == Modality.PT.value]
         known_nac = pets[pets["pet_corrected"].fillna(True) == False]  # noqa: E712
@@ -930,7 +1055,12 @@ def build_study_sheet(
         if pet is None:
             notes.append("no PET")
         else:
-            notes.append(f"pet: {pet['n_files']} files")
+            notes.append(f"pet: {pet['n_slices']} slices")
+        if ct is None and ce is None and pet is not None:
+            notes.append("PET-only study: shape and SUV features from the PET grid; skin depth, "
+                         "organ and CT features unavailable")
+        elif pet is None and (ct is not None or ce is not None):
+            notes.append("CT-only study: SUV features unavailable")
 
         study_series = set(g_all["series_uid"])
         chosen_images = [r["series_uid"] for r in (ct, ce, pet) if r is not None]

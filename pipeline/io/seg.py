@@ -1,10 +1,28 @@
 """DICOM SEG -> lesion / organ masks on the grid of the referenced image series.
 
-Each frame of the SEG is placed on the referenced series' grid by its own ImagePositionPatient
-(PlanePositionSequence), never by frame order: a SEG may hold only the slices that contain a
-segment, in any order, one frame per segment and slice. Frames must share the grid's in-plane
-orientation and pixel spacing (resampling SEG frames is issue 3); their origin may be offset by a
-whole number of pixels (cropped frames).
+Each frame of the SEG is placed by its own geometry (PlanePositionSequence,
+PlaneOrientationSequence, PixelMeasuresSequence), never by frame order: a SEG may hold only the
+slices that contain a segment, in any order, one frame per segment and slice (BINARY,
+FRACTIONAL) or one frame per slice holding segment numbers (LABELMAP).
+
+Mapping onto the target grid
+----------------------------
+* **On the grid** (the common case): every frame has the grid's orientation and pixel spacing,
+  lies on one of its planes (within 0.05 of a step) and is offset in-plane by a whole number of
+  pixels (within 0.05 pixel; cropped frames): frames are pasted as they are, exactly.
+* **Off the grid** (frames on another in-plane grid, another slice spacing, a subset of other
+  slices, or another orientation): the frames are stacked on the SEG's own *native* grid (their
+  orientation and pixel spacing; along the normal the SharedFunctionalGroups
+  SpacingBetweenSlices, else the smallest step between frame planes; planes without a frame
+  are empty, as the standard says), and each segment's native crop is resampled onto the target
+  grid with nearest neighbour by :func:`pipeline.geometry.resample` -- the same single path
+  label maps take. A warning says so.
+* A non-empty frame outside the target grid along the normal (beyond half a step) or in-plane
+  means the SEG was drawn on another series: :class:`SegmentationError`.
+
+Masks reach the PET grid from their CT grid through
+:func:`pipeline.geometry.map_mask_coverage` (features); a SEG that references the PET series is
+read directly on the PET grid.
 
 Segment kind (lesion / organ) comes from the coded SegmentedPropertyCategory, then the
 SegmentedPropertyType, then the segment label matched against name patterns (see
@@ -129,17 +147,50 @@ def referenced_series_uids(ds) -> list[str]:
 
 def _frame_attr(ds, frame: int, group_kw: str, attr: str):
     """An attribute of a functional group, per-frame first, then shared."""
-    pf = ds.get("PerFrameFunctionalGroupsSequence", None)
-    if pf is not None and len(pf) > frame:
-        grp = pf[frame].get(group_kw, None)
-        if grp and attr in grp[0]:
-            return grp[0][attr].value
-    sh = ds.get("SharedFunctionalGroupsSequence", None)
-    if sh:
-        grp = sh[0].get(group_kw, None)
-        if grp and attr in grp[0]:
-            return grp[0][attr].value
-    return None
+    from pipeline.io.dicom import functional_group_value
+
+    return functional_group_value(ds, frame, group_kw, attr)
+
+
+#: Frames within this fraction of a step / pixel of the target grid are pasted without resampling.
+ON_GRID_TOL = 0.05
+
+
+def _frame_geometry(seg, f: int, path: Path, seg_uid: str) -> tuple[np.ndarray, np.ndarray,
+                                                                       tuple[float, float]]:
+    """(IPP (3,), IOP (6,), PixelSpacing (row, column)) of frame ``f``."""
+    iop = _frame_attr(seg, f, "PlaneOrientationSequence", "ImageOrientationPatient")
+    ps = _frame_attr(seg, f, "PixelMeasuresSequence", "PixelSpacing")
+    ipp = _frame_attr(seg, f, "PlanePositionSequence", "ImagePositionPatient")
+    for kw, v in (("ImagePositionPatient", ipp), ("ImageOrientationPatient", iop),
+                  ("PixelSpacing", ps)):
+        if v is None:
+            raise SegmentationError(
+                f"frame {f + 1} has no {kw}: cannot place it on the image grid",
+                file=path, series_uid=seg_uid, tag=tag_label(kw),
+                hint="re-export the SEG with plane position / orientation / pixel measures "
+                "functional groups",
+            )
+    return (np.asarray([float(v) for v in ipp]), np.asarray([float(v) for v in iop]),
+            (float(ps[0]), float(ps[1])))
+
+
+def _frame_targets(seg, f: int, frame: np.ndarray, seg_type: str, descs: dict, max_frac: float,
+                   padding, path: Path, seg_uid: str) -> list[tuple[int, np.ndarray]]:
+    """(segment number, 2D bool) pairs held by frame ``f``."""
+    if seg_type == "LABELMAP":
+        vals = frame if padding is None else np.where(frame == padding, 0, frame)
+        return [(n, vals == n) for n in descs if n != 0]
+    n = _frame_attr(seg, f, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
+    if n is None:
+        raise SegmentationError(
+            f"frame {f + 1} does not name its segment", file=path, series_uid=seg_uid,
+            tag=tag_label("ReferencedSegmentNumber"),
+            hint="re-export the SEG with SegmentIdentificationSequence per frame",
+        )
+    if seg_type == "FRACTIONAL":
+        return [(int(n), frame.astype(np.float32) / max_frac >= 0.5)]
+    return [(int(n), frame > 0)]
 
 
 def read_seg(
@@ -159,30 +210,30 @@ def read_seg(
         The SEG file.
     grids : mapping str -> Grid
         SeriesInstanceUID -> grid of the loaded image series. The SEG is mapped onto the first
-        series of its ReferencedSeriesSequence found here.
+        series of its ReferencedSeriesSequence found here (CT or PET alike).
     lesion_name_patterns, organ_name_patterns : iterable of str
         Used for segments whose coded category/type does not tell lesion from organ.
     slice_tolerance : float
-        Largest distance (fraction of the slice step, and of a pixel in-plane) between a frame's
-        ImagePositionPatient and the nearest grid position; beyond it, or outside the grid, the
-        frame does not belong to the grid.
+        A non-empty frame farther than this (fraction of the target's slice step / pixel) outside
+        the target grid is an error (the SEG belongs to another series).
     warnings : list of str, optional
-        Appended with the warnings (empty segments skipped ...), which are also logged.
+        Appended with the warnings (empty segments skipped, frames resampled ...), which are
+        also logged.
 
     Returns
     -------
     list of LesionMask
         One per non-empty segment, in SegmentSequence order; ``crop`` is bool (z, y, x) tight
         to the segment, ``bbox_zyx`` its half-open index box on ``grid``. BINARY segments: pixel
-        value 1; FRACTIONAL: value / MaximumFractionalValue >= 0.5; LABELMAP: value ==
-        SegmentNumber.
+        value > 0; FRACTIONAL: value / MaximumFractionalValue >= 0.5; LABELMAP: value ==
+        SegmentNumber (PixelPaddingValue is background). Overlapping segments each keep all
+        their voxels.
 
     Raises
     ------
     SegmentationError
         Unreadable SEG; referenced series not in ``grids`` (names the SEG file, its
-        SeriesInstanceUID and the missing UID); frames off the grid or with another in-plane
-        geometry.
+        SeriesInstanceUID and the missing UID); frames outside the target grid.
     """
     import highdicom as hd
 
@@ -216,10 +267,7 @@ def read_seg(
                 "segmentation for this study in the study sheet",
             )
     grid = grids[ref_uid]
-    dmat = grid.direction_matrix
-    nz, ny, nx = grid.shape_zyx
     seg_type = str(seg.get("SegmentationType", "BINARY")).upper()
-
     descs = {d["segment_number"]: d for d in segment_descriptions(seg)}
     try:
         pixels = np.asarray(seg.pixel_array)
@@ -231,118 +279,47 @@ def read_seg(
         ) from exc
     if pixels.ndim == 2:
         pixels = pixels[None]
-    n_frames = pixels.shape[0]
     max_frac = float(seg.get("MaximumFractionalValue", 1) or 1)
+    padding = seg.get("PixelPaddingValue", None)
+    if padding is not None and int(padding) in descs:
+        padding = None
 
-    # per segment: list of (k, y0, x0, 2D bool)
-    parts: dict[int, list[tuple[int, int, int, np.ndarray]]] = {n: [] for n in descs}
-    for f in range(n_frames):
-        iop = _frame_attr(seg, f, "PlaneOrientationSequence", "ImageOrientationPatient")
-        ps = _frame_attr(seg, f, "PixelMeasuresSequence", "PixelSpacing")
-        ipp = _frame_attr(seg, f, "PlanePositionSequence", "ImagePositionPatient")
-        if ipp is None or iop is None:
-            missing = "ImagePositionPatient" if ipp is None else "ImageOrientationPatient"
-            raise SegmentationError(
-                f"frame {f + 1} has no {missing}: cannot place it on the image grid",
-                file=path, series_uid=seg_uid, tag=tag_label(missing),
-                hint="re-export the SEG with plane position/orientation functional groups",
-            )
-        iop = np.asarray([float(v) for v in iop])
-        if not (np.allclose(iop[:3], dmat[:, 0], atol=1e-3)
-                and np.allclose(iop[3:], dmat[:, 1], atol=1e-3)):
-            raise SegmentationError(
-                f"frame {f + 1} orientation {list(iop)} differs from the referenced series "
-                f"{ref_uid} ({list(dmat[:, 0])} / {list(dmat[:, 1])}); resampling SEG frames is "
-                "not supported yet",
-                file=path, series_uid=seg_uid, tag=tag_label("ImageOrientationPatient"),
-                hint="export the SEG on the referenced image grid",
-            )
-        if ps is not None:
-            ps = [float(v) for v in ps]
-            sx, sy, _ = grid.spacing_xyz_mm
-            if not (np.isclose(ps[0], sy, rtol=1e-3, atol=1e-3)
-                    and np.isclose(ps[1], sx, rtol=1e-3, atol=1e-3)):
-                raise SegmentationError(
-                    f"frame {f + 1} PixelSpacing {ps} differs from the referenced series "
-                    f"({sy}, {sx}); resampling SEG frames is not supported yet",
-                    file=path, series_uid=seg_uid, tag=tag_label("PixelSpacing"),
-                    hint="export the SEG on the referenced image grid",
-                )
-        zyx = grid.lps_to_zyx(np.asarray([float(v) for v in ipp]))[0]
-        k, y0, x0 = (int(np.rint(v)) for v in zyx)
-        off = np.abs(zyx - np.array([k, y0, x0]))
-        if off[0] > slice_tolerance or not (0 <= k < nz) or off[1] > slice_tolerance \
-                or off[2] > slice_tolerance:
-            raise SegmentationError(
-                f"frame {f + 1} at ImagePositionPatient {[round(float(v), 3) for v in ipp]} "
-                f"matches no slice of series {ref_uid}: nearest index (z, y, x) "
-                f"({zyx[0]:.2f}, {zyx[1]:.2f}, {zyx[2]:.2f}) for {nz} slices, tolerance "
-                f"{slice_tolerance} of a step",
-                file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
-                hint="the SEG was drawn on another series or reconstruction; choose the matching "
-                "image series or re-export the SEG",
-            )
-        frame = pixels[f]
-        if seg_type == "LABELMAP":
-            targets = [(n, frame == n) for n in descs if n != 0]
-        else:
-            n = _frame_attr(seg, f, "SegmentIdentificationSequence", "ReferencedSegmentNumber")
-            if n is None:
-                raise SegmentationError(
-                    f"frame {f + 1} does not name its segment", file=path, series_uid=seg_uid,
-                    tag=tag_label("ReferencedSegmentNumber"),
-                    hint="re-export the SEG with SegmentIdentificationSequence per frame",
-                )
-            n = int(n)
-            if seg_type == "FRACTIONAL":
-                m = frame.astype(np.float32) / max_frac >= 0.5
-            else:
-                m = frame > 0
-            targets = [(n, m)]
-        for n, m in targets:
+    # per frame: geometry and the segments it holds (empty ones dropped)
+    frames = []
+    for f in range(pixels.shape[0]):
+        ipp, iop, ps = _frame_geometry(seg, f, path, seg_uid)
+        for n, m in _frame_targets(seg, f, pixels[f], seg_type, descs, max_frac, padding, path,
+                                   seg_uid):
             if not m.any():
                 continue
-            if n not in parts:
+            if n not in descs:
                 msg = f"SEG {path.name}: frame {f + 1} refers to undeclared segment {n}; ignored"
                 warn.append(msg)
                 log.warning(msg)
                 continue
-            rows = np.flatnonzero(m.any(axis=1))
-            cols = np.flatnonzero(m.any(axis=0))
-            if (y0 + rows[0] < 0 or y0 + rows[-1] >= ny or x0 + cols[0] < 0
-                    or x0 + cols[-1] >= nx):
-                raise SegmentationError(
-                    f"frame {f + 1} of segment {n} has pixels outside the {ny}x{nx} image of "
-                    f"series {ref_uid}",
-                    file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
-                    hint="the SEG does not match the referenced image grid; re-export it",
-                )
-            sub = m[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
-            parts[n].append((k, y0 + int(rows[0]), x0 + int(cols[0]), sub))
+            frames.append((f, n, ipp, iop, ps, m))
+
+    on_grid = all(_on_grid(grid, ipp, iop, ps) for _, _, ipp, iop, ps, _ in frames)
+    if on_grid:
+        parts = _paste_on_grid(frames, grid, ref_uid, path, seg_uid, slice_tolerance)
+    else:
+        parts = _resample_native(frames, grid, ref_uid, path, seg_uid, slice_tolerance, seg)
+        msg = (f"SEG {path.name}: frames are not on the grid of series {ref_uid} (other "
+               "spacing, slices or orientation); resampled with nearest neighbour")
+        warn.append(msg)
+        log.warning(msg)
 
     out: list[LesionMask] = []
     for n, d in descs.items():
         if n == 0 and seg_type == "LABELMAP":
             continue
-        pieces = parts.get(n, [])
-        if not pieces:
+        got = parts.get(n)
+        if got is None:
             msg = f"SEG {path.name} (series {seg_uid}): segment {n} '{d['label']}' is empty; skipped"
             warn.append(msg)
             log.warning(msg)
             continue
-        z0 = min(p[0] for p in pieces)
-        z1 = max(p[0] for p in pieces) + 1
-        y0 = min(p[1] for p in pieces)
-        y1 = max(p[1] + p[3].shape[0] for p in pieces)
-        x0 = min(p[2] for p in pieces)
-        x1 = max(p[2] + p[3].shape[1] for p in pieces)
-        crop = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
-        for k, py, px, sub in pieces:
-            crop[k - z0, py - y0: py - y0 + sub.shape[0], px - x0: px - x0 + sub.shape[1]] |= sub
-        tight = bbox_of(crop)
-        assert tight is not None
-        crop = crop[tuple(slice(a, b) for a, b in tight)]
-        bbox = tuple((o + a, o + b) for o, (a, b) in zip((z0, y0, x0), tight))
+        bbox, crop = got
         kind = classify_segment(
             name=d["label"], category_code=d["category_code"], type_code=d["type_code"],
             lesion_name_patterns=lesion_name_patterns, organ_name_patterns=organ_name_patterns,
@@ -354,4 +331,147 @@ def read_seg(
                 segment_number=int(n), tracking_uid=d["tracking_uid"],
             )
         )
+    return out
+
+
+def _on_grid(grid: Grid, ipp, iop, ps) -> bool:
+    d = grid.direction_matrix
+    sx, sy, _ = grid.spacing_xyz_mm
+    if not (np.allclose(iop[:3], d[:, 0], atol=1e-4) and np.allclose(iop[3:], d[:, 1], atol=1e-4)):
+        return False
+    if not (np.isclose(ps[0], sy, rtol=1e-4, atol=1e-4) and np.isclose(ps[1], sx, rtol=1e-4,
+                                                                        atol=1e-4)):
+        return False
+    zyx = grid.lps_to_zyx(ipp)[0]
+    return bool(np.all(np.abs(zyx - np.rint(zyx)) <= ON_GRID_TOL))
+
+
+def _outside_error(f: int, n: int, where: str, ref_uid: str, path: Path, seg_uid: str):
+    return SegmentationError(
+        f"frame {f + 1} (segment {n}) matches no slice of series {ref_uid}: {where}",
+        file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
+        hint="the SEG was drawn on another series or reconstruction; choose the matching "
+        "image series or re-export the SEG",
+    )
+
+
+def _assemble_parts(pieces: list[tuple[int, int, int, np.ndarray]]
+                    ) -> tuple[tuple, np.ndarray]:
+    """(bbox, tight crop) from (k, y0, x0, 2D bool) pieces on one grid."""
+    z0 = min(p[0] for p in pieces)
+    z1 = max(p[0] for p in pieces) + 1
+    y0 = min(p[1] for p in pieces)
+    y1 = max(p[1] + p[3].shape[0] for p in pieces)
+    x0 = min(p[2] for p in pieces)
+    x1 = max(p[2] + p[3].shape[1] for p in pieces)
+    crop = np.zeros((z1 - z0, y1 - y0, x1 - x0), dtype=bool)
+    for k, py, px, sub in pieces:
+        crop[k - z0, py - y0: py - y0 + sub.shape[0], px - x0: px - x0 + sub.shape[1]] |= sub
+    tight = bbox_of(crop)
+    assert tight is not None
+    crop = crop[tuple(slice(a, b) for a, b in tight)]
+    bbox = tuple((o + a, o + b) for o, (a, b) in zip((z0, y0, x0), tight))
+    return bbox, crop
+
+
+def _paste_on_grid(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str,
+                   tol: float) -> dict[int, tuple]:
+    nz, ny, nx = grid.shape_zyx
+    pieces: dict[int, list] = {}
+    for f, n, ipp, _, _, m in frames:
+        k, y0, x0 = (int(v) for v in np.rint(grid.lps_to_zyx(ipp)[0]))
+        if not 0 <= k < nz:
+            raise _outside_error(f, n, f"ImagePositionPatient {[round(float(v), 3) for v in ipp]}"
+                                 f" is slice index {k} of {nz}", ref_uid, path, seg_uid)
+        rows = np.flatnonzero(m.any(axis=1))
+        cols = np.flatnonzero(m.any(axis=0))
+        if (y0 + rows[0] < 0 or y0 + rows[-1] >= ny or x0 + cols[0] < 0
+                or x0 + cols[-1] >= nx):
+            raise _outside_error(f, n, f"pixels outside the {ny}x{nx} image", ref_uid, path,
+                                 seg_uid)
+        sub = m[rows[0]: rows[-1] + 1, cols[0]: cols[-1] + 1]
+        pieces.setdefault(n, []).append((k, y0 + int(rows[0]), x0 + int(cols[0]), sub))
+    return {n: _assemble_parts(p) for n, p in pieces.items()}
+
+
+def _resample_native(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str, tol: float,
+                     seg) -> dict[int, tuple]:
+    """Frames off the target grid: native grid per SEG, nearest-neighbour per segment crop."""
+    from pipeline.geometry import resample, slice_normal
+
+    if not frames:
+        return {}
+    iop0, ps0 = frames[0][3], frames[0][4]
+    for f, n, ipp, iop, ps, _ in frames:
+        if not (np.allclose(iop, iop0, atol=1e-4) and np.allclose(ps, ps0, atol=1e-4)):
+            raise SegmentationError(
+                f"frame {f + 1} has another orientation or pixel spacing than frame "
+                f"{frames[0][0] + 1}: the frames do not form one volume",
+                file=path, series_uid=seg_uid, tag=tag_label("PlaneOrientationSequence"),
+                hint="re-export the SEG on one image grid")
+    nrm = slice_normal(iop0)
+    proj = np.array([fr[2] @ nrm for fr in frames])
+    planes = np.unique(np.round(proj, 3))
+    step = _frame_attr(seg, 0, "PixelMeasuresSequence", "SpacingBetweenSlices")
+    if step is None:
+        diffs = np.diff(planes)
+        step = float(diffs.min()) if len(diffs) else float(grid.spacing_xyz_mm[2])
+    step = float(step)
+    iop = np.asarray(iop0).reshape(2, 3)
+    base = frames[int(np.argmin(proj))][2]
+    # in-plane offsets of the frames relative to the lowest frame, whole pixels
+    offs = []
+    for _, _, ipp, _, _, _ in frames:
+        rel = ipp - base
+        offs.append((rel @ iop[1] / ps0[0], rel @ iop[0] / ps0[1], rel @ nrm / step))
+    offs = np.asarray(offs)
+    if np.any(np.abs(offs - np.rint(offs)) > 0.25):
+        raise SegmentationError(
+            "SEG frames are not on one regular grid (in-plane offsets or plane positions are not "
+            f"whole multiples of the pixel spacing {ps0} / plane step {step:.3f} mm)",
+            file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
+            hint="re-export the SEG on the referenced image grid")
+    ioff = np.rint(offs).astype(int)
+    lo = ioff.min(axis=0)
+    rows, cols = frames[0][5].shape
+    shape = (int(ioff[:, 2].max() - lo[2] + 1), int(ioff[:, 0].max() - lo[0] + rows),
+             int(ioff[:, 1].max() - lo[1] + cols))
+    origin = base + lo[1] * ps0[1] * iop[0] + lo[0] * ps0[0] * iop[1] + lo[2] * step * nrm
+    native = Grid(shape, (ps0[1], ps0[0], step), tuple(float(v) for v in origin),
+                  tuple(float(v) for v in np.column_stack([iop[0], iop[1], nrm]).ravel()))
+    pieces: dict[int, list] = {}
+    first_frame: dict[int, int] = {}
+    for (f, n, _, _, _, m), (j, i, k) in zip(frames, ioff - lo):
+        pieces.setdefault(n, []).append((int(k), int(j), int(i), m))
+        first_frame.setdefault(n, f)
+    out = {}
+    nz, ny, nx = grid.shape_zyx
+    for n, p in pieces.items():
+        bbox, crop = _assemble_parts(p)
+        src = native.crop(bbox)
+        # target region: the target voxels whose centres fall in the crop's box (+ 1 voxel)
+        corners = np.array([[a, b, c] for a in (-0.5, crop.shape[0] - 0.5)
+                            for b in (-0.5, crop.shape[1] - 0.5)
+                            for c in (-0.5, crop.shape[2] - 0.5)])
+        tz = grid.lps_to_zyx(src.zyx_to_lps(corners))
+        lo_t = np.floor(tz.min(axis=0)).astype(int) - 1
+        hi_t = np.ceil(tz.max(axis=0)).astype(int) + 2
+        zlo, zhi = tz[:, 0].min(), tz[:, 0].max()
+        if zhi < -0.5 - tol or zlo > nz - 0.5 + tol:
+            raise _outside_error(first_frame[n], n, "the segment lies outside the image along "
+                                 "the slice normal", ref_uid, path, seg_uid)
+        clo = np.maximum(lo_t, 0)
+        chi = np.minimum(hi_t, np.array(grid.shape_zyx))
+        tgt_box = tuple((int(a), int(b)) for a, b in zip(clo, chi))
+        tgt = grid.crop(tgt_box)
+        res = resample(crop, src, tgt, interpolation="nearest", default=0)
+        if not res.any():
+            continue
+        if res.sum() < 0.5 * crop.sum() * src.voxel_volume_mm3 / tgt.voxel_volume_mm3 and (
+                np.any(lo_t < 0) or np.any(hi_t > np.array(grid.shape_zyx))):
+            raise _outside_error(first_frame[n], n, "most of the segment falls outside the image",
+                                 ref_uid, path, seg_uid)
+        tight = bbox_of(res)
+        out[n] = (tuple((o + a, o + b) for o, (a, b) in zip(clo, tight)),
+                  res[tuple(slice(a, b) for a, b in tight)])
     return out

@@ -336,3 +336,183 @@ def test_series_refs_records(index, archive):
     assert refs[archive["seg_les"]].modality is Modality.SEG
     assert refs[archive["seg_les"]].segment_kind is SegmentKind.LESION
     assert refs[archive["seg_les"]].referenced_series_uids == (archive["nc"].series_uid,)
+
+
+# ------------------------------------------------------------------ classification completeness
+def _sc_and_sr(root: Path, study: str, pid: str = "P001") -> None:
+    """A secondary capture (dose screen) and a radiation dose SR, as scanners write them."""
+    from io_synth import base_dataset
+
+    sc = base_dataset("OT", "1.2.840.10008.5.1.4.1.1.7", study_uid=study,
+                      series_uid=generate_uid(), patient_id=pid, for_uid=generate_uid())
+    sc.Rows, sc.Columns, sc.SamplesPerPixel, sc.BitsAllocated = 4, 4, 1, 8
+    sc.BitsStored, sc.HighBit, sc.PixelRepresentation = 8, 7, 0
+    sc.PhotometricInterpretation = "MONOCHROME2"
+    sc.PixelData = bytes(16)
+    sc.save_as(root / "sc.dcm", enforce_file_format=True)
+    sr = base_dataset("SR", "1.2.840.10008.5.1.4.1.1.88.67", study_uid=study,
+                      series_uid=generate_uid(), patient_id=pid, for_uid=generate_uid())
+    sr.SeriesDescription = "Radiation Dose Information"
+    sr.save_as(root / "dose_sr.dcm", enforce_file_format=True)
+
+
+def test_exclusions_multiframe_nrrd_and_reformats(tmp_path):
+    import json
+
+    import SimpleITK as sitk
+
+    from pipeline.io.corpus import to_enhanced_ct
+
+    study = generate_uid()
+    root = tmp_path
+    small = make_series(root / "ct_small", study_uid=study, description="CT native", n=3)
+    big = make_series(tmp_path / "src", study_uid=study, description="CT native thin", n=7,
+                      order="sorted")
+    to_enhanced_ct(big.paths, root / "enhanced.dcm")
+    shutil.rmtree(tmp_path / "src")
+    cor = make_series(root / "cor", study_uid=study, description="CT COR MPR", n=9,
+                      iop=(1, 0, 0, 0, 0, -1))
+    dose_ct = make_series(root / "dose", study_uid=study, description="Dose Report", n=1)
+    _sc_and_sr(root, study)
+    # NRRD label map with sidecar; a Slicer .seg.nrrd whose names are in its header
+    lab = np.zeros((3, 8, 10), np.int16)
+    lab[1, 2:4, 2:5] = 1
+    img = sitk.GetImageFromArray(lab)
+    img.SetSpacing((0.7, 0.8, 2.5))
+    img.SetOrigin(tuple(small.positions[0]))
+    sitk.WriteImage(img, str(root / "lm.nrrd"))
+    (root / "lm.json").write_text(json.dumps({"referenced_series_uid": small.series_uid,
+                                              "names": {"1": "lesion_a"}}))
+    img.SetMetaData("Segment0_ID", "Segment_1")
+    img.SetMetaData("Segment0_Name", "tumor one")
+    img.SetMetaData("Segment0_LabelValue", "1")
+    img.SetMetaData("Segment0_Layer", "0")
+    sitk.WriteImage(img, str(root / "slicer.seg.nrrd"))
+    (root / "slicer.json").write_text(json.dumps({"referenced_series_uid": small.series_uid}))
+    ix = scan_archive(root)
+    ser = ix.series.set_index("series_uid")
+    assert ser.loc[cor.series_uid, "excluded_reason"].startswith("coronal reformat")
+    assert "dose report" in ser.loc[dose_ct.series_uid, "excluded_reason"]
+    reasons = set(ser["excluded_reason"])
+    assert "secondary capture" in reasons
+    assert "structured report (dose report or summary)" in reasons
+    enh = ix.series[ix.series["n_files"] == 1].set_index("series_uid").loc[big.series_uid]
+    assert (enh["n_slices"], enh["orientation"]) == (7, "axial")
+    lms = ix.series[ix.series["modality"] == "LABELMAP"].set_index("first_path")
+    assert lms.loc["lm.nrrd", "segment_kind"] == "lesion"
+    assert json.loads(lms.loc["slicer.seg.nrrd", "segment_names"]) == ["tumor one"]
+    assert ix.problems.empty, ix.problems
+    row = build_study_sheet(ix).iloc[0]
+    assert row["ct_series_uid"] == big.series_uid  # 7 frames in one file beat 3 files
+    assert "4 series excluded" in row["notes"]
+    # the NRRD label maps load with their names
+    from pipeline.io.labelmap import read_labelmap, read_sidecar
+
+    vol_grid = Grid((3, 8, 10), (0.7, 0.8, 2.5), tuple(small.positions[0]))
+    m = read_labelmap(root / "slicer.seg.nrrd", grid=vol_grid,
+                      names=read_sidecar(root / "slicer.seg.nrrd")["names"], kind="lesion")
+    assert [x.name for x in m] == ["tumor one"] and np.array_equal(m[0].full(), lab == 1)
+
+
+def test_pet_only_and_ct_only_studies_get_rows(tmp_path):
+    pet_study, ct_study = generate_uid(), generate_uid()
+    pet = make_series(tmp_path / "a" / "pet", modality="PT", study_uid=pet_study, n=4,
+                      patient_id="PETONLY")
+    nac = make_series(tmp_path / "a" / "nac", modality="PT", study_uid=pet_study, n=9,
+                      patient_id="PETONLY", description="PET NAC",
+                      extra=lambda ds, k: setattr(ds, "CorrectedImage", ["DECY"]))
+    mask = np.zeros((4, 8, 10), bool)
+    mask[1:3, 2:5, 2:6] = True
+    seg_uid = write_seg(tmp_path / "a" / "seg.dcm", ref=pet, masks={1: mask},
+                        labels={1: "lesion"})
+    ct = make_series(tmp_path / "b" / "ct", study_uid=ct_study, n=5)  # patient P001
+    rt = write_rtstruct(tmp_path / "b" / "rt.dcm", ref=ct, rois=[(1, "GTV", [
+        np.array([[0, 0, 0], [3, 0, 0], [3, 3, 0]], float) + ct.positions[2]])])
+    sheet = build_study_sheet(scan_archive(tmp_path)).set_index("patient_id")
+    p = sheet.loc["PETONLY"]
+    assert p["pet_series_uid"] == pet.series_uid  # AC preferred over a bigger NAC series
+    assert p["ct_series_uid"] == "" and (p["lesion_mask_source"], p["lesion_mask_ref"]) == (
+        "seg", seg_uid)
+    assert "PET-only study" in p["notes"] and "drawn on pet" in p["notes"]
+    assert nac.series_uid not in p.values
+    c = sheet.loc["P001"]
+    assert c["pet_series_uid"] == "" and c["lesion_mask_ref"] == rt
+    assert "CT-only study" in c["notes"]
+
+
+def test_refine_ct_phase_from_aortic_hu(tmp_path):
+    from pipeline.io.dicom import load_ct
+    from pipeline.io.index import refine_ct_phase
+    from pipeline.records import CTPhase
+
+    aorta = np.zeros((6, 8, 10), bool)
+    aorta[1:5, 2:6, 3:7] = True
+
+    def ct_with_aorta(name, hu):
+        s = make_series(tmp_path / name, n=6, extra=None)
+        vol = load_ct(s.paths, series_uid=s.series_uid)
+        arr = vol.array.copy()
+        arr[aorta] = hu + np.linspace(-5, 5, aorta.sum())
+        from dataclasses import replace
+        return replace(vol, array=arr)
+
+    phase, why = refine_ct_phase(ct_with_aorta("ce", 220.0), aorta)
+    assert phase is CTPhase.CONTRAST and "median aortic HU 220" in why
+    phase, why = refine_ct_phase(ct_with_aorta("nc", 45.0), aorta, header_phase="contrast")
+    assert phase is CTPhase.NONCONTRAST and "contradicts" in why
+    phase, why = refine_ct_phase(ct_with_aorta("mid", 90.0), aorta, header_phase="noncontrast")
+    assert phase is CTPhase.NONCONTRAST and "inconclusive" in why
+    phase, why = refine_ct_phase(ct_with_aorta("tiny", 220.0), np.zeros((6, 8, 10), bool))
+    assert phase is CTPhase.UNKNOWN and "0 voxels" in why
+
+
+def test_index_reads_no_pixel_data(tmp_path, monkeypatch):
+    """Indexing never decodes pixels: pixel access is patched to fail, and the bytes read from
+    the image files stay a small fraction of their size (pixel data is skipped by seeking)."""
+    import builtins
+
+    from pydicom.dataset import Dataset as PydDataset
+
+    s = make_series(tmp_path / "ct", n=4, rows=128, cols=128)
+    write_seg(tmp_path / "seg.dcm", ref=s, masks={1: np.ones((4, 128, 128), bool)},
+              labels={1: "lesion"})
+
+    def boom(self, *a, **k):  # pragma: no cover - must not be called
+        raise AssertionError("pixel data decoded during indexing")
+
+    monkeypatch.setattr(PydDataset, "pixel_array", property(boom))
+    monkeypatch.setattr(PydDataset, "convert_pixel_data", boom)
+    read = {"bytes": 0}
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, n=-1):
+            data = self._f.read(n)
+            read["bytes"] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def __iter__(self):
+            return iter(self._f)
+
+    def counting_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Counting(f) if "b" in mode and str(file).startswith(str(tmp_path)) else f
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    ix = scan_archive(tmp_path)
+    monkeypatch.setattr(builtins, "open", real_open)
+    total = sum((tmp_path / p).stat().st_size for p in ix.files["path"])
+    assert len(ix.files) == 5
+    assert read["bytes"] < 0.25 * total, (read["bytes"], total)

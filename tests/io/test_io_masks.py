@@ -17,7 +17,7 @@ from pipeline.errors import SegmentationError
 from pipeline.geometry import Grid
 from pipeline.io.dicom import load_ct, load_series_headers
 from pipeline.io.labelmap import read_labelmap, read_sidecar
-from pipeline.io.rtstruct import classify_roi, read_rtstruct
+from pipeline.io.rtstruct import classify_roi, contour_volume_ml, read_rtstruct
 from pipeline.io.seg import classify_segment, read_seg
 from pipeline.records import MaskSource, SegmentKind
 
@@ -107,6 +107,123 @@ def test_seg_on_wrong_grid(tmp_path, oblique_ct):
     shorter = Grid((5,) + g.shape_zyx[1:], g.spacing_xyz_mm, g.origin_lps_mm, g.direction)
     with pytest.raises(SegmentationError, match="matches no slice"):
         read_seg(tmp_path / "s.dcm", grids={s.series_uid: shorter})
+
+
+def _repoint(seg_path, series_uid):
+    """Make a SEG reference another image series (frames keep their own geometry)."""
+    ds = pydicom.dcmread(seg_path)
+    ds.ReferencedSeriesSequence[0].SeriesInstanceUID = series_uid
+    ds.save_as(seg_path)
+
+
+def test_seg_frames_on_a_finer_inplane_grid_resampled_nearest(tmp_path):
+    """SEG frames at half the pixel spacing (voxel edges aligned): nearest neighbour gives the
+    coarse mask exactly; a warning says the frames were resampled."""
+    a = make_series(tmp_path / "a", n=6, rows=8, cols=10, pixel_spacing=(0.8, 0.7))
+    ga = load_ct(a.paths, series_uid=a.series_uid).grid
+    origin_b = np.asarray(a.positions[0]) - 0.25 * 0.8 * np.array([0, 1, 0]) - 0.25 * 0.7 * \
+        np.array([1, 0, 0])
+    b = make_series(tmp_path / "b", n=6, rows=16, cols=20, pixel_spacing=(0.4, 0.35),
+                    origin=tuple(origin_b), study_uid=a.study_uid, for_uid=None)
+    coarse = np.zeros(ga.shape_zyx, bool)
+    coarse[1:4, 2:6, 3:8] = True
+    coarse[2, 3, 4] = False
+    fine = coarse.repeat(2, axis=1).repeat(2, axis=2)
+    write_seg(tmp_path / "s.dcm", ref=b, masks={1: fine}, labels={1: "lesion"})
+    _repoint(tmp_path / "s.dcm", a.series_uid)
+    warnings: list[str] = []
+    masks = read_seg(tmp_path / "s.dcm", grids={a.series_uid: ga}, warnings=warnings)
+    assert np.array_equal(masks[0].full(), coarse)
+    assert any("resampled with nearest neighbour" in w for w in warnings)
+
+
+def test_seg_on_thinner_slices_mapped_by_position(tmp_path):
+    """SEG drawn on 1.25 mm slices of which only some hold the segment, read on a 2.5 mm CT:
+    each CT plane takes the SEG plane at its position (every other SEG plane)."""
+    a = make_series(tmp_path / "a", n=6, step=2.5, origin=(0.0, 0.0, 0.0))
+    ga = load_ct(a.paths, series_uid=a.series_uid).grid
+    b = make_series(tmp_path / "b", n=11, step=1.25, origin=(0.0, 0.0, 0.0),
+                    study_uid=a.study_uid)
+    rng = np.random.default_rng(3)
+    fine = np.zeros((11, 8, 10), bool)
+    fine[2:9] = rng.random((7, 8, 10)) > 0.5
+    fine[5] = False  # an empty SEG plane between CT planes: omitted from the SEG
+    write_seg(tmp_path / "s.dcm", ref=b, masks={1: fine}, labels={1: "lesion"})
+    _repoint(tmp_path / "s.dcm", a.series_uid)
+    masks = read_seg(tmp_path / "s.dcm", grids={a.series_uid: ga})
+    assert np.array_equal(masks[0].full(), fine[::2])
+
+
+def test_seg_referencing_the_pet_loads_on_the_pet_grid(tmp_path):
+    ct = make_series(tmp_path / "ct", n=6)
+    pet = make_series(tmp_path / "pt", modality="PT", n=4, rows=6, cols=7, step=4.0,
+                      pixel_spacing=(2.0, 2.0), study_uid=ct.study_uid)
+    from pipeline.io.dicom import load_pet_activity
+
+    act, _ = load_pet_activity(pet.paths, series_uid=pet.series_uid)
+    m = np.zeros((4, 6, 7), bool)
+    m[1:3, 2:4, 2:5] = True
+    write_seg(tmp_path / "s.dcm", ref=pet, masks={1: m}, labels={1: "lesion"})
+    grids = {ct.series_uid: load_ct(ct.paths, series_uid=ct.series_uid).grid,
+             pet.series_uid: act.grid}
+    masks = read_seg(tmp_path / "s.dcm", grids=grids)
+    assert masks[0].grid == act.grid and masks[0].referenced_series_uid == pet.series_uid
+    assert np.array_equal(masks[0].full(), m)
+
+
+def test_nrrd_labelmap_equals_seg_through_read_labelmap():
+    """dcmqi 24x38x3: the NRRD label map read by read_labelmap equals the SEG, voxel by voxel."""
+    paths = sorted((DATA / "dcmqi" / "24x38x3" / "image").glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    vol = load_ct(paths, series_uid=uid)
+    seg_mask = read_seg(DATA / "dcmqi" / "24x38x3" / "seg" / "label.seg", grids={uid: vol.grid})
+    warnings: list[str] = []
+    lm = read_labelmap(DATA / "dcmqi" / "24x38x3" / "nrrd" / "label.nrrd", grid=vol.grid,
+                       names={1: "Liver"}, kind="organ", warnings=warnings)
+    assert not warnings  # same grid: no resampling
+    assert [m.name for m in lm] == ["Liver"]
+    assert np.array_equal(lm[0].full(), seg_mask[0].full())
+
+
+DCMQI_SHARED = Path("/work/shared/reference_data/segmentations/dcmqi/segmentations")
+
+
+@pytest.mark.skipif(not (DCMQI_SHARED / "ct-3slice").is_dir(),
+                    reason="shared reference data (dcmqi 512x512 CT, 1.6 MB) not present")
+def test_dcmqi_overlapping_segments_and_liver_equal_their_nrrds():
+    """partial_overlaps.dcm: 5 overlapping BINARY segments; each equals its label value in the
+    3 NRRD layers dcmqi wrote, voxel by voxel; liver.dcm equals liver_seg.nrrd."""
+    paths = sorted((DCMQI_SHARED / "ct-3slice").glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    grid = load_ct(paths, series_uid=uid).grid
+    masks = {m.segment_number: m.full()
+             for m in read_seg(DCMQI_SHARED / "partial_overlaps.dcm", grids={uid: grid})}
+    assert sorted(masks) == [1, 2, 3, 4, 5]
+    ref = {}
+    for i in (1, 2, 3):
+        lm = read_labelmap(DCMQI_SHARED / f"partial_overlaps-{i}.nrrd", grid=grid, names={},
+                           kind="unknown")
+        for m in lm:
+            ref[m.segment_number] = m.full()
+    for n, m in masks.items():
+        assert np.array_equal(m, ref[n]), n
+    assert (masks[1] & masks[2]).any() or (masks[2] & masks[3]).any()  # they do overlap
+    liver = read_seg(DCMQI_SHARED / "liver.dcm", grids={uid: grid})[0].full()
+    nrrd = read_labelmap(DCMQI_SHARED / "liver_seg.nrrd", grid=grid, names={1: "Liver"},
+                         kind="organ")[0].full()
+    assert liver.sum() > 1000 and np.array_equal(liver, nrrd)
+
+
+@pytest.mark.skipif(not (DCMQI_SHARED / "sparse-labelmap-ppv5.dcm").exists(),
+                    reason="shared reference data (dcmqi LABELMAP SEG with padding) not present")
+def test_labelmap_seg_with_pixel_padding_value():
+    paths = sorted((DATA / "dcmqi" / "24x38x3" / "image").glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    grid = load_ct(paths, series_uid=uid).grid
+    m = read_seg(DCMQI_SHARED / "sparse-labelmap-ppv5.dcm", grids={uid: grid})
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(DCMQI_SHARED /
+                                                    "sparse_labelmap_ppv5_seg.nrrd"))) == 1
+    assert [x.name for x in m] == ["Liver"] and np.array_equal(m[0].full(), ref)
 
 
 # ------------------------------------------------------------------ SEG, real files
@@ -378,3 +495,58 @@ def test_dicompyler_heart_and_lung_volumes():
         assert got_cm3 == pytest.approx(expect_cm3, rel=0.005), (n, got_cm3, expect_cm3)
     heart = masks[5].voxel_count * grid.voxel_volume_mm3 / 1000
     assert heart == pytest.approx(432.841, rel=0.02)
+
+
+@pytest.mark.skipif(not (DICOMPYLER / "rtss.dcm").exists(),
+                    reason="shared reference data (dicompyler rtss.dcm, 1.9 MB) not present")
+@pytest.mark.parametrize("roi, reference_cm3", [(5, 432.841), (6, 1995.185)],
+                         ids=["Heart", "Lt Lung"])
+def test_dicompyler_reference_volumes_within_1_percent(roi, reference_cm3):
+    """dicompyler's published volumes (3 mm planes; Lt Lung has holes) within 1 % with the
+    planning-system convention (end planes at half thickness); the full-thickness (voxel)
+    convention is larger by about one plane's worth."""
+    v = contour_volume_ml(DICOMPYLER / "rtss.dcm", roi)
+    assert v == pytest.approx(reference_cm3, rel=0.01)
+    full = contour_volume_ml(DICOMPYLER / "rtss.dcm", roi, end_planes="full")
+    assert full > v
+
+
+def test_contour_volume_of_a_box_with_a_hole(tmp_path, oblique_ct):
+    """Oblique 3-plane ROI: 7.0 x 9.0 mm-index squares with a 3 x 5 hole on the middle plane."""
+    s, vol = oblique_ct
+    g = vol.grid
+    outer = [_square(g, k, 0.5, 7.5, 0.5, 9.5) for k in (2, 3, 4)]
+    hole = _square(g, 3, 2.5, 5.5, 2.5, 7.5)
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[(1, "GTV", outer + [hole])])
+    sx, sy, sz = g.spacing_xyz_mm
+    a_full = 7 * sy * 9 * sx
+    a_mid = a_full - 3 * sy * 5 * sx
+    expect = (0.5 * a_full + a_mid + 0.5 * a_full) * sz / 1000
+    assert contour_volume_ml(tmp_path / "rt.dcm", 1) == pytest.approx(expect, rel=1e-6)  # 6-decimal LPS
+    expect_full = (2 * a_full + a_mid) * sz / 1000
+    assert contour_volume_ml(tmp_path / "rt.dcm", 1, end_planes="full") == pytest.approx(
+        expect_full, rel=1e-6)
+    # voxel volume equals the full-thickness convention when outlines follow voxel edges
+    m = read_rtstruct(tmp_path / "rt.dcm", grid=g, series_uid=s.series_uid)[0]
+    assert m.voxel_count * g.voxel_volume_mm3 / 1000 == pytest.approx(expect_full, rel=1e-6)
+
+
+def test_rtstruct_on_the_real_oblique_anisotropic_ct(tmp_path):
+    """rt-utils oriented_data (oblique, 3.5 / 2.5 mm pixels): contours drawn in index space
+    and written in LPS come back as the same voxels."""
+    paths = sorted((DATA / "rt_utils" / "oriented_data").glob("*.dcm"))
+    hs = load_series_headers(paths)
+    uid = hs[0].SeriesInstanceUID
+    vol = load_ct(paths, series_uid=uid)
+    g = vol.grid
+    assert not g.is_axis_aligned()
+    ref = type("Ref", (), {})()
+    ref.study_uid, ref.series_uid = hs[0].StudyInstanceUID, uid
+    ref.sop_uids = [h.SOPInstanceUID for h in hs]
+    write_rtstruct(tmp_path / "rt.dcm", ref=ref, rois=[
+        (1, "GTV", [_square(g, 1, 10.5, 30.5, 20.5, 60.5)])])
+    m = read_rtstruct(tmp_path / "rt.dcm", grid=g, series_uid=uid,
+                      sop_instance_uids=ref.sop_uids)[0]
+    expect = np.zeros(g.shape_zyx, bool)
+    expect[1, 11:31, 21:61] = True
+    assert np.array_equal(m.full(), expect)
