@@ -32,9 +32,22 @@ wildcard_constraints:
     study=r"[A-Za-z0-9._-]+",
 
 
+def _sheet():
+    return pd.read_csv(checkpoints.index.get().output.sheet, dtype=str, keep_default_na=False)
+
+
 def study_outputs(wildcards):
-    sheet = pd.read_csv(checkpoints.index.get().output.sheet, dtype=str, keep_default_na=False)
-    return [f"{OUT}/studies/{r.patient_dir}/{r.study_dir}/provenance.json" for r in sheet.itertuples()]
+    return [f"{OUT}/studies/{r.patient_dir}/{r.study_dir}/ranking.csv" for r in _sheet().itertuples()]
+
+
+def rank_inputs(wildcards):
+    """This study's lesion table and those of the patient's earlier studies (growth)."""
+    sheet = _sheet()
+    me = sheet[(sheet.patient_dir == wildcards.patient) & (sheet.study_dir == wildcards.study)]
+    date = me.study_date.iloc[0] if "study_date" in sheet and len(me) else ""
+    mine = sheet[sheet.patient_dir == wildcards.patient]
+    return [f"{OUT}/studies/{r.patient_dir}/{r.study_dir}/lesions.csv" for r in mine.itertuples()
+            if r.study_dir == wildcards.study or (date and getattr(r, "study_date", "") and r.study_date < date)]
 
 
 rule all:
@@ -63,7 +76,6 @@ rule study:
         sheet=f"{OUT}/cohort/studies.csv",
     output:
         lesions=f"{OUT}/studies/{{patient}}/{{study}}/lesions.csv",
-        ranking=f"{OUT}/studies/{{patient}}/{{study}}/ranking.csv",
         failures=f"{OUT}/studies/{{patient}}/{{study}}/failures.csv",
         provenance=f"{OUT}/studies/{{patient}}/{{study}}/provenance.json",
     log:
@@ -74,6 +86,23 @@ rule study:
         runtime=RES["study_runtime_min"],
     shell:
         "{PY} -m pipeline.cli study --results {OUT:q} --patient-dir {wildcards.patient:q}"
+        " --study-dir {wildcards.study:q} --settings {SETTINGS:q} > {log:q} 2>&1"
+
+
+rule rank:
+    input:
+        sheet=f"{OUT}/cohort/studies.csv",
+        lesions=rank_inputs,
+    output:
+        ranking=f"{OUT}/studies/{{patient}}/{{study}}/ranking.csv",
+        provenance=f"{OUT}/studies/{{patient}}/{{study}}/ranking_provenance.json",
+    log:
+        f"{OUT}/logs/rank/{{patient}}/{{study}}.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+    shell:
+        "{PY} -m pipeline.cli rank --results {OUT:q} --patient-dir {wildcards.patient:q}"
         " --study-dir {wildcards.study:q} --settings {SETTINGS:q} > {log:q} 2>&1"
 
 

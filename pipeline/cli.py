@@ -72,6 +72,10 @@ def cmd_index(args) -> int:
     else:
         sheet = idx.build_study_sheet(index, mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
         source = "automatic series choice"
+    if "study_date" not in sheet.columns:
+        dates = (index.files.groupby("study_uid")["study_date"].first()
+                 if "study_date" in index.files.columns else pd.Series(dtype=str))
+        sheet["study_date"] = [str(dates.get(u, "") or "") for u in sheet["study_uid"]]
     sheet = study_dirs(sheet)
     out = results / "cohort" / "studies.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -110,6 +114,26 @@ def cmd_study(args) -> int:
     prov = run_study(row, index.files, index.root, cfg, out)
     print(f"study {args.patient_dir}/{args.study_dir}: {prov['status']}, {prov['n_lesions']} lesions, "
           f"{prov['total_wall_s']:.1f} s -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_rank(args) -> int:
+    from pipeline import config as cfgmod
+    from pipeline.cohort import study_output_dir
+    from pipeline.study import run_ranking
+
+    cfg = cfgmod.load_config(args.settings)
+    results = Path(args.results)
+    sheet, _ = _load_sheet_and_files(results)
+    sel = sheet[(sheet["patient_dir"] == args.patient_dir) & (sheet["study_dir"] == args.study_dir)]
+    if len(sel) != 1:
+        print(f"study {args.patient_dir}/{args.study_dir} not found exactly once in the study sheet",
+              file=sys.stderr)
+        return 2
+    row = sel.iloc[0].to_dict()
+    prov = run_ranking(results, row, sheet, cfg, study_output_dir(results, row))
+    print(f"ranked {prov['n_lesions']} lesions of {args.patient_dir}/{args.study_dir} "
+          f"(prior studies: {len(prov['inputs']['prior_studies'])})", file=sys.stderr)
     return 0
 
 
@@ -293,6 +317,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--study-dir", required=True)
     s.add_argument("--settings", help="validated configuration YAML")
     s.set_defaults(func=cmd_study)
+
+    rk = sub.add_parser("rank", help="(workflow step) rank one study's lesions from tables")
+    rk.add_argument("--results", required=True)
+    rk.add_argument("--patient-dir", required=True)
+    rk.add_argument("--study-dir", required=True)
+    rk.add_argument("--settings", help="validated configuration YAML")
+    rk.set_defaults(func=cmd_rank)
 
     c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
     c.add_argument("--results", required=True)

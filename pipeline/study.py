@@ -156,11 +156,10 @@ def run_study(
     failures: list[dict] = []
     warnings: list[str] = []
     lesions = pd.DataFrame()
-    ranking = pd.DataFrame()
     used_series: dict[str, str] = {}
     status = "done"
     try:
-        lesions, ranking, used_series, warnings = _process(inp, cfg, timer)
+        lesions, used_series, warnings = _process(inp, cfg, timer)
     except PipelineError as exc:
         status = "failed"
         log.error("study failed at stage %s: %s", exc.stage, exc)
@@ -173,14 +172,9 @@ def run_study(
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
                          **err.as_record()})
 
-    from pipeline.ranking.select import RANKING_COLUMNS
-
     if lesions.empty:
         lesions = pd.DataFrame(columns=LESION_ID_COLUMNS)
-    if ranking.empty:
-        ranking = pd.DataFrame(columns=RANKING_COLUMNS)
     write_table(lesions, out_dir / "lesions.csv")
-    write_table(ranking, out_dir / "ranking.csv")
     write_table(failures_frame(failures), out_dir / "failures.csv")
     prov = {
         "status": status,
@@ -205,8 +199,6 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
     from pipeline.anatomy import stage as anatomy_stage
     from pipeline.features import stage as feature_stage
     from pipeline.io import dicom, suv
-    from pipeline.ranking.select import rank_study
-
     warnings: list[str] = []
     used: dict[str, str] = {}
     patient_id, study_uid = inp.uid("patient_id"), inp.uid("study_uid")
@@ -293,7 +285,60 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
             rows.append(row)
     lesions = pd.DataFrame(rows)
+    return lesions, used, warnings
 
-    with timer.stage("ranking"):
+
+def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_dir: Path) -> dict:
+    """Rank one study's lesions from its lesion table (and the patient's earlier studies).
+
+    Runs after the study job (and after the patient's earlier studies), so that the ranking sees
+    only tables, never images. Writes ``ranking.csv`` and ``ranking_provenance.json`` into
+    ``out_dir``.
+
+    Parameters
+    ----------
+    results : RESULTS folder.
+    row : this study's study-sheet row.
+    sheet : the whole study sheet (to find the patient's earlier studies).
+    cfg : validated configuration.
+    out_dir : ``RESULTS/studies/<patient_dir>/<study_dir>``.
+    """
+    import hashlib
+    import time
+
+    from pipeline.cohort import study_output_dir
+    from pipeline.io.tables import read_table
+    from pipeline.ranking.select import RANKING_COLUMNS, rank_study
+
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    lesions_path = out_dir / "lesions.csv"
+    lesions = read_table(lesions_path)
+    prior = []
+    same = sheet[(sheet["patient_dir"] == row["patient_dir"]) & (sheet["study_dir"] != row["study_dir"])]
+    date = str(row.get("study_date", "") or "")
+    for r in same.to_dict(orient="records"):
+        d = str(r.get("study_date", "") or "")
+        if date and d and d < date:
+            p = study_output_dir(results, r) / "lesions.csv"
+            if p.exists():
+                prior.append((str(r["study_uid"]), d, read_table(p)))
+    if lesions.empty or "volume_ml" not in lesions.columns:
+        ranking = pd.DataFrame(columns=RANKING_COLUMNS)
+    else:
         ranking = rank_study(lesions, cfg["ranking"])
-    return lesions, ranking, used, warnings
+    write_table(ranking, out_dir / "ranking.csv")
+    prov = {
+        "study_uid": str(row.get("study_uid", "")),
+        "finished": now_iso(),
+        "config_hash": cfgmod.config_hash(cfg),
+        "versions": package_versions(),
+        "inputs": {
+            "lesions_sha256": hashlib.sha256(lesions_path.read_bytes()).hexdigest(),
+            "prior_studies": [p[0] for p in prior],
+        },
+        "n_lesions": int(len(ranking)),
+        "wall_s": round(time.perf_counter() - t0, 4),
+    }
+    write_json(out_dir / "ranking_provenance.json", prov)
+    return prov
