@@ -117,7 +117,7 @@ FILE_COLUMNS: dict[str, str] = {
     "frame_of_reference_uid": "str", "image_position": "str", "image_orientation": "str",
     "instance_number": "Int64", "rows": "Int64", "columns": "Int64",
     "number_of_frames": "Int64", "image_type": "str", "transfer_syntax_uid": "str",
-    "file_size": "int",
+    "file_size": "int", "study_date": "str",
 }
 SERIES_COLUMNS: dict[str, str] = {
     "series_uid": "str", "study_uid": "str", "patient_id": "str", "modality": "str",
@@ -441,6 +441,7 @@ def _file_record(path: Path, root: Path, ds, size: int) -> dict:
         "transfer_syntax_uid": _s(getattr(ds, "file_meta", {}), "TransferSyntaxUID")
         if hasattr(ds, "file_meta") else "",
         "file_size": int(size),
+        "study_date": _s(ds, "StudyDate"),
     }
 
 

@@ -458,3 +458,61 @@ def contour_volume_ml(
     elif end_planes not in ("half", "full"):
         raise ValueError(f"end_planes must be 'half' or 'full', got {end_planes!r}")
     return float(np.dot(w, areas) * plane_spacing_mm / 1000.0)
+
+
+def rtstruct_native_grid(path_or_ds, *, pixel_mm: float = 1.0, margin_mm: float = 2.0) -> Grid:
+    """A grid on which an RTSTRUCT can be rasterised without its image series.
+
+    The k axis is the contours' plane normal (Newell's method on the largest contour), the
+    planes the distinct contour planes (step: the smallest distance between them); in-plane
+    axes are the patient x / y axes projected on the plane (axial: LPS x and y), at
+    ``pixel_mm``; the extent covers every contour point plus ``margin_mm``. Use it to measure
+    a structure set whose CT is missing (e.g. ``hitit suv --mask`` on a PET), then map the masks
+    to another grid with :func:`pipeline.geometry.map_mask_coverage`.
+
+    Raises
+    ------
+    SegmentationError
+        No closed planar contour.
+    """
+    ds = path_or_ds if hasattr(path_or_ds, "ROIContourSequence") else pydicom.dcmread(
+        str(path_or_ds))
+    pts_all = []
+    for rc in ds.get("ROIContourSequence", []) or []:
+        for c in rc.get("ContourSequence", []) or []:
+            if str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper() != "CLOSED_PLANAR":
+                continue
+            p = np.asarray([float(v) for v in c.get("ContourData", [])], float).reshape(-1, 3)
+            if len(p) >= 3:
+                pts_all.append(p)
+    if not pts_all:
+        raise SegmentationError("the structure set has no closed planar contour",
+                                file=getattr(ds, "filename", None),
+                                tag=tag_label("ContourData"), hint="nothing to rasterise")
+    big = max(pts_all, key=len)
+    nrm = np.zeros(3)
+    for a, b in zip(big, np.roll(big, -1, axis=0)):
+        nrm += np.cross(a, b)
+    nrm = nrm / np.linalg.norm(nrm) if np.linalg.norm(nrm) > 1e-9 else np.array([0.0, 0.0, 1.0])
+    if nrm[int(np.argmax(np.abs(nrm)))] < 0:
+        nrm = -nrm
+    ex = np.array([1.0, 0.0, 0.0]) if abs(nrm[0]) < 0.9 else np.array([0.0, 1.0, 0.0])
+    u = ex - (ex @ nrm) * nrm
+    u /= np.linalg.norm(u)
+    v = np.cross(nrm, u)
+    allp = np.concatenate(pts_all)
+    planes = np.unique(np.round([float(np.mean(p @ nrm)) for p in pts_all], 3))
+    diffs = np.diff(planes)
+    diffs = diffs[diffs > 1e-3]
+    step = float(diffs.min()) if len(diffs) else 1.0
+    lo_u, hi_u = (allp @ u).min() - margin_mm, (allp @ u).max() + margin_mm
+    lo_v, hi_v = (allp @ v).min() - margin_mm, (allp @ v).max() + margin_mm
+    nz = int(round((planes[-1] - planes[0]) / step)) + 1
+    origin = lo_u * u + lo_v * v + planes[0] * nrm
+    return Grid(
+        shape_zyx=(nz, int(np.ceil((hi_v - lo_v) / pixel_mm)) + 1,
+                   int(np.ceil((hi_u - lo_u) / pixel_mm)) + 1),
+        spacing_xyz_mm=(float(pixel_mm), float(pixel_mm), step),
+        origin_lps_mm=tuple(float(x) for x in origin),
+        direction=tuple(float(x) for x in np.column_stack([u, v, nrm]).ravel()),
+    )

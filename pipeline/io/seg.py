@@ -397,7 +397,7 @@ def _paste_on_grid(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str,
 def _resample_native(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str, tol: float,
                      seg) -> dict[int, tuple]:
     """Frames off the target grid: native grid per SEG, nearest-neighbour per segment crop."""
-    from pipeline.geometry import resample, slice_normal
+    from pipeline.geometry import resample
 
     if not frames:
         return {}
@@ -409,39 +409,11 @@ def _resample_native(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str,
                 f"{frames[0][0] + 1}: the frames do not form one volume",
                 file=path, series_uid=seg_uid, tag=tag_label("PlaneOrientationSequence"),
                 hint="re-export the SEG on one image grid")
-    nrm = slice_normal(iop0)
-    proj = np.array([fr[2] @ nrm for fr in frames])
-    planes = np.unique(np.round(proj, 3))
-    step = _frame_attr(seg, 0, "PixelMeasuresSequence", "SpacingBetweenSlices")
-    if step is None:
-        diffs = np.diff(planes)
-        step = float(diffs.min()) if len(diffs) else float(grid.spacing_xyz_mm[2])
-    step = float(step)
-    iop = np.asarray(iop0).reshape(2, 3)
-    base = frames[int(np.argmin(proj))][2]
-    # in-plane offsets of the frames relative to the lowest frame, whole pixels
-    offs = []
-    for _, _, ipp, _, _, _ in frames:
-        rel = ipp - base
-        offs.append((rel @ iop[1] / ps0[0], rel @ iop[0] / ps0[1], rel @ nrm / step))
-    offs = np.asarray(offs)
-    if np.any(np.abs(offs - np.rint(offs)) > 0.25):
-        raise SegmentationError(
-            "SEG frames are not on one regular grid (in-plane offsets or plane positions are not "
-            f"whole multiples of the pixel spacing {ps0} / plane step {step:.3f} mm)",
-            file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
-            hint="re-export the SEG on the referenced image grid")
-    ioff = np.rint(offs).astype(int)
-    lo = ioff.min(axis=0)
-    rows, cols = frames[0][5].shape
-    shape = (int(ioff[:, 2].max() - lo[2] + 1), int(ioff[:, 0].max() - lo[0] + rows),
-             int(ioff[:, 1].max() - lo[1] + cols))
-    origin = base + lo[1] * ps0[1] * iop[0] + lo[0] * ps0[0] * iop[1] + lo[2] * step * nrm
-    native = Grid(shape, (ps0[1], ps0[0], step), tuple(float(v) for v in origin),
-                  tuple(float(v) for v in np.column_stack([iop[0], iop[1], nrm]).ravel()))
+    native, ioff = _native_grid([(fr[2], fr[3], fr[4], fr[5].shape) for fr in frames], seg,
+                                grid.spacing_xyz_mm[2], path, seg_uid)
     pieces: dict[int, list] = {}
     first_frame: dict[int, int] = {}
-    for (f, n, _, _, _, m), (j, i, k) in zip(frames, ioff - lo):
+    for (f, n, _, _, _, m), (j, i, k) in zip(frames, ioff):
         pieces.setdefault(n, []).append((int(k), int(j), int(i), m))
         first_frame.setdefault(n, f)
     out = {}
@@ -475,3 +447,81 @@ def _resample_native(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str,
         out[n] = (tuple((o + a, o + b) for o, (a, b) in zip(clo, tight)),
                   res[tuple(slice(a, b) for a, b in tight)])
     return out
+
+
+def _native_grid(geoms: list, seg, default_step: float, path: Path, seg_uid: str
+                 ) -> tuple[Grid, np.ndarray]:
+    """The grid the SEG frames themselves define, and each frame's (j, i, k) offset on it.
+
+    ``geoms``: per frame (IPP, IOP, PixelSpacing, (rows, cols)). Orientation and pixel spacing
+    of the frames; k along the normal at SpacingBetweenSlices (shared PixelMeasures), else the
+    smallest step between distinct frame planes, else ``default_step``; in-plane extent covering
+    every frame.
+    """
+    from pipeline.geometry import slice_normal
+
+    ipp0, iop0, ps0, _ = geoms[0]
+    nrm = slice_normal(iop0)
+    proj = np.array([g[0] @ nrm for g in geoms])
+    planes = np.unique(np.round(proj, 3))
+    step = _frame_attr(seg, 0, "PixelMeasuresSequence", "SpacingBetweenSlices")
+    if step is None or float(step) <= 0:
+        diffs = np.diff(planes)
+        diffs = diffs[diffs > 1e-3]
+        step = float(diffs.min()) if len(diffs) else float(default_step)
+    step = float(step)
+    iop = np.asarray(iop0).reshape(2, 3)
+    base = geoms[int(np.argmin(proj))][0]
+    offs = np.asarray([((g[0] - base) @ iop[1] / ps0[0], (g[0] - base) @ iop[0] / ps0[1],
+                        (g[0] - base) @ nrm / step) for g in geoms])
+    if np.any(np.abs(offs - np.rint(offs)) > 0.25):
+        raise SegmentationError(
+            "SEG frames are not on one regular grid (in-plane offsets or plane positions are not "
+            f"whole multiples of the pixel spacing {tuple(ps0)} / plane step {step:.3f} mm)",
+            file=path, series_uid=seg_uid, tag=tag_label("ImagePositionPatient"),
+            hint="re-export the SEG on the referenced image grid")
+    ioff = np.rint(offs).astype(int)
+    lo = ioff.min(axis=0)
+    rows = max(int(o[0] - lo[0]) + g[3][0] for o, g in zip(ioff, geoms))
+    cols = max(int(o[1] - lo[1]) + g[3][1] for o, g in zip(ioff, geoms))
+    shape = (int(ioff[:, 2].max() - lo[2] + 1), rows, cols)
+    origin = base + lo[1] * ps0[1] * iop[0] + lo[0] * ps0[0] * iop[1] + lo[2] * step * nrm
+    native = Grid(shape, (float(ps0[1]), float(ps0[0]), step), tuple(float(v) for v in origin),
+                  tuple(float(v) for v in np.column_stack([iop[0], iop[1], nrm]).ravel()))
+    return native, ioff - lo
+
+
+def seg_native_grid(path: str | Path) -> Grid:
+    """The grid a SEG's frames define (headers only), for a SEG whose image series is absent.
+
+    Use it as ``read_seg(path, grids={referenced_uid: seg_native_grid(path)})`` to read the
+    segments on their own grid, then map them to another grid (e.g. the PET) with
+    :func:`pipeline.geometry.map_mask_coverage`.
+
+    Raises
+    ------
+    SegmentationError
+        Unreadable file, missing plane geometry, or frames that do not form one regular grid.
+    """
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as exc:
+        raise SegmentationError(f"cannot read SEG header: {type(exc).__name__}: {exc}",
+                                file=path, hint="re-export the SEG") from exc
+    uid = str(ds.get("SeriesInstanceUID", ""))
+    n = int(ds.get("NumberOfFrames", 1) or 1)
+    geoms = []
+    for f in range(n):
+        ipp, iop, ps = _frame_geometry(ds, f, path, uid)
+        geoms.append((ipp, iop, ps, (int(ds.Rows), int(ds.Columns))))
+    iop0, ps0 = geoms[0][1], geoms[0][2]
+    if any(not (np.allclose(g[1], iop0, atol=1e-4) and np.allclose(g[2], ps0, atol=1e-4))
+           for g in geoms):
+        raise SegmentationError("SEG frames have several orientations or pixel spacings",
+                                file=path, series_uid=uid,
+                                tag=tag_label("PlaneOrientationSequence"),
+                                hint="re-export the SEG on one image grid")
+    return _native_grid(geoms, ds, 1.0, path, uid)[0]
