@@ -41,3 +41,62 @@ def test_no_collisions():
     raws |= {"a b", "a_b", "a/b", "a:b", "a_b-", "..a", ".a", "a"}
     outs = {safe_id(r) for r in raws}
     assert len(outs) == len(raws)
+
+
+HOSTILE = ["../../x", "../../../etc/passwd", "..\\..\\x", "/abs/path", "Ünïcödé-患者-😀", "",
+           "x" * 300, "é" * 100, "CON", "a\nb", "  ", ".", "..", "~root", "$(rm -rf)", "nul\x00"]
+
+
+@pytest.mark.parametrize("raw", HOSTILE, ids=range(len(HOSTILE)))
+def test_hostile_patient_ids_stay_inside_results(raw, tmp_path):
+    """Output folders are built as RESULTS/studies/<safe_id(PatientID)>/<safe_id(StudyUID)>."""
+    results = tmp_path / "results"
+    out = (results / "studies" / safe_id(raw) / safe_id("1.2.3")).resolve()
+    assert results.resolve() in out.parents
+    assert out.parent.parent == (results / "studies").resolve()
+    assert SAFE.match(safe_id(raw)) and len(safe_id(raw)) <= MAX_LEN
+    out.mkdir(parents=True)  # a real folder can be made with that name
+
+
+def test_distinct_hostile_ids_never_share_a_folder():
+    outs = [safe_id(r) for r in HOSTILE]
+    assert len(set(outs)) == len(HOSTILE)
+
+
+def test_logs_carry_no_patient_names(tmp_path, caplog):
+    """Index, CT/PET assembly, SUV audit and mask reading log series UIDs, never names."""
+    import logging
+
+    from io_synth import make_series, write_seg
+
+    from pipeline.io.dicom import load_ct, load_pet_activity
+    from pipeline.io.index import build_study_sheet, scan_archive
+    from pipeline.io.seg import read_seg
+    from pipeline.io.suv import suv_audit
+
+    name = "Doe^Jane^Secret"
+
+    def extra(ds, k):
+        ds.PatientName = name
+        ds.PatientWeight = "75000"  # grams: a repair that is logged
+        ds.SeriesTime = "120000"  # later than acquisition: logged
+
+    caplog.set_level(logging.DEBUG, logger="pipeline")
+    ct = make_series(tmp_path / "ct", n=4, shear_deg=10.0,
+                     extra=lambda ds, k: setattr(ds, "PatientName", name))
+    pet = make_series(tmp_path / "pt", modality="PT", n=3, extra=extra, study_uid=ct.study_uid)
+    m = np.zeros((4, 8, 10), bool)
+    m[1, 1:3, 1:3] = True
+    write_seg(tmp_path / "seg.dcm", ref=ct, masks={1: m, 2: np.zeros_like(m)},
+              labels={1: "lesion", 2: "empty"})
+    build_study_sheet(scan_archive(tmp_path))
+    vol = load_ct(ct.paths, series_uid=ct.series_uid)  # resampled (tilt): logged
+    act, headers = load_pet_activity(pet.paths, series_uid=pet.series_uid)
+    suv_audit(headers)
+    from dataclasses import replace
+
+    read_seg(tmp_path / "seg.dcm", grids={ct.series_uid: replace(vol.grid)})
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert len(caplog.records) >= 3
+    for part in ("Doe", "Jane", "Secret"):
+        assert part not in text
