@@ -96,6 +96,17 @@ def _load_sheet_and_files(results: Path):
     return sheet, index
 
 
+def _sheet_row(sheet, patient_dir: str, study_dir: str) -> dict:
+    """The study-sheet row of one study folder (ConfigError unless exactly one matches)."""
+    from pipeline.errors import ConfigError
+
+    sel = sheet[(sheet["patient_dir"] == patient_dir) & (sheet["study_dir"] == study_dir)]
+    if len(sel) != 1:
+        raise ConfigError(f"study {patient_dir}/{study_dir} found {len(sel)} times in the study "
+                          "sheet, expected once", hint="re-run the index step")
+    return sel.iloc[0].to_dict()
+
+
 def cmd_study(args) -> int:
     from pipeline import config as cfgmod
     from pipeline.cohort import study_output_dir
@@ -104,12 +115,7 @@ def cmd_study(args) -> int:
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
     sheet, index = _load_sheet_and_files(results)
-    sel = sheet[(sheet["patient_dir"] == args.patient_dir) & (sheet["study_dir"] == args.study_dir)]
-    if len(sel) != 1:
-        print(f"study {args.patient_dir}/{args.study_dir} not found exactly once in the study sheet",
-              file=sys.stderr)
-        return 2
-    row = sel.iloc[0].to_dict()
+    row = _sheet_row(sheet, args.patient_dir, args.study_dir)
     out = study_output_dir(results, row)
     prov = run_study(row, index.files, index.root, cfg, out)
     print(f"study {args.patient_dir}/{args.study_dir}: {prov['status']}, {prov['n_lesions']} lesions, "
@@ -125,12 +131,7 @@ def cmd_rank(args) -> int:
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
     sheet, _ = _load_sheet_and_files(results)
-    sel = sheet[(sheet["patient_dir"] == args.patient_dir) & (sheet["study_dir"] == args.study_dir)]
-    if len(sel) != 1:
-        print(f"study {args.patient_dir}/{args.study_dir} not found exactly once in the study sheet",
-              file=sys.stderr)
-        return 2
-    row = sel.iloc[0].to_dict()
+    row = _sheet_row(sheet, args.patient_dir, args.study_dir)
     prov = run_ranking(results, row, sheet, cfg, study_output_dir(results, row))
     print(f"ranked {prov['n_lesions']} lesions of {args.patient_dir}/{args.study_dir} "
           f"(prior studies: {len(prov['inputs']['prior_studies'])})", file=sys.stderr)
