@@ -6,6 +6,12 @@ the object, so a given (size, seed, patient) always yields the same UIDs.
 
 Geometry: axial slices, ImageOrientationPatient (1, 0, 0, 0, 1, 0), ImagePositionPatient = LPS mm
 of the first voxel of the slice, PixelSpacing = (row spacing, column spacing) = (dy, dx) mm.
+
+Variants and shifts add to the entropy (``PatientDesign.uid_salt``), so an extended or shifted
+patient never shares a UID with the standard one; the standard, unshifted phantom's UIDs are
+unchanged. With ``contrast_shift_mm`` the contrast CT and every lesion object drawn on it
+(``SEG_lesions.dcm``, ``RTSTRUCT_lesions.dcm``, the label map) use a second
+FrameOfReferenceUID.
 """
 
 from __future__ import annotations
@@ -30,12 +36,19 @@ from pydicom.uid import (
 from pydicom.valuerep import DSfloat
 
 from pipeline.phantom import (
+    AORTA_CENTRE_XY_MM,
+    AORTA_RADIUS_MM,
     CT_RESCALE_INTERCEPT,
     GENERATOR,
+    ORGAN_NAMES,
+    ORGAN_ROI_NAMES,
     ORGANS,
-    PhantomArrays,
+    TOTALSEG_STRUCTURES,
+    LesionDesign,
     PatientDesign,
+    PhantomArrays,
     grid_axes,
+    grid_dict,
 )
 
 log = logging.getLogger(__name__)
@@ -67,17 +80,27 @@ PET_ACQUISITION_DELAY_S = 120.0
 
 # --------------------------------------------------------------------------- uids and helpers
 def _uid(design: PatientDesign, *parts: object) -> str:
-    srcs = [GENERATOR, design.size, str(design.seed), design.patient_id, *map(str, parts)]
+    srcs = [GENERATOR, design.size, str(design.seed), design.patient_id, *design.uid_salt,
+            *map(str, parts)]
     return str(generate_uid(entropy_srcs=srcs))
 
 
 def patient_uids(design: PatientDesign) -> dict[str, str]:
-    """Deterministic study, frame-of-reference and series UIDs of a phantom patient."""
-    keys = ("ct_noncontrast", "ct_contrast", "pet", "seg_lesions", "seg_organs", "rtstruct")
+    """Deterministic study, frame-of-reference and series UIDs of a phantom patient.
+
+    ``frame_of_reference_uid_contrast`` is the frame of the contrast CT: the common frame unless
+    the contrast CT is shifted (``design.contrast_shift_mm``).
+    """
+    keys = ("ct_noncontrast", "ct_contrast", "pet", "seg_lesions", "seg_organs", "rtstruct",
+            "rtstruct_organs", "seg_lesions_noncontrast")
     out = {
         "study_uid": _uid(design, "study"),
         "frame_of_reference_uid": _uid(design, "frame_of_reference"),
     }
+    out["frame_of_reference_uid_contrast"] = (
+        out["frame_of_reference_uid"] if design.contrast_shift_mm is None
+        else _uid(design, "frame_of_reference", "contrast")
+    )
     out.update({k: _uid(design, "series", k) for k in keys})
     return out
 
@@ -216,7 +239,9 @@ def write_ct_series(
             t,
         )
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
-        ds.FrameOfReferenceUID = uids["frame_of_reference_uid"]
+        ds.FrameOfReferenceUID = (
+            uids["frame_of_reference_uid_contrast"] if contrast else uids["frame_of_reference_uid"]
+        )
         ds.PatientPosition = "HFS"
         ds.BodyPartExamined = "CHEST"
         ds.ContentDate = _da(t)
@@ -359,9 +384,11 @@ def write_seg(
     """Write a BINARY DICOM SEG with highdicom.
 
     ``kind="lesion"``: one segment per lesion (label = lesion name, category Morphologically
-    Abnormal Structure, type Neoplasm, TrackingUID/TrackingID). ``kind="organ"``: one segment per
-    organ of :data:`pipeline.phantom.ORGANS` (category Anatomical Structure). ``source`` are the
-    CT datasets in ascending z (array order).
+    Abnormal Structure, type Neoplasm, TrackingUID/TrackingID) as drawn on the contrast CT
+    (shifted when the contrast CT is); ``kind="lesion_noncontrast"``: the same segments,
+    unshifted, for the non-contrast CT (series ``seg_lesions_noncontrast``). ``kind="organ"``:
+    one segment per organ of :data:`pipeline.phantom.ORGANS` (category Anatomical Structure).
+    ``source`` are the CT datasets in ascending z (array order) that the SEG references.
     """
     import highdicom as hd
     from pydicom.sr.codedict import codes
@@ -369,9 +396,15 @@ def write_seg(
 
     d = arrays.design
     descs = []
-    if kind == "lesion":
-        labels = arrays.lesion_labels
-        key, number, description = "seg_lesions", 100, "SEG LESIONS (phantom truth)"
+    if kind in ("lesion", "lesion_noncontrast"):
+        if kind == "lesion":
+            labels = arrays.lesion_labels_contrast
+            key, number, description = "seg_lesions", 100, "SEG LESIONS (phantom truth)"
+        else:
+            labels = arrays.lesion_labels
+            key, number, description = (
+                "seg_lesions_noncontrast", 104, "SEG LESIONS NON-CONTRAST (phantom truth)"
+            )
         for k, les in enumerate(d.lesions, start=1):
             descs.append(
                 hd.seg.SegmentDescription(
@@ -398,7 +431,7 @@ def write_seg(
                 )
             )
     else:
-        raise ValueError(f"kind must be 'lesion' or 'organ', got {kind!r}")
+        raise ValueError(f"kind must be 'lesion', 'lesion_noncontrast' or 'organ', got {kind!r}")
     seg = hd.seg.Segmentation(
         source_images=source,
         pixel_array=labels,
@@ -425,82 +458,275 @@ def _ellipse_polygon(cx: float, cy: float, a: float, b: float, z: float) -> list
     return [round(float(v), 4) for v in pts.ravel()]
 
 
-def write_rtstruct(
-    path: Path, arrays: PhantomArrays, uids: dict[str, str], source: list[Dataset]
-) -> None:
-    """Write the lesions as an RT Structure Set referencing the contrast CT ``source``.
+def _flat(pts_xy: np.ndarray, z: float) -> list[float]:
+    pts = np.column_stack([pts_xy, np.full(len(pts_xy), z)])
+    return [round(float(v), 4) for v in pts.ravel()]
 
-    Each lesion is one ROI (ROIName = lesion name); on every CT slice whose plane cuts the
-    lesion, the analytic elliptic cross-section is a CLOSED_PLANAR polygon of
-    :data:`CONTOUR_VERTICES` vertices lying on the ellipse, with a ContourImageSequence pointing
-    at that slice.
+
+def _bisect(f, lo: float, hi: float, flo: bool) -> float:
+    """Root of the boolean change of ``f`` between lo (value ``flo``) and hi."""
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if f(mid) == flo:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def _shell_section_polygons(
+    cx: float, cy: float, a: float, b: float, ax: float, ay: float, r: float, z: float
+) -> list[list[float]]:
+    """Polygons of (ellipse (cx, cy, a, b) minus the disc (ax, ay, r)) at height z.
+
+    * disc and ellipse apart: the ellipse;
+    * disc inside the ellipse: the ellipse and the circle (a hole: the reader's even-odd rule
+      subtracts it);
+    * ellipse inside the disc: nothing;
+    * otherwise (they cross at two points): one crescent polygon, the ellipse arc outside the
+      disc followed by the circle arc inside the ellipse, vertices on the analytic curves.
     """
+    def e_pt(t):
+        return np.array([cx + a * math.cos(t), cy + b * math.sin(t)])
+
+    def c_pt(t):
+        return np.array([ax + r * math.cos(t), ay + r * math.sin(t)])
+
+    def in_disc(t) -> bool:
+        x, y = e_pt(t)
+        return (x - ax) ** 2 + (y - ay) ** 2 <= r * r
+
+    def in_ellipse(t) -> bool:
+        x, y = c_pt(t)
+        return ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0
+
+    m = 3600
+    ts = np.arange(m) * (2.0 * math.pi / m)
+    ex, ey = cx + a * np.cos(ts), cy + b * np.sin(ts)
+    inside = (ex - ax) ** 2 + (ey - ay) ** 2 <= r * r
+    if inside.all():
+        return []
+    cxs, cys = ax + r * np.cos(ts), ay + r * np.sin(ts)
+    circ_in = ((cxs - cx) / a) ** 2 + ((cys - cy) / b) ** 2 <= 1.0
+    if not inside.any():
+        if circ_in.all():
+            return [_ellipse_polygon(cx, cy, a, b, z), _ellipse_polygon(ax, ay, r, r, z)]
+        return [_ellipse_polygon(cx, cy, a, b, z)]
+    change = np.flatnonzero(inside != np.roll(inside, -1))  # between sample i and i + 1
+    if len(change) != 2:
+        raise RuntimeError(f"lesion section and aorta cross at {len(change)} points, expected 2")
+    step = 2.0 * math.pi / m
+    cuts = {}
+    for i in change:
+        t = _bisect(in_disc, ts[i], ts[i] + step, bool(inside[i]))
+        cuts["enter" if not inside[i] else "leave"] = t
+    t_leave, t_enter = cuts["leave"], cuts["enter"]  # ellipse leaves the disc, then re-enters
+    if t_enter < t_leave:
+        t_enter += 2.0 * math.pi
+    te = np.linspace(t_leave, t_enter, CONTOUR_VERTICES)
+    arc_e = np.stack([cx + a * np.cos(te), cy + b * np.sin(te)], axis=1)
+    p_enter, p_leave = arc_e[-1], arc_e[0]
+    th0 = math.atan2(p_enter[1] - ay, p_enter[0] - ax)
+    th1 = math.atan2(p_leave[1] - ay, p_leave[0] - ax)
+    ccw = (th1 - th0) % (2.0 * math.pi)  # going counter-clockwise from th0 to th1
+    mid = th0 + 0.5 * ccw
+    span = ccw if in_ellipse(mid) else ccw - 2.0 * math.pi
+    n_c = max(8, CONTOUR_VERTICES // 2)
+    tc = th0 + span * np.arange(1, n_c) / n_c  # inner arc, endpoints excluded
+    arc_c = np.stack([ax + r * np.cos(tc), ay + r * np.sin(tc)], axis=1)
+    return [_flat(np.concatenate([arc_e, arc_c]), z)]
+
+
+def _lesion_section_polygons(les: LesionDesign, z: float, shift) -> list[list[float]]:
+    """CLOSED_PLANAR polygons (flat LPS lists) of a lesion's section by the plane at z."""
+    (cx, cy, cz), (a, b, c) = les.centre_lps_mm, les.semi_axes_mm
+    if shift is not None:
+        cx, cy, cz = cx + shift[0], cy + shift[1], cz + shift[2]
+    s = 1.0 - ((z - cz) / c) ** 2
+    if s <= 0.0:
+        return []
+    if not les.exclude_aorta:
+        return [_ellipse_polygon(cx, cy, a * math.sqrt(s), b * math.sqrt(s), z)]
+    ax, ay = AORTA_CENTRE_XY_MM
+    if shift is not None:
+        ax, ay = ax + shift[0], ay + shift[1]
+    return _shell_section_polygons(cx, cy, a * math.sqrt(s), b * math.sqrt(s), ax, ay,
+                                   AORTA_RADIUS_MM, z)
+
+
+def _img_ref(src: Dataset) -> Dataset:
+    r = Dataset()
+    r.ReferencedSOPClassUID = src.SOPClassUID
+    r.ReferencedSOPInstanceUID = src.SOPInstanceUID
+    return r
+
+
+def _structure_set(
+    arrays: PhantomArrays,
+    uids: dict[str, str],
+    source: list[Dataset],
+    *,
+    key: str,
+    number: int,
+    description: str,
+    label: str,
+    name: str,
+    image_series_key: str,
+    frame_uid: str,
+    t: dt.datetime,
+) -> Dataset:
+    """RT Structure Set header referencing the image series ``source``."""
     d = arrays.design
-    t = d.ct_contrast_datetime
-    ds = _base(
-        d, uids, RTStructureSetStorage, _uid(d, "rtstruct", "instance"), "RTSTRUCT", "rtstruct",
-        102, "RTSTRUCT LESIONS (phantom truth)", t,
-    )
+    ds = _base(d, uids, RTStructureSetStorage, _uid(d, key, "instance"), "RTSTRUCT", key,
+               number, description, t)
     ds.InstanceNumber = 1
-    ds.StructureSetLabel = "LESIONS"
-    ds.StructureSetName = "phantom lesions"
+    ds.StructureSetLabel = label
+    ds.StructureSetName = name
     ds.StructureSetDate = _da(t)
     ds.StructureSetTime = _tm(t)
     ds.OperatorsName = ""
-
-    def img_ref(src: Dataset) -> Dataset:
-        r = Dataset()
-        r.ReferencedSOPClassUID = src.SOPClassUID
-        r.ReferencedSOPInstanceUID = src.SOPInstanceUID
-        return r
-
     ser = Dataset()
-    ser.SeriesInstanceUID = uids["ct_contrast"]
-    ser.ContourImageSequence = DicomSequence([img_ref(s) for s in source])
+    ser.SeriesInstanceUID = uids[image_series_key]
+    ser.ContourImageSequence = DicomSequence([_img_ref(s) for s in source])
     study = Dataset()
     study.ReferencedSOPClassUID = DETACHED_STUDY_MANAGEMENT
     study.ReferencedSOPInstanceUID = uids["study_uid"]
     study.RTReferencedSeriesSequence = DicomSequence([ser])
     frame = Dataset()
-    frame.FrameOfReferenceUID = uids["frame_of_reference_uid"]
+    frame.FrameOfReferenceUID = frame_uid
     frame.RTReferencedStudySequence = DicomSequence([study])
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    return ds
 
+
+_COLOURS = [[255, 0, 0], [0, 200, 0], [0, 0, 255], [255, 160, 0], [200, 0, 200],
+            [0, 200, 200], [160, 80, 0], [255, 255, 0]]
+
+
+def _add_roi(rois, contours, observations, *, number: int, name: str, frame_uid: str,
+             items: list, interpreted_type: str) -> None:
+    roi = Dataset()
+    roi.ROINumber = number
+    roi.ReferencedFrameOfReferenceUID = frame_uid
+    roi.ROIName = name
+    roi.ROIGenerationAlgorithm = "MANUAL"
+    rois.append(roi)
+    rc = Dataset()
+    rc.ReferencedROINumber = number
+    rc.ROIDisplayColor = _COLOURS[(number - 1) % len(_COLOURS)]
+    rc.ContourSequence = DicomSequence(items)
+    contours.append(rc)
+    obs = Dataset()
+    obs.ObservationNumber = number
+    obs.ReferencedROINumber = number
+    obs.RTROIInterpretedType = interpreted_type
+    obs.ROIInterpreter = ""
+    observations.append(obs)
+
+
+def _contour_item(src: Dataset, number: int, flat: list[float]) -> Dataset:
+    item = Dataset()
+    item.ContourImageSequence = DicomSequence([_img_ref(src)])
+    item.ContourGeometricType = "CLOSED_PLANAR"
+    item.NumberOfContourPoints = len(flat) // 3
+    item.ContourNumber = number
+    item.ContourData = flat
+    return item
+
+
+def write_rtstruct(
+    path: Path, arrays: PhantomArrays, uids: dict[str, str], source: list[Dataset]
+) -> None:
+    """Write the lesions as an RT Structure Set referencing the contrast CT ``source``.
+
+    Each lesion is one ROI (ROIName = lesion name, RTROIInterpretedType GTV); on every CT slice
+    whose plane cuts the lesion, the analytic elliptic cross-section is a CLOSED_PLANAR polygon
+    of :data:`CONTOUR_VERTICES` vertices lying on the ellipse, with a ContourImageSequence
+    pointing at that slice. A lesion that excludes the aortic lumen has, per slice, either a
+    crescent polygon (ellipse arc + aortic arc) or the ellipse plus the aortic circle as a hole.
+    With a shifted contrast CT the contours are shifted too and use its frame of reference.
+    """
+    d = arrays.design
+    frame_uid = uids.get("frame_of_reference_uid_contrast", uids["frame_of_reference_uid"])
+    ds = _structure_set(
+        arrays, uids, source, key="rtstruct", number=102,
+        description="RTSTRUCT LESIONS (phantom truth)", label="LESIONS", name="phantom lesions",
+        image_series_key="ct_contrast", frame_uid=frame_uid, t=d.ct_contrast_datetime,
+    )
     zs = np.array([float(s.ImagePositionPatient[2]) for s in source])
     rois, contours, observations = [], [], []
-    colours = [[255, 0, 0], [0, 200, 0], [0, 0, 255], [255, 160, 0], [200, 0, 200],
-               [0, 200, 200], [160, 80, 0], [255, 255, 0]]
     for k, les in enumerate(d.lesions, start=1):
-        roi = Dataset()
-        roi.ROINumber = k
-        roi.ReferencedFrameOfReferenceUID = uids["frame_of_reference_uid"]
-        roi.ROIName = les.name
-        roi.ROIGenerationAlgorithm = "MANUAL"
-        rois.append(roi)
-        (cx, cy, cz), (a, b, c) = les.centre_lps_mm, les.semi_axes_mm
         items = []
         for i, z in enumerate(zs):
-            s = 1.0 - ((z - cz) / c) ** 2
-            if s <= 0.0:
-                continue
-            item = Dataset()
-            item.ContourImageSequence = DicomSequence([img_ref(source[i])])
-            item.ContourGeometricType = "CLOSED_PLANAR"
-            item.NumberOfContourPoints = CONTOUR_VERTICES
-            item.ContourNumber = len(items) + 1
-            item.ContourData = _ellipse_polygon(cx, cy, a * math.sqrt(s), b * math.sqrt(s), z)
-            items.append(item)
-        rc = Dataset()
-        rc.ReferencedROINumber = k
-        rc.ROIDisplayColor = colours[(k - 1) % len(colours)]
-        rc.ContourSequence = DicomSequence(items)
-        contours.append(rc)
-        obs = Dataset()
-        obs.ObservationNumber = k
-        obs.ReferencedROINumber = k
-        obs.RTROIInterpretedType = "GTV"
-        obs.ROIInterpreter = ""
-        observations.append(obs)
+            for flat in _lesion_section_polygons(les, z, arrays.contrast_shift_mm):
+                items.append(_contour_item(source[i], len(items) + 1, flat))
+        _add_roi(rois, contours, observations, number=k, name=les.name, frame_uid=frame_uid,
+                 items=items, interpreted_type="GTV")
+    ds.StructureSetROISequence = DicomSequence(rois)
+    ds.ROIContourSequence = DicomSequence(contours)
+    ds.RTROIObservationsSequence = DicomSequence(observations)
+    _save(ds, path)
+
+
+def mask_contours(mask2d: np.ndarray) -> list[np.ndarray]:
+    """Closed contours (each (N, 2) continuous (row, column) indices, not repeating the first
+    vertex) around the pixels of a 2-D mask, one per boundary: outer outlines and holes alike.
+
+    skimage.measure.find_contours at level 0.5 on the zero-padded mask: vertices lie half-way
+    between inside and outside pixel centres, so an even-odd fill at pixel centres gives the
+    mask back exactly.
+    """
+    from skimage.measure import find_contours
+
+    m = np.asarray(mask2d, dtype=bool)
+    if not m.any():
+        return []
+    rows = np.flatnonzero(m.any(axis=1))
+    cols = np.flatnonzero(m.any(axis=0))
+    r0, c0 = int(rows[0]), int(cols[0])
+    crop = m[r0 : int(rows[-1]) + 1, c0 : int(cols[-1]) + 1]
+    padded = np.pad(crop, 1).astype(np.float32)
+    out = []
+    for c in find_contours(padded, 0.5):
+        if len(c) > 1 and np.allclose(c[0], c[-1]):
+            c = c[:-1]
+        if len(c) < 3:
+            continue
+        out.append(c + np.array([r0 - 1, c0 - 1], dtype=float))
+    return out
+
+
+def write_rtstruct_organs(
+    path: Path, arrays: PhantomArrays, uids: dict[str, str], source: list[Dataset]
+) -> None:
+    """Write the organ masks as an RT Structure Set on the non-contrast CT ``source``.
+
+    ROIs (ROIName from :data:`pipeline.phantom.ORGAN_ROI_NAMES`: Liver, Spleen, Lung_L, Lung_R,
+    Aorta, Spine), RTROIInterpretedType ORGAN. Per slice, every boundary of the organ mask
+    (outer outlines of each connected piece and the outlines of holes, e.g. the right lung
+    around the liver dome) is a separate CLOSED_PLANAR contour (:func:`mask_contours`),
+    converted to LPS on the CT grid.
+    """
+    d = arrays.design
+    grid = arrays.ct_grid
+    frame_uid = uids["frame_of_reference_uid"]
+    ds = _structure_set(
+        arrays, uids, source, key="rtstruct_organs", number=103,
+        description="RTSTRUCT ORGANS (phantom truth)", label="ORGANS", name="phantom organs",
+        image_series_key="ct_noncontrast", frame_uid=frame_uid, t=d.ct_noncontrast_datetime,
+    )
+    rois, contours, observations = [], [], []
+    for number, organ in enumerate(ORGAN_NAMES, start=1):
+        mask = arrays.organ_mask(organ)
+        items = []
+        for kz in np.flatnonzero(mask.any(axis=(1, 2))):
+            for poly in mask_contours(mask[kz]):
+                zyx = np.column_stack([np.full(len(poly), float(kz)), poly])
+                lps = grid.zyx_to_lps(zyx)
+                flat = [round(float(v), 4) for v in lps.ravel()]
+                items.append(_contour_item(source[int(kz)], len(items) + 1, flat))
+        _add_roi(rois, contours, observations, number=number, name=ORGAN_ROI_NAMES[organ],
+                 frame_uid=frame_uid, items=items, interpreted_type="ORGAN")
     ds.StructureSetROISequence = DicomSequence(rois)
     ds.ROIContourSequence = DicomSequence(contours)
     ds.RTROIObservationsSequence = DicomSequence(observations)
@@ -508,26 +734,87 @@ def write_rtstruct(
 
 
 # --------------------------------------------------------------------------- NIfTI
-def write_labelmap(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) -> Path:
-    """Write ``lesions.nii.gz`` (uint8, (x, y, z) order, RAS affine) and its JSON sidecar."""
+def _save_nifti(data_zyx: np.ndarray, affine: np.ndarray, path: Path, *, xyz=None) -> None:
+    """Save a (z, y, x) array (or an already (x, y, z)-ordered ``xyz``) as uint8 NIfTI-1."""
     import nibabel as nib
 
-    folder.mkdir(parents=True, exist_ok=True)
-    affine = arrays.ct_grid.nifti_affine_ras()
-    data = np.ascontiguousarray(arrays.lesion_labels.transpose(2, 1, 0)).astype(np.uint8)
+    if xyz is None:
+        xyz = np.ascontiguousarray(data_zyx.transpose(2, 1, 0))
+    data = xyz.astype(np.uint8, copy=False)
     img = nib.Nifti1Image(data, affine)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     img.header.set_xyzt_units("mm")
-    path = folder / "lesions.nii.gz"
     nib.save(img, path)
+
+
+def write_labelmap(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) -> Path:
+    """Write ``lesions.nii.gz`` (uint8, (x, y, z) order, RAS affine) and its JSON sidecar.
+
+    The label map is drawn on the contrast CT (shifted lesions and the contrast frame of
+    reference when the contrast CT is shifted).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    affine = arrays.ct_grid.nifti_affine_ras()
+    path = folder / "lesions.nii.gz"
+    _save_nifti(arrays.lesion_labels_contrast, affine, path)
     sidecar = {
         "labels": {str(k): les.name for k, les in enumerate(arrays.design.lesions, start=1)},
         "kind": "lesion",
         "referenced_series_uid": uids["ct_contrast"],
         "study_uid": uids["study_uid"],
         "patient_id": arrays.design.patient_id,
-        "frame_of_reference_uid": uids["frame_of_reference_uid"],
+        "frame_of_reference_uid": uids.get("frame_of_reference_uid_contrast",
+                                           uids["frame_of_reference_uid"]),
     }
     (folder / "lesions.json").write_text(json.dumps(sidecar, indent=2))
     return path
+
+
+def write_totalseg(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) -> Path:
+    """Write a TotalSegmentator-v2-style folder: one binary uint8 ``<structure>.nii.gz`` per
+    structure of :data:`pipeline.phantom.TOTALSEG_STRUCTURES`, on the non-contrast CT grid
+    with its RAS affine (:meth:`Grid.nifti_affine_ras`), plus ``README.txt``.
+    No JSON sidecars: TotalSegmentator writes none.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    grid = arrays.ct_grid
+    affine = grid.nifti_affine_ras()
+    # Same masks as arrays.totalseg_masks(), built in (x, y, z) order directly: one transpose
+    # of the tissue labels instead of one per file (the full-size grid has 29 M voxels).
+    tissue_of = {o[0]: int(o[1]) for o in ORGANS}
+    labels_xyz = np.ascontiguousarray(arrays.tissue_labels.transpose(2, 1, 0))
+    zs = grid_axes(grid)[2]
+    for name, organ, z0, z1 in TOTALSEG_STRUCTURES:
+        in_slab = (zs >= z0) & (zs < z1)
+        xyz = np.zeros(labels_xyz.shape, dtype=np.uint8)
+        xyz[:, :, in_slab] = labels_xyz[:, :, in_slab] == tissue_of[organ]
+        _save_nifti(None, affine, folder / f"{name}.nii.gz", xyz=xyz)
+    g = grid_dict(grid)
+    lines = [
+        "TotalSegmentator-style organ masks of a hitit phantom patient (ground truth, not a",
+        "TotalSegmentator run). One binary uint8 NIfTI-1 file per structure, TotalSegmentator v2",
+        "file names, 1 = structure, 0 = background.",
+        "",
+        f"patient_id: {arrays.design.patient_id}",
+        f"study_uid: {uids['study_uid']}",
+        f"grid: the non-contrast CT, SeriesInstanceUID {uids['ct_noncontrast']}",
+        f"frame_of_reference_uid: {uids['frame_of_reference_uid']}",
+        f"shape (x, y, z) as stored: {tuple(g['shape_zyx'][::-1])}",
+        f"spacing (x, y, z) mm: {tuple(g['spacing_xyz_mm'])}",
+        f"origin of voxel (0, 0, 0), DICOM LPS mm: {tuple(g['origin_lps_mm'])}",
+        "affine: RAS (NIfTI convention), qform = sform, code 1:",
+        *("  " + " ".join(f"{v: .6f}" for v in row) for row in affine),
+        "",
+        "structures (file -> phantom organ, z range of voxel centres in LPS mm):",
+    ]
+    for name, organ, z0, z1 in TOTALSEG_STRUCTURES:
+        lines.append(f"  {name}.nii.gz -> {organ}, {z0:g} <= z < {z1:g}")
+    lines += [
+        "",
+        "Lung lobes and vertebrae are axial slabs of the phantom's lungs and vertebral column",
+        "(the phantom has no fissures or discs); the union of an organ's files equals its",
+        "segment in SEG_organs.dcm voxel for voxel.",
+    ]
+    (folder / "README.txt").write_text("\n".join(lines) + "\n")
+    return folder

@@ -8,6 +8,7 @@ SUV formula applied to the PET headers.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import math
 import time
@@ -505,8 +506,415 @@ def test_bad_arguments(tmp_path):
         P.lesion_designs("huge")
     with pytest.raises(ConfigError):
         P.generate_patient(tmp_path, 0)
+    with pytest.raises(ConfigError):
+        P.lesion_designs("small", "bogus")
+    with pytest.raises(ConfigError):
+        P.generate_patient(tmp_path, 1, organ_formats=("png",))
+    with pytest.raises(ConfigError):
+        P.generate_patient(tmp_path, 1, contrast_shift_mm=(50.0, 0.0, 0.0))
+    with pytest.raises(ConfigError):
+        P.generate_cohort(tmp_path, 1, variant="bogus")
     (tmp_path / "PHANTOM001").mkdir()
     (tmp_path / "PHANTOM001" / "precious.txt").write_text("not a phantom")
     with pytest.raises(FileExistsError):
         P.generate_patient(tmp_path, 1)
     assert (tmp_path / "PHANTOM001" / "precious.txt").exists()
+
+
+# =========================================================================== standard is pinned
+#: truth.json keys as they were before the extended variant; the standard patient 1 is pinned on
+#: them (new keys may be added, these values may not change).
+LEGACY_TOP_KEYS = [
+    "generator", "size", "seed", "patient_index", "patient_id", "patient_name", "study_uid",
+    "frame_of_reference_uid", "series", "pet", "ct_grid", "pet_grid", "ct_noise_sigma_hu", "organs",
+]
+LEGACY_LESION_KEYS = [
+    "label", "name", "organ", "site", "host_tissues", "centre_lps_mm", "semi_axes_mm",
+    "volume_ml_analytic", "volume_ml_voxelized", "voxel_count", "longest_axial_diameter_mm",
+    "short_axis_mm", "max_3d_diameter_mm", "centroid_lps_mm_voxelized", "skin_depth_mm", "suv",
+    "suv_core", "suv_max_voxelized", "pet_voxel_count", "hu_noncontrast", "hu_contrast",
+    "hu_core_noncontrast", "hu_core_contrast", "necrotic_core_radius_mm", "necrotic_core_fraction",
+    "liver_capsule_distance_mm", "lung_pleura_distance_mm", "aorta_distance_mm",
+    "vertebral_column_distance_mm", "purpose",
+]
+#: Computed from the generator *before* the extended variant was added (size small, seed 0).
+STANDARD_P1_TRUTH_SHA256 = "62783b6c46ec1d8f4a7fa327766478e697b5249166b24a8480ef1092a5ebc060"
+STANDARD_P1_SEG_PIXELS_SHA256 = "94a880fc82d380a9bac3f6ef9de6b45c9a13f0198b66ca3998671506a4208092"
+
+
+def _rounded(v):
+    if isinstance(v, float):
+        return float(f"{v:.6g}")  # robust to last-bit differences between platforms
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    return v
+
+
+def legacy_truth_hash(truth: dict) -> str:
+    doc = {
+        "top": {k: _rounded(truth[k]) for k in LEGACY_TOP_KEYS},
+        "lesions": [{k: _rounded(les[k]) for k in LEGACY_LESION_KEYS} for les in truth["lesions"]],
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def test_standard_patient1_is_unchanged(p1, truth):
+    assert legacy_truth_hash(truth) == STANDARD_P1_TRUTH_SHA256
+    seg = pydicom.dcmread(p1 / "SEG_lesions.dcm")
+    assert hashlib.sha256(seg.PixelData).hexdigest() == STANDARD_P1_SEG_PIXELS_SHA256
+    assert truth["variant"] == "standard" and truth["organ_formats"] == ["seg"]
+    assert truth["contrast_shift_mm"] is None
+    assert truth["contrast_frame_of_reference_uid"] == truth["frame_of_reference_uid"]
+    for extra in ("RTSTRUCT_organs.dcm", "SEG_lesions_noncontrast.dcm", "totalseg"):
+        assert not (p1 / extra).exists(), extra
+    # the new keys exist for the standard lesions too
+    by = {l["name"]: l for l in truth["lesions"]}
+    assert by["node_paraaortic"]["relation_to_aorta"] == "abutting"
+    assert 0 < by["node_paraaortic"]["aorta_contact_angle_deg"] < 180
+    assert by["necrotic_mass"]["uniform"] is False and by["liver_deep"]["uniform"] is True
+
+
+# =========================================================================== extended variant
+EXT_NAMES = NAMES + ["aorta_encasing", "liver_exophytic", "lung_deep", "noncontrast_invisible"]
+SHIFT = (3.0, -2.0, 4.5)
+ORGAN_ROIS = {"Liver": "liver", "Spleen": "spleen", "Lung_L": "lung_left", "Lung_R": "lung_right",
+              "Aorta": "aorta", "Spine": "vertebral_column"}
+
+
+@pytest.fixture(scope="module")
+def ext(tmp_path_factory) -> dict:
+    """Extended patient 1 with a shifted contrast CT (all organ formats by default)."""
+    out = tmp_path_factory.mktemp("phantom_ext")
+    t0 = time.perf_counter()
+    folder = P.generate_patient(out, 1, "small", 0, variant="extended", contrast_shift_mm=SHIFT)
+    elapsed = time.perf_counter() - t0
+    t = json.loads((folder / "truth.json").read_text())
+    nc, nc_vol, nc_grid = read_series(folder / "CT_noncontrast")
+    ce, ce_vol, ce_grid = read_series(folder / "CT_contrast")
+    _, organs = seg_masks(folder / "SEG_organs.dcm", nc)
+    _, les_nc = seg_masks(folder / "SEG_lesions_noncontrast.dcm", nc)
+    _, les_ce = seg_masks(folder / "SEG_lesions.dcm", ce)
+    return {
+        "folder": folder, "truth": t, "by": {l["name"]: l for l in t["lesions"]},
+        "elapsed": elapsed, "nc": nc, "nc_vol": nc_vol, "grid": nc_grid, "ce": ce,
+        "ce_vol": ce_vol, "ce_grid": ce_grid,
+        "organs": {name: organs[..., i] > 0 for i, name in enumerate(P.ORGAN_NAMES)},
+        "les_nc": {name: les_nc[..., i] > 0 for i, name in enumerate(EXT_NAMES)},
+        "les_ce": {name: les_ce[..., i] > 0 for i, name in enumerate(EXT_NAMES)},
+    }
+
+
+def test_extended_designs_are_separated_and_keep_the_standard_ones():
+    lesions = P.lesion_designs("small", "extended")
+    assert [l.name for l in lesions] == EXT_NAMES
+    assert lesions[:8] == P.lesion_designs("small")
+    for i, a in enumerate(lesions):
+        for b in lesions[i + 1 :]:
+            gap = np.linalg.norm(np.subtract(a.centre_lps_mm, b.centre_lps_mm))
+            assert gap > max(a.semi_axes_mm) + max(b.semi_axes_mm) + 5, (a.name, b.name)
+        assert P.structure_distance(a, "vertebral_column") > 5, a.name
+        assert a.centre_lps_mm[1] + a.semi_axes_mm[1] < 120
+    # jittered extended patients: the standard lesions and demographics are those of the
+    # standard patient; anchors hold; the generator's overlap / host checks pass
+    d3s, d3e = P.patient_design(3, 0), P.patient_design(3, 0, variant="extended")
+    assert d3e.lesions[:8] == d3s.lesions and d3e.weight_kg == d3s.weight_kg
+    exo = {l.name: l for l in d3e.lesions}["liver_exophytic"]
+    assert P.structure_distance(exo, "liver@centre") == pytest.approx(
+        P.EXOPHYTIC_CENTRE_DEPTH_MM, abs=1e-5)
+    arr = P.phantom_arrays("small", 3, 0, "extended")  # raises on overlap / wrong host tissue
+    label = {name: k for k, name in enumerate(arr.lesion_names, start=1)}
+
+    def angle(name):
+        return P.aorta_contact_angle_voxelized(arr.tissue_labels, arr.lesion_labels == label[name],
+                                               arr.ct_grid)
+
+    assert angle("aorta_encasing") > 180 and 0 < angle("node_paraaortic") < 180
+    m = arr.lesion_labels == label["liver_exophytic"]
+    assert 0.3 <= (m & ~arr.organ_mask("liver")).sum() / m.sum() <= 0.6
+    assert P.exophytic_fraction_analytic(exo) == pytest.approx(0.44, abs=0.05)
+
+
+def test_extended_truth(ext):
+    t, by = ext["truth"], ext["by"]
+    assert ext["elapsed"] < 20.0, f"extended + shifted small patient took {ext['elapsed']:.1f} s"
+    assert [l["name"] for l in t["lesions"]] == EXT_NAMES
+    assert t["variant"] == "extended"
+    assert t["organ_formats"] == ["seg", "rtstruct", "totalseg"]
+    for les in t["lesions"]:
+        name = les["name"]
+        # aorta relation: encasing > 180 degrees, abutting <= 180, the others do not touch it
+        if name == "aorta_encasing":
+            assert les["relation_to_aorta"] == "encasing"
+            assert les["aorta_contact_angle_deg"] > 180
+            assert les["aorta_contact_angle_deg_analytic"] > 180
+            assert les["aorta_distance_mm"] == 0.0 and les["excludes_aortic_lumen"] is True
+        elif name == "node_paraaortic":
+            assert les["relation_to_aorta"] == "abutting"
+            assert 0 < les["aorta_contact_angle_deg"] < 180
+            assert les["aorta_distance_mm"] == pytest.approx(0.0, abs=1e-6)
+        else:
+            assert les["relation_to_aorta"] == "none", name
+            assert les["aorta_contact_angle_deg"] == 0.0 and les["aorta_distance_mm"] > 5, name
+        a, b, c = les["semi_axes_mm"]
+        if a == b == c and not les["excludes_aortic_lumen"]:  # surface-to-surface, analytic
+            cx, cy, _ = les["centre_lps_mm"]
+            assert les["aorta_distance_mm"] == pytest.approx(math.hypot(cx - 20, cy - 40) - 12 - a,
+                                                             abs=1e-6)
+            # sphere: the shortest path to the centre is the skin depth + radius
+            assert les["path_length_analytic_mm"] == pytest.approx(les["skin_depth_mm"] + a,
+                                                                   abs=1e-3), name
+            assert les["path_length_to_surface_mm"] == pytest.approx(les["skin_depth_mm"],
+                                                                     abs=1e-3), name
+        # the entry is on the skin and is the nearest skin point to the centre
+        ex, ey, ez = les["path_entry_lps_mm"]
+        assert (ex / 170) ** 2 + (ey / 120) ** 2 == pytest.approx(1.0, abs=1e-9)
+        cx, cy, cz = les["centre_lps_mm"]
+        assert ez == cz
+        ref = _ellipse_distance_bruteforce(cx, cy, 170.0, 120.0)
+        assert les["path_length_analytic_mm"] == pytest.approx(ref, abs=1e-3), name
+        assert les["designed_enhancement_hu"] == les["hu_contrast"] - les["hu_noncontrast"]
+        assert les["designed_cnr_noncontrast"] == pytest.approx(
+            abs(les["hu_noncontrast"] - les["host_hu_noncontrast"]) / 8.0)
+        assert les["uniform"] == (les["necrotic_core_radius_mm"] == 0)
+        assert les["centre_lps_mm_contrast"] == pytest.approx(np.add(les["centre_lps_mm"], SHIFT))
+        if min(a, b, c) >= 8:
+            ratio = les["volume_ml_voxelized"] / les["volume_ml_analytic"]
+            assert ratio == pytest.approx(1.0, abs=0.05), name
+        if les["uniform"]:  # no blur: every PET voxel of a uniform lesion is at its SUV
+            assert les["mtv41_ml_voxelized"] == pytest.approx(les["pet_voxel_count"] * 0.064)
+            assert les["suv_mean_voxelized"] == pytest.approx(les["suv"], rel=5e-3)
+            assert les["necrotic_core_fraction"] == 0 == les["necrotic_core_fraction_voxelized"]
+    nec = by["necrotic_mass"]
+    assert 0.3 < nec["mtv41_ml_voxelized"] / (nec["pet_voxel_count"] * 0.064) < 0.9
+    assert nec["necrotic_core_fraction_voxelized"] == pytest.approx(nec["necrotic_core_fraction"],
+                                                                    abs=0.05)
+    # exophytic liver lesion; the others are inside the liver
+    exo = by["liver_exophytic"]
+    assert 0.3 <= exo["exophytic_fraction"] <= 0.6
+    assert exo["exophytic_fraction"] == pytest.approx(exo["exophytic_fraction_analytic"], abs=0.05)
+    assert exo["liver_capsule_distance_mm"] == 0.0
+    for name in ("liver_deep", "liver_subcapsular", "noncontrast_invisible"):
+        assert by[name]["exophytic_fraction"] == 0.0, name
+    assert by["liver_subcapsular"]["liver_capsule_distance_mm"] == pytest.approx(0.0, abs=1e-6)
+    assert by["noncontrast_invisible"]["liver_capsule_distance_mm"] > 10
+    # invisible without contrast, enhancing with it
+    inv = by["noncontrast_invisible"]
+    assert inv["hu_noncontrast"] == inv["host_hu_noncontrast"] == 55.0
+    assert inv["designed_cnr_noncontrast"] == 0.0 and inv["designed_enhancement_hu"] == 85.0
+    assert inv["suv"] == 5.0 and inv["designed_cnr_contrast"] > 3
+    # clear straight path of the superficial lesion
+    flank = by["soft_tissue_flank"]
+    assert flank["path_tissues"] == ["fat"] and flank["path_lesions_crossed"] == []
+    assert flank["aerated_lung_path_mm_analytic"] == 0.0
+
+
+def _segment_in_ellipsoid_mm(p0, p1, centre, semi) -> float:
+    """Length of the segment p0-p1 inside an ellipsoid (independent quadratic solve)."""
+    p0, p1 = np.asarray(p0, float), np.asarray(p1, float)
+    o = (p0 - centre) / semi
+    d = (p1 - p0) / semi
+    a, b, c = d @ d, 2 * o @ d, o @ o - 1
+    disc = b * b - 4 * a * c
+    if disc <= 0:
+        return 0.0
+    t0, t1 = (-b - math.sqrt(disc)) / (2 * a), (-b + math.sqrt(disc)) / (2 * a)
+    return max(0.0, min(t1, 1.0) - max(t0, 0.0)) * float(np.linalg.norm(p1 - p0))
+
+
+def test_lung_deep_path_crosses_aerated_lung(ext):
+    les = ext["by"]["lung_deep"]
+    assert les["host_tissues"] == ["lung_right"]
+    assert les["path_tissues"] == ["fat", "soft_tissue", "lung_right"]
+    assert les["path_lesions_crossed"] == []
+    entry, surf = les["path_entry_lps_mm"], les["path_surface_point_lps_mm"]
+    ref = _segment_in_ellipsoid_mm(entry, surf, np.array([-80.0, 10, 50]), np.array([55.0, 75, 50]))
+    assert les["aerated_lung_path_mm_analytic"] == pytest.approx(ref, abs=1e-6)
+    assert les["aerated_lung_path_mm_analytic"] > 30
+    assert les["lung_pleura_distance_mm"] > 15 and les["skin_depth_mm"] > 60
+    # the voxelized CT agrees: sample the path in the non-contrast CT (lung is -850 HU)
+    grid, vol = ext["grid"], ext["nc_vol"]
+    n = 2000
+    pts = np.asarray(entry) + np.linspace(0, 1, n)[:, None] * np.subtract(surf, entry)[None, :]
+    idx = np.rint(grid.lps_to_zyx(pts)).astype(int)
+    hu = vol[idx[:, 0], idx[:, 1], idx[:, 2]]
+    step = float(np.linalg.norm(np.subtract(surf, entry))) / (n - 1)
+    assert float((hu < -500).sum()) * step == pytest.approx(ref, abs=4.0)
+
+
+def test_extended_masks_on_the_images(ext):
+    by, organs, les_nc, les_ce = ext["by"], ext["organs"], ext["les_nc"], ext["les_ce"]
+    for name in EXT_NAMES:
+        assert int(les_nc[name].sum()) == by[name]["voxel_count"], name
+        assert int(les_ce[name].sum()) == by[name]["voxel_count_contrast"], name
+    # the encasing lesion wraps the aorta but excludes its lumen; the organ masks ignore lesions
+    enc = les_nc["aorta_encasing"]
+    assert not (enc & organs["aorta"]).any()
+    assert organs["aorta"].sum(axis=(1, 2)).min() > 0  # the aorta runs through every slice
+
+    def wall_fraction(lesion: np.ndarray) -> float:
+        """Largest per-slice fraction of aortic wall pixels with a lesion 4-neighbour."""
+        best = 0.0
+        for k in np.flatnonzero(lesion.any(axis=(1, 2))):
+            a = organs["aorta"][k]
+            inner = a.copy()
+            inner[1:, :] &= a[:-1, :]
+            inner[:-1, :] &= a[1:, :]
+            inner[:, 1:] &= a[:, :-1]
+            inner[:, :-1] &= a[:, 1:]
+            wall = a & ~inner
+            l2 = lesion[k]
+            near = np.zeros_like(l2)
+            near[1:, :] |= l2[:-1, :]
+            near[:-1, :] |= l2[1:, :]
+            near[:, 1:] |= l2[:, :-1]
+            near[:, :-1] |= l2[:, 1:]
+            best = max(best, float((wall & near).sum()) / float(wall.sum()))
+        return best
+
+    assert wall_fraction(enc) > 0.5
+    assert 0 < wall_fraction(les_nc["node_paraaortic"]) < 0.5
+    assert wall_fraction(les_nc["liver_deep"]) == 0.0
+    # exophytic fraction is the voxel fraction outside the organ SEG's liver (not extended)
+    exo = les_nc["liver_exophytic"]
+    frac = float((exo & ~organs["liver"]).sum()) / float(exo.sum())
+    assert frac == pytest.approx(by["liver_exophytic"]["exophytic_fraction"], abs=1e-12)
+    assert not (les_nc["noncontrast_invisible"] & ~organs["liver"]).any()
+    # noncontrast_invisible: lesion and surrounding liver differ by noise only without contrast
+    from scipy import ndimage
+
+    inv = les_nc["noncontrast_invisible"]
+    ring = ndimage.binary_dilation(inv, iterations=3) & ~inv & organs["liver"]
+    nc = ext["nc_vol"]
+    cnr_nc = abs(nc[inv].mean() - nc[ring].mean()) / nc[ring].std()
+    assert cnr_nc < 0.3
+    other = les_nc["liver_deep"]
+    ring_o = ndimage.binary_dilation(other, iterations=3) & ~other & organs["liver"]
+    assert abs(nc[other].mean() - nc[ring_o].mean()) / nc[ring_o].std() > 0.8
+    inv_ce = les_ce["noncontrast_invisible"]
+    ring_ce = ndimage.binary_dilation(inv_ce, iterations=3) & ~inv_ce
+    ce = ext["ce_vol"]
+    assert ce[inv_ce].mean() == pytest.approx(140, abs=2)
+    assert ce[inv_ce].mean() - np.median(ce[ring_ce]) > 20
+
+
+def test_lesion_rtstruct_with_crescent_rasterizes_like_the_seg(ext):
+    from pipeline.io.rtstruct import read_rtstruct
+
+    t, ce, grid = ext["truth"], ext["ce"], ext["ce_grid"]
+    rs = pydicom.dcmread(ext["folder"] / "RTSTRUCT_lesions.dcm")
+    assert rs.ReferencedFrameOfReferenceSequence[0].FrameOfReferenceUID == (
+        t["contrast_frame_of_reference_uid"])
+    masks = read_rtstruct(ext["folder"] / "RTSTRUCT_lesions.dcm", grid=grid,
+                          series_uid=t["series"]["ct_contrast"],
+                          sop_instance_uids=[d.SOPInstanceUID for d in ce])
+    counts = {m.name: m.voxel_count for m in masks}
+    assert list(counts) == EXT_NAMES
+    for name in EXT_NAMES:
+        n = int(ext["les_ce"][name].sum())
+        assert abs(counts[name] - n) <= 0.03 * n, (name, counts[name], n)
+
+
+def test_rtstruct_organs_rasterize_like_the_seg(ext):
+    from pipeline.io.rtstruct import read_rtstruct
+    from pipeline.records import SegmentKind
+
+    t, nc, grid = ext["truth"], ext["nc"], ext["grid"]
+    path = ext["folder"] / "RTSTRUCT_organs.dcm"
+    rs = pydicom.dcmread(path)
+    assert rs.Modality == "RTSTRUCT" and rs.SeriesInstanceUID == t["series"]["rtstruct_organs"]
+    ref = rs.ReferencedFrameOfReferenceSequence[0]
+    assert ref.FrameOfReferenceUID == t["frame_of_reference_uid"]
+    ser = ref.RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
+    assert ser.SeriesInstanceUID == t["series"]["ct_noncontrast"]
+    names = [r.ROIName for r in rs.StructureSetROISequence]
+    assert names == list(ORGAN_ROIS)
+    assert {o.RTROIInterpretedType for o in rs.RTROIObservationsSequence} == {"ORGAN"}
+    # holes / several pieces on one slice are separate contours (the right lung wraps the dome
+    # of the liver: outline + hole)
+    lung_r = rs.ROIContourSequence[names.index("Lung_R")].ContourSequence
+    zs = [round(float(c.ContourData[2]), 3) for c in lung_r]
+    assert max(zs.count(z) for z in set(zs)) >= 2
+    for c in lung_r:
+        assert c.ContourGeometricType == "CLOSED_PLANAR"
+        pts = np.asarray(c.ContourData, float).reshape(-1, 3)
+        assert len(pts) == c.NumberOfContourPoints and np.ptp(pts[:, 2]) == 0
+    masks = read_rtstruct(path, grid=grid, series_uid=t["series"]["ct_noncontrast"],
+                          sop_instance_uids=[d.SOPInstanceUID for d in nc])
+    assert [m.name for m in masks] == list(ORGAN_ROIS)
+    for m in masks:
+        assert m.kind is SegmentKind.ORGAN
+        seg = ext["organs"][ORGAN_ROIS[m.name]]
+        n = int(seg.sum())
+        assert abs(m.voxel_count - n) <= 0.03 * n, (m.name, m.voxel_count, n)
+        full = np.zeros(grid.shape_zyx, bool)
+        full[tuple(slice(a, b) for a, b in m.bbox_zyx)] = m.crop
+        assert (full != seg).sum() <= 0.03 * n
+
+
+def test_totalseg_folder_equals_the_seg(ext):
+    folder = ext["folder"] / "totalseg"
+    readme = (folder / "README.txt").read_text()
+    assert ext["truth"]["series"]["ct_noncontrast"] in readme
+    files = sorted(p.name for p in folder.glob("*.nii.gz"))
+    expected = {name for name, *_ in P.TOTALSEG_STRUCTURES}
+    assert {f[: -len(".nii.gz")] for f in files} == expected
+    for name in ("liver", "spleen", "aorta", "lung_upper_lobe_left", "lung_lower_lobe_left",
+                 "lung_upper_lobe_right", "lung_middle_lobe_right", "lung_lower_lobe_right",
+                 "vertebrae_L1"):
+        assert name in expected
+    union = {o: np.zeros(ext["grid"].shape_zyx, bool) for o in P.ORGAN_NAMES}
+    organ_of = {name: organ for name, organ, _, _ in P.TOTALSEG_STRUCTURES}
+    for f in files:
+        img = nib.load(folder / f)
+        assert img.get_data_dtype() == np.uint8
+        grid = Grid.from_nifti_affine(img.affine, img.shape)  # RAS -> LPS
+        assert grid.same_as(ext["grid"])
+        data = np.asarray(img.dataobj).transpose(2, 1, 0)
+        assert set(np.unique(data)) <= {0, 1}
+        m = data > 0
+        organ = organ_of[f[: -len(".nii.gz")]]
+        assert m.any() and not (m & union[organ]).any(), f  # lobes / vertebrae are disjoint
+        union[organ] |= m
+    for organ in P.ORGAN_NAMES:
+        assert np.array_equal(union[organ], ext["organs"][organ]), organ
+
+
+def test_shifted_contrast_series(ext):
+    t, by, folder = ext["truth"], ext["by"], ext["folder"]
+    assert t["contrast_shift_mm"] == list(SHIFT)
+    fr, fr_ce = t["frame_of_reference_uid"], t["contrast_frame_of_reference_uid"]
+    assert fr != fr_ce
+    assert {d.FrameOfReferenceUID for d in ext["ce"]} == {fr_ce}
+    assert {d.FrameOfReferenceUID for d in ext["nc"]} == {fr}
+    pet = pydicom.dcmread(next((folder / "PET").glob("*.dcm")), stop_before_pixels=True)
+    assert pet.FrameOfReferenceUID == fr
+    seg_ce = pydicom.dcmread(folder / "SEG_lesions.dcm", stop_before_pixels=True)
+    seg_nc = pydicom.dcmread(folder / "SEG_lesions_noncontrast.dcm", stop_before_pixels=True)
+    assert seg_ce.FrameOfReferenceUID == fr_ce and seg_nc.FrameOfReferenceUID == fr
+    assert seg_ce.ReferencedSeriesSequence[0].SeriesInstanceUID == t["series"]["ct_contrast"]
+    assert seg_nc.ReferencedSeriesSequence[0].SeriesInstanceUID == t["series"]["ct_noncontrast"]
+    assert seg_nc.SeriesInstanceUID == t["series"]["seg_lesions_noncontrast"]
+    side = json.loads((folder / "labelmap" / "lesions.json").read_text())
+    assert side["frame_of_reference_uid"] == fr_ce
+    assert t["files"]["SEG_lesions_noncontrast.dcm"]["references_series"] == "ct_noncontrast"
+    assert ext["grid"].same_as(ext["ce_grid"])  # same grid, shifted content
+    # the lesions move by the offset, in the SEGs ...
+    grid = ext["grid"]
+    for name in ("necrotic_mass", "liver_deep", "soft_tissue_flank"):
+        c_nc = grid.zyx_to_lps(np.argwhere(ext["les_nc"][name]).mean(axis=0)[None])[0]
+        c_ce = grid.zyx_to_lps(np.argwhere(ext["les_ce"][name]).mean(axis=0)[None])[0]
+        assert c_ce - c_nc == pytest.approx(SHIFT, abs=0.6), name
+        assert c_nc == pytest.approx(by[name]["centre_lps_mm"], abs=0.6)
+    # ... and in the contrast image itself: the enhancing aorta and a lesion's HU
+    ce = ext["ce_vol"]
+    k = nearest_index(grid, (0, 0, 0))[0]
+    xs, ys, _ = axes(grid)
+    near = np.hypot(xs[None, :] - 20, ys[:, None] - 40) < 17  # not the spine, not the table
+    jj, ii = np.nonzero((ce[k] > 180) & near)  # the enhanced aorta (250 HU)
+    cx, cy, _ = grid.zyx_to_lps(np.array([[k, jj.mean(), ii.mean()]]))[0]
+    assert (cx, cy) == pytest.approx((20 + SHIFT[0], 40 + SHIFT[1]), abs=0.5)
+    c = np.add(by["liver_deep"]["centre_lps_mm"], SHIFT)
+    kk, j, i = nearest_index(grid, c)
+    assert ce[kk - 1 : kk + 2, j - 1 : j + 2, i - 1 : i + 2].mean() == pytest.approx(140, abs=6)
