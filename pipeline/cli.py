@@ -159,8 +159,11 @@ def cmd_phantom(args) -> int:
         left = el / i * (n - i) if i else float("nan")
         print(f"phantom patients {i}/{n} written ({el:.1f} s, ~{left:.0f} s left)", file=sys.stderr)
 
+    shift = tuple(args.contrast_shift) if args.contrast_shift else None
+    formats = tuple(args.organ_formats.split(",")) if args.organ_formats else None
     paths = generate_cohort(out, n_patients=args.patients, size=args.size, seed=args.seed,
-                            progress=progress)
+                            progress=progress, variant=args.variant, organ_formats=formats,
+                            contrast_shift_mm=shift)
     print(f"wrote {len(paths)} phantom patient(s) to {out} (truth in each truth.json)")
     return 0
 
@@ -304,6 +307,12 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--patients", type=int, default=1)
     ph.add_argument("--size", choices=["small", "full"], default="small")
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--variant", choices=["standard", "extended"], default="standard",
+                    help="extended adds the encasing, exophytic, deep-lung and non-contrast-"
+                         "invisible lesions and writes organs as SEG, RTSTRUCT and TotalSegmentator")
+    ph.add_argument("--organ-formats", help="comma list of seg,rtstruct,totalseg")
+    ph.add_argument("--contrast-shift", type=float, nargs=3, metavar=("DX", "DY", "DZ"),
+                    help="write the contrast CT in a second frame of reference shifted by this (mm)")
     ph.set_defaults(func=cmd_phantom)
 
     i = sub.add_parser("index", help="(workflow step) header-only archive scan and study sheet")
