@@ -266,8 +266,9 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
 
     # ---- whole-study preparation, once
     with timer.stage("prepare"):
-        fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg)
         actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg)
+        fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg,
+                                     lesion_grid=masks[0].grid, organs=actx.organs)
 
     # ---- per lesion: crops only
     rows = []

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from pipeline.features.pet import pet_features
 from pipeline.features.shape import shape_features
+from pipeline.geometry import Grid
 from pipeline.records import LesionMask, Volume
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,24 @@ class FeatureContext:
     suv: Volume | None = None
     activity: Volume | None = None
     suv_reason: str = ""
+    lesion_grid: Grid | None = None
+    organs: dict[str, LesionMask] = field(default_factory=dict)
 
 
 def prepare(ct: dict[str, Volume], suv: Volume | None, activity: Volume | None,
-            suv_reason: str, cfg: dict) -> FeatureContext:
-    """Build the per-study context (no per-lesion work)."""
-    return FeatureContext(ct=dict(ct), suv=suv, activity=activity, suv_reason=suv_reason)
+            suv_reason: str, cfg: dict, *, lesion_grid: Grid | None = None,
+            organs: dict[str, LesionMask] | None = None) -> FeatureContext:
+    """Build the per-study context (no per-lesion work).
+
+    Parameters
+    ----------
+    ct : role ("noncontrast" / "contrast") -> CT Volume in HU.
+    suv, activity : PET in SUVbw and Bq/mL (None when unavailable; ``suv_reason`` says why).
+    lesion_grid : grid of the lesion masks.
+    organs : organ masks already on ``lesion_grid`` (from the anatomy stage).
+    """
+    return FeatureContext(ct=dict(ct), suv=suv, activity=activity, suv_reason=suv_reason,
+                          lesion_grid=lesion_grid, organs=dict(organs or {}))
 
 
 def lesion_columns(mask: LesionMask, ctx: FeatureContext, cfg: dict) -> dict:
