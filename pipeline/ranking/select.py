@@ -1,49 +1,87 @@
 """Injection and monitoring sets for one study, and the ranking table.
 
-* Rank: lesions that are not ``not_suitable`` are ranked 1..n by (tier, -score, lesion_id); the
-  lesion_id tie-break makes the order deterministic.
-* Injection set: up to ``injections_per_session`` lesions from ``inject_tiers`` in rank order,
-  preferring a lesion in an organ not yet chosen (the paper: injecting several organs may induce a
-  broader immune response); when no other organ is left, the next in rank order.
-* Monitoring set (itRECIST / RECIST 1.1): measurable (non-nodal longest diameter >= 10 mm, nodal
-  short axis >= 15 mm), not injected, at most ``max_per_organ`` per organ, up to
-  ``max_noninjected`` and ``max_total_targets`` including injected targets; lesions in an organ
-  without an injected target come first, then larger ones.
-* Planned injection volume: from the longest-diameter bands of the configuration, clipped to the
-  paper's 0.5-10 mL; a warning when the lesion itself is smaller than the minimum volume.
+* **Rank**: lesions whose tier is not ``not_suitable`` are ranked 1..n by
+  :func:`~pipeline.ranking.rules.rule_sort_key` (tier, score, needle-hit probability, lesion_id:
+  deterministic, independent of row order). With a trained model (``ranking.model``) the same
+  lesions are ranked by the model's score instead (ties by lesion_id): hard exclusions and the
+  rules' tiers still apply, the model only orders the eligible lesions; ``score`` is then the
+  model's probability that the lesion is the team's first choice among the eligible lesions of
+  the study, and ``rule_score`` keeps the rules' score.
+* **Injection set**: up to ``injections_per_session`` lesions (fewer when the clinical sidecar
+  gives a per-trial ``max_injections`` for the patient) from ``inject_tiers`` in rank order. With
+  ``organ_diversity`` a lesion in an organ not yet chosen is preferred (the paper: injecting
+  several organs may induce a broader immune response); when no other organ is left, the next in
+  rank order.
+* **Monitoring set** (itRECIST / RECIST 1.1): measurable (non-nodal longest diameter >=
+  ``nonnodal_min_longest_mm``, nodal short axis >= ``nodal_min_short_axis_mm``), not injected,
+  not previously treated locally (``exclude_prior_locoregional``), at most ``max_per_organ``
+  per organ, up to ``max_noninjected`` and ``max_total_targets`` minus the injected ones; lesions
+  in an organ without an injected target come first, then the larger ones, then lesion_id.
+* **Planned injection volume**: from the longest-diameter bands of the configuration (T-VEC-like
+  bands), clipped to the paper's 0.5-10 mL; a warning when the lesion is smaller than the planned
+  volume (in particular when it is too small for the 0.5 mL minimum). A syringe note follows the
+  paper: Luer-lock syringes of at most ``syringe_max_ml`` on a 22G needle (a coaxial 17-18G
+  needle when a biopsy is required).
+
+Warnings for the study (no monitoring lesion, volume warnings, sidecar rows that matched no
+lesion) are in ``result.attrs["warnings"]``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pandas as pd
 
-from pipeline.ranking.rules import RuleOutcome, apply_rules, derive_columns, explanation
+from pipeline.ranking.rules import (
+    RuleOutcome,
+    add_rule_columns,
+    apply_rules,
+    as_bool,
+    derive_columns,
+    explanation,
+    is_missing,
+    rule_sort_key,
+)
 from pipeline.records import Role, Tier
 
 log = logging.getLogger(__name__)
 
+#: Output columns of ``ranking.csv``; the first ten are the output contract of issue 2.
 RANKING_COLUMNS = [
     "patient_id", "study_uid", "lesion_id", "lesion_label", "role", "tier", "rank", "score",
-    "reasons", "explanation", "organ", "score_characterization", "score_access", "score_safety",
-    "needle_hit_probability", "path_length_mm", "path_length_source", "measurable",
-    "planned_volume_ml", "volume_warning", "rules_not_evaluated",
+    "reasons", "explanation", "organ", "rule_score", "score_source", "score_characterization",
+    "score_access", "score_safety", "needle_hit_probability", "path_length_mm",
+    "path_length_source", "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source",
+    "measurable", "planned_volume_ml", "volume_warning", "syringe_note", "new_or_growing",
+    "prior_study_uid", "prior_lesion_id", "longest_diameter_change_pct", "rules_not_evaluated",
 ]
 
 
 def is_measurable(row: dict, mon: dict) -> bool:
-    """RECIST 1.1 measurability of a lesion row."""
+    """RECIST 1.1 measurability of a lesion row (nodes by short axis, others by long axis)."""
     if row.get("organ") == "lymph_node":
         sa = row.get("short_axis_mm")
-        return sa is not None and not pd.isna(sa) and float(sa) >= mon["nodal_min_short_axis_mm"]
+        return not is_missing(sa) and float(sa) >= mon["nodal_min_short_axis_mm"]
     ld = row.get("longest_diameter_mm")
-    return ld is not None and not pd.isna(ld) and float(ld) >= mon["nonnodal_min_longest_mm"]
+    return not is_missing(ld) and float(ld) >= mon["nonnodal_min_longest_mm"]
 
 
-def planned_volume_ml(longest_diameter_mm: float, volume_ml: float, vol_cfg: dict) -> tuple[float, str]:
-    """Planned injection volume (mL) and a warning ("" if none)."""
+def planned_volume_ml(longest_diameter_mm: float, volume_ml: float | None,
+                      vol_cfg: dict) -> tuple[float, str]:
+    """Planned injection volume (mL) and a warning ("" if none).
+
+    Parameters
+    ----------
+    longest_diameter_mm : float
+        Selects the band of ``vol_cfg["bands"]`` (first band whose ``max_diameter_mm`` is >= it).
+    volume_ml : float or None
+        Lesion volume; a warning when it is smaller than the planned volume.
+    vol_cfg : dict
+        ``ranking.volume`` (``min_ml``, ``max_ml``, ``bands``).
+    """
     bands = sorted(vol_cfg["bands"], key=lambda b: b["max_diameter_mm"])
     planned = bands[-1]["volume_ml"]
     for band in bands:
@@ -52,81 +90,173 @@ def planned_volume_ml(longest_diameter_mm: float, volume_ml: float, vol_cfg: dic
             break
     planned = float(np.clip(planned, vol_cfg["min_ml"], vol_cfg["max_ml"]))
     warning = ""
-    if volume_ml is not None and not pd.isna(volume_ml) and volume_ml < vol_cfg["min_ml"]:
-        warning = (
-            f"lesion volume {volume_ml:.2f} mL is below the minimum planned volume "
-            f"{vol_cfg['min_ml']} mL; delivered amount will vary and leakage is likely"
-        )
+    if not is_missing(volume_ml) and float(volume_ml) < planned:
+        if float(volume_ml) < vol_cfg["min_ml"]:
+            warning = (
+                f"lesion volume {float(volume_ml):.2f} mL is too small for the minimum "
+                f"{vol_cfg['min_ml']:g} mL injection; delivered amount will vary and leakage is likely"
+            )
+        else:
+            warning = (
+                f"lesion volume {float(volume_ml):.2f} mL is smaller than the planned "
+                f"{planned:g} mL; leakage outside the tumor is likely"
+            )
     return planned, warning
 
 
-def rank_study(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
-    """Apply the rules and choose the sets for one study.
+def syringe_note(planned_ml: float, *, biopsy: bool, vol_cfg: dict, needle_cfg: dict) -> str:
+    """Syringe and needle note for a planned volume (paper: <= 5 mL Luer-lock syringe, 22G)."""
+    n = max(1, math.ceil(planned_ml / vol_cfg["syringe_max_ml"] - 1e-9))
+    syr = (f"one Luer-lock syringe of at most {vol_cfg['syringe_max_ml']:g} mL" if n == 1 else
+           f"{n} Luer-lock syringes of at most {vol_cfg['syringe_max_ml']:g} mL each")
+    needle = (f"{needle_cfg['biopsy_gauge']} needle (biopsy first, then injection through it)"
+              if biopsy else f"{needle_cfg['injection_gauge']} needle")
+    return f"{planned_ml:g} mL: {syr} on a {needle}"
 
-    Parameters
-    ----------
-    table : lesion table rows of one study (columns of ``lesions.csv``).
-    cfg_ranking : validated ``ranking`` configuration section.
 
-    Returns
-    -------
-    DataFrame with :data:`RANKING_COLUMNS`, one row per lesion, ordered by rank (unranked last).
-    """
-    if table.empty:
-        return pd.DataFrame(columns=RANKING_COLUMNS)
-    df = derive_columns(table, cfg_ranking).reset_index(drop=True)
-    outcomes = {o.lesion_id: o for o in apply_rules(df, cfg_ranking)}
-    rows = df.to_dict(orient="records")
-    by_id = {str(r["lesion_id"]): r for r in rows}
+def _patient_max_injections(df: pd.DataFrame) -> int | None:
+    if "max_injections" not in df.columns:
+        return None
+    vals = pd.to_numeric(df["max_injections"], errors="coerce").dropna()
+    return int(vals.min()) if len(vals) else None
 
-    ranked = sorted(
-        (o for o in outcomes.values() if o.tier is not Tier.NOT_SUITABLE),
-        key=lambda o: (o.tier.order, -o.score, o.lesion_id),
-    )
-    rank_of = {o.lesion_id: i + 1 for i, o in enumerate(ranked)}
 
-    # injection set
-    inject_tiers = [Tier(t) for t in cfg_ranking["inject_tiers"]]
-    candidates = [o for o in ranked if o.tier in inject_tiers and not o.excluded]
-    n_inject = int(cfg_ranking["injections_per_session"])
-    injected: list[str] = []
-    organs_used: set[str] = set()
+def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool) -> list[str]:
+    chosen: list[str] = []
+    used: set = set()
     pool = list(candidates)
-    while pool and len(injected) < n_inject:
-        pick = next((o for o in pool if by_id[o.lesion_id].get("organ") not in organs_used), pool[0])
-        injected.append(pick.lesion_id)
-        organs_used.add(by_id[pick.lesion_id].get("organ"))
+    while pool and len(chosen) < n:
+        pick = pool[0]
+        if diversity:
+            pick = next((lid for lid in pool if organ_of[lid] not in used), pool[0])
+        chosen.append(pick)
+        used.add(organ_of[pick])
         pool.remove(pick)
+    return chosen
 
-    # monitoring set
-    mon = cfg_ranking["monitoring"]
-    measurable = {lid: is_measurable(r, mon) for lid, r in by_id.items()}
-    mon_candidates = [lid for lid in sorted(by_id) if measurable[lid] and lid not in injected]
-    mon_candidates.sort(
+
+def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: dict) -> list[str]:
+    organs_inj = {by_id[lid].get("organ") for lid in injected}
+
+    def usable(lid: str) -> bool:
+        if not measurable[lid] or lid in injected:
+            return False
+        if mon["exclude_prior_locoregional"] and as_bool(by_id[lid].get("prior_locoregional_therapy")):
+            return False
+        return True
+
+    cands = sorted(
+        (lid for lid in by_id if usable(lid)),
         key=lambda lid: (
-            by_id[lid].get("organ") in organs_used,
+            by_id[lid].get("organ") in organs_inj,
             -float(by_id[lid].get("longest_diameter_mm") or 0.0),
             lid,
-        )
+        ),
     )
     budget = min(int(mon["max_noninjected"]), int(mon["max_total_targets"]) - len(injected))
-    per_organ: dict[str, int] = {}
-    monitored: list[str] = []
-    for lid in mon_candidates:
-        if len(monitored) >= budget:
+    per_organ: dict = {}
+    chosen: list[str] = []
+    for lid in cands:
+        if len(chosen) >= budget:
             break
         organ = by_id[lid].get("organ")
         if per_organ.get(organ, 0) >= int(mon["max_per_organ"]):
             continue
-        monitored.append(lid)
+        chosen.append(lid)
         per_organ[organ] = per_organ.get(organ, 0) + 1
+    return chosen
+
+
+def _model_scores(model, df: pd.DataFrame, outcomes: dict, cfg_ranking: dict) -> dict[str, float]:
+    """Softmax of the model's utilities over the eligible lesions (lesion_id -> probability)."""
+    elig = [lid for lid, o in outcomes.items() if o.tier is not Tier.NOT_SUITABLE]
+    if not elig:
+        return {}
+    feats = add_rule_columns(df, [outcomes[str(lid)] for lid in df["lesion_id"].astype(str)])
+    feats = feats[feats["lesion_id"].astype(str).isin(elig)].copy()
+    order = sorted(elig, key=lambda lid: rule_sort_key(outcomes[lid]))
+    feats["rule_rank"] = feats["lesion_id"].astype(str).map({lid: i + 1 for i, lid in enumerate(order)})
+    u = np.asarray(model.decision_function(feats), dtype=float)
+    e = np.exp(u - u.max())
+    p = e / e.sum()
+    return {str(lid): float(round(v, 6)) for lid, v in zip(feats["lesion_id"].astype(str), p)}
+
+
+def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.DataFrame:
+    """Apply the rules and choose the sets for one study.
+
+    Parameters
+    ----------
+    table : DataFrame
+        Lesion table rows of one study (columns of ``lesions.csv``, plus optional sidecar and
+        longitudinal columns: ``new_or_growing``, ``prior_lesion_id`` ...).
+    cfg_ranking : dict
+        Validated ``ranking`` configuration section.
+    model : optional
+        A trained :class:`pipeline.ranking.model.PairwiseRanker`. When None and
+        ``cfg_ranking["model"]`` is a path, that model is loaded (once per path).
+
+    Returns
+    -------
+    DataFrame
+        :data:`RANKING_COLUMNS`, one row per lesion, ordered by rank (unranked last, then by
+        lesion_id); ``attrs["warnings"]`` lists study-level warnings.
+    """
+    if table.empty:
+        out = pd.DataFrame(columns=RANKING_COLUMNS)
+        out.attrs["warnings"] = []
+        return out
+    if model is None and cfg_ranking.get("model"):
+        from pipeline.ranking.model import load_model_cached
+
+        model = load_model_cached(cfg_ranking["model"], cfg_ranking)
+    warnings: list[str] = list(table.attrs.get("warnings", []))
+    df = derive_columns(table, cfg_ranking).reset_index(drop=True)
+    df["lesion_id"] = df["lesion_id"].astype(str)
+    if df["lesion_id"].duplicated().any():
+        dup = sorted(set(df.loc[df["lesion_id"].duplicated(), "lesion_id"]))
+        raise ValueError(f"duplicate lesion_id in one study: {dup}")
+    outcomes = {o.lesion_id: o for o in apply_rules(df, cfg_ranking)}
+    by_id = {r["lesion_id"]: r for r in df.to_dict(orient="records")}
+
+    eligible = [o for o in outcomes.values() if o.tier is not Tier.NOT_SUITABLE]
+    model_p: dict[str, float] = {}
+    if model is not None:
+        model_p = _model_scores(model, df, outcomes, cfg_ranking)
+        ranked = sorted(eligible, key=lambda o: (-model_p.get(o.lesion_id, 0.0), o.lesion_id))
+        source = f"model:{getattr(model, 'name', 'ranker')}"
+    else:
+        ranked = sorted(eligible, key=rule_sort_key)
+        source = "rules"
+    rank_of = {o.lesion_id: i + 1 for i, o in enumerate(ranked)}
+
+    # ---- injection set
+    inject_tiers = {Tier(t) for t in cfg_ranking["inject_tiers"]}
+    n_inject = int(cfg_ranking["injections_per_session"])
+    limit = _patient_max_injections(df)
+    if limit is not None and limit < n_inject:
+        warnings.append(f"per-trial limit from the clinical sidecar: at most {limit} injection(s)")
+        n_inject = max(limit, 0)
+    candidates = [o.lesion_id for o in ranked if o.tier in inject_tiers and not o.hard_excluded]
+    organ_of = {lid: r.get("organ") for lid, r in by_id.items()}
+    injected = _choose_injection(candidates, organ_of, n_inject,
+                                 bool(cfg_ranking.get("organ_diversity", True)))
+    if not injected and n_inject > 0:
+        warnings.append("no lesion is suitable for injection in this study")
+
+    # ---- monitoring set
+    mon = cfg_ranking["monitoring"]
+    measurable = {lid: is_measurable(r, mon) for lid, r in by_id.items()}
+    monitored = _choose_monitoring(by_id, measurable, injected, mon)
+    if not monitored:
+        warnings.append("no measurable noninjected lesion for itRECIST monitoring")
 
     out = []
     for lid, row in by_id.items():
         o: RuleOutcome = outcomes[lid]
         role = Role.INJECT if lid in injected else Role.MONITOR if lid in monitored else Role.NONE
         codes = list(o.fired)
-        extra = []
+        extra: list[str] = []
         if role is Role.INJECT:
             codes.append("SELECTED_INJECTION")
             extra.append(f"selected for injection (#{injected.index(lid) + 1} of {len(injected)})")
@@ -137,14 +267,22 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
             codes.append("NOT_MEASURABLE")
         else:
             codes.append("NOT_SELECTED")
-        pv, warn = (None, "")
+        pv, warn, note = None, "", ""
         if role is Role.INJECT:
-            pv, warn = planned_volume_ml(
-                float(row.get("longest_diameter_mm") or 0.0), row.get("volume_ml"),
-                cfg_ranking["volume"],
-            )
+            ld = row.get("longest_diameter_mm")
+            pv, warn = planned_volume_ml(0.0 if is_missing(ld) else float(ld), row.get("volume_ml"),
+                                         cfg_ranking["volume"])
+            note = syringe_note(pv, biopsy=bool(as_bool(row.get("biopsy_required"))),
+                                vol_cfg=cfg_ranking["volume"], needle_cfg=cfg_ranking["needle"])
+            extra.append(f"planned {note}")
             if warn:
-                codes.append("VOLUME_BELOW_MIN")
+                codes.append("VOLUME_WARNING")
+                extra.append(warn)
+                warnings.append(f"{lid}: {warn}")
+        if model is not None and lid in rank_of:
+            extra.append(f"ordered by the trained model ({model_p.get(lid, 0.0):.2f})")
+        score = model_p.get(lid, 0.0) if model is not None else o.score
+        ng = as_bool(row.get("new_or_growing"))
         out.append({
             "patient_id": row.get("patient_id", ""),
             "study_uid": row.get("study_uid", ""),
@@ -153,24 +291,39 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
             "role": role.value,
             "tier": o.tier.value,
             "rank": rank_of.get(lid),
-            "score": o.score,
+            "score": score if model is None or lid in rank_of else None,
             "reasons": ";".join(codes),
             "explanation": explanation(o, extra=extra),
             "organ": row.get("organ", ""),
+            "rule_score": o.score,
+            "score_source": source,
             "score_characterization": round(o.stage_scores["characterization"], 6),
             "score_access": round(o.stage_scores["access"], 6),
             "score_safety": round(o.stage_scores["safety"], 6),
             "needle_hit_probability": o.needle_hit_probability,
             "path_length_mm": row.get("path_length_mm"),
             "path_length_source": row.get("path_length_source", ""),
+            "target_x_mm": row.get("target_x_mm"),
+            "target_y_mm": row.get("target_y_mm"),
+            "target_z_mm": row.get("target_z_mm"),
+            "target_point_source": row.get("target_point_source", ""),
             "measurable": measurable[lid],
             "planned_volume_ml": pv,
             "volume_warning": warn,
+            "syringe_note": note,
+            "new_or_growing": ng,
+            "prior_study_uid": row.get("prior_study_uid", ""),
+            "prior_lesion_id": row.get("prior_lesion_id", ""),
+            "longest_diameter_change_pct": row.get("longest_diameter_change_pct"),
             "rules_not_evaluated": ";".join(o.not_evaluated),
         })
     res = pd.DataFrame(out, columns=RANKING_COLUMNS)
     res["rank"] = res["rank"].astype("Int64")
-    res = res.sort_values(
-        by=["rank", "lesion_id"], key=lambda s: s.fillna(10**9) if s.name == "rank" else s
-    ).reset_index(drop=True)
+    res["new_or_growing"] = res["new_or_growing"].astype(object)
+    for c in ("prior_study_uid", "prior_lesion_id"):
+        res[c] = res[c].map(lambda v: "" if is_missing(v) else str(v))
+    order = sorted(range(len(res)), key=lambda i: (
+        res.at[i, "rank"] if not pd.isna(res.at[i, "rank"]) else 10**9, res.at[i, "lesion_id"]))
+    res = res.iloc[order].reset_index(drop=True)
+    res.attrs["warnings"] = warnings
     return res

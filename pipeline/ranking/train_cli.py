@@ -1,0 +1,124 @@
+"""``hitit train`` (and ``hitit synthetic``): retrain the lesion ranking on the team's choices.
+
+Wiring: in ``pipeline/cli.py``'s ``build_parser``, after the other subcommands::
+
+    from pipeline.ranking.train_cli import register
+    register(sub)
+
+Each subcommand sets ``func`` (called with the parsed args, returns an exit code), like the other
+subcommands; a :class:`~pipeline.errors.PipelineError` is reported by ``cli.main``.
+
+``hitit train --lesions FILE --decisions FILE --out DIR [--config FILE]``
+    Cross-validates (GroupKFold by patient) a pairwise ranking model against the rules, fits it
+    on all data and writes ``DIR/model.joblib``, ``DIR/model_card.json``, ``DIR/model_card.md``
+    and ``DIR/cv_results.csv``. Use it with ``ranking.model: DIR/model.joblib``.
+
+``hitit synthetic --out DIR [--patients N] [--policy expert|rules] [--noise X] [--seed S]``
+    Writes a SYNTHETIC lesion table and SYNTHETIC decisions (labelled so in a ``synthetic``
+    column) for the demo: ``DIR/lesions.csv``, ``DIR/decisions.csv``.
+
+``hitit rank --results RESULTS --patient-dir P [--settings FILE]`` (workflow step, added by
+:func:`register_rank_step`)
+    Ranks every study of one patient folder with its previous study and the clinical sidecar
+    (:func:`pipeline.ranking.longitudinal.rank_patient_dir`), writing each study's
+    ``ranking.csv`` and ``ranking_provenance.json``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def cmd_train(args) -> int:
+    """Run ``hitit train``."""
+    from pipeline.config import load_config
+    from pipeline.ranking.model import train_files
+
+    cfg = load_config(args.config)
+    card = train_files(args.lesions, args.decisions, args.out, cfg["ranking"])
+    m = card["cv"]["mean_of_folds"]
+    k = cfg["ranking"]["training"]["ndcg_k"]
+    label = "SYNTHETIC data: " if card["synthetic"] else ""
+    print(f"{label}{card['data']['n_studies_used']} studies of {card['data']['n_patients_used']} "
+          f"patients, {card['cv']['n_splits']}-fold GroupKFold by patient")
+    print(f"  top-1 agreement  model {m['model_top1']:.3f}   rules {m['rules_top1']:.3f}")
+    print(f"  NDCG@{k}           model {m[f'model_ndcg@{k}']:.3f}   rules {m[f'rules_ndcg@{k}']:.3f}")
+    out = Path(args.out)
+    print(f"model: {out / 'model.joblib'}  card: {out / 'model_card.md'}")
+    print(f"use it with:  --set ranking.model={out / 'model.joblib'}")
+    return 0
+
+
+def cmd_synthetic(args) -> int:
+    """Run ``hitit synthetic``."""
+    from pipeline.config import load_config
+    from pipeline.io.tables import write_table
+    from pipeline.ranking.synthetic import synthetic_decisions, synthetic_lesions
+
+    cfg = load_config(args.config)
+    les = synthetic_lesions(args.patients, seed=args.seed,
+                            superficial_depth_mm=cfg["anatomy"]["superficial_depth_mm"])
+    dec = synthetic_decisions(les, cfg["ranking"], policy=args.policy, noise=args.noise,
+                              seed=args.seed + 1)
+    out = Path(args.out)
+    write_table(les, out / "lesions.csv")
+    write_table(dec, out / "decisions.csv")
+    print(f"SYNTHETIC: {len(les)} lesions of {les['patient_id'].nunique()} patients and "
+          f"decisions of policy '{args.policy}' in {out}")
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``train`` and ``synthetic`` to the ``hitit`` subcommands.
+
+    Parameters
+    ----------
+    subparsers : argparse._SubParsersAction
+        The object returned by ``parser.add_subparsers()``.
+    """
+    t = subparsers.add_parser(
+        "train", help="retrain the lesion ranking on the team's past choices (learning to rank)")
+    t.add_argument("--lesions", required=True, help="cohort lesions.csv (or .parquet)")
+    t.add_argument("--decisions", required=True,
+                   help="CSV: patient_id, study_uid, lesion_id, chosen (0/1) and/or chosen_rank")
+    t.add_argument("--out", required=True, help="output folder for the model and its card")
+    t.add_argument("--config", help="YAML file overriding configs/config.yaml")
+    t.set_defaults(func=cmd_train)
+
+    s = subparsers.add_parser(
+        "synthetic", help="write SYNTHETIC lesions and decisions (demo of hitit train)")
+    s.add_argument("--out", required=True)
+    s.add_argument("--patients", type=int, default=200)
+    s.add_argument("--policy", choices=["expert", "rules"], default="expert")
+    s.add_argument("--noise", type=float, default=0.2)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--config", help="YAML file overriding configs/config.yaml")
+    s.set_defaults(func=cmd_synthetic)
+
+
+def cmd_rank(args) -> int:
+    """Run the ``hitit rank`` workflow step (one patient)."""
+    import sys
+
+    from pipeline.config import load_config
+    from pipeline.ranking.longitudinal import rank_patient_dir
+
+    cfg = load_config(args.settings)
+    out = rank_patient_dir(args.results, args.patient_dir, cfg)
+    n_inj = sum(int((r["role"] == "inject").sum()) for r in out.values())
+    print(f"patient {args.patient_dir}: {len(out)} studies ranked, {n_inj} injection targets",
+          file=sys.stderr)
+    return 0
+
+
+def register_rank_step(subparsers) -> None:
+    """Add the ``rank`` workflow step (per patient, after the patient's study jobs)."""
+    r = subparsers.add_parser(
+        "rank", help="(workflow step) rank every study of one patient, with follow-up growth")
+    r.add_argument("--results", required=True)
+    r.add_argument("--patient-dir", required=True)
+    r.add_argument("--settings", help="validated configuration YAML")
+    r.set_defaults(func=cmd_rank)
