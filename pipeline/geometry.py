@@ -655,3 +655,112 @@ def resample_stack(
             continue
         result[m] = (1.0 - w) * deshear(k0) + w * deshear(k0 + 1)
     return result
+
+
+# --------------------------------------------------------------------------- planes -> grid
+def sample_planes_nearest(
+    planes: list[tuple[np.ndarray, np.ndarray, tuple[float, float], np.ndarray]],
+    target: Grid,
+    *,
+    plane_step_mm: float | None = None,
+) -> tuple[BBox, np.ndarray] | None:
+    """Nearest-neighbour sampling of 2D binary images placed anywhere in space onto a grid.
+
+    Each plane is an image with its own DICOM geometry (a SEG frame, a slice). A target voxel
+    centre ``p`` takes the value of the pixel nearest to it in the plane nearest to it along the
+    planes' normal, if that plane is within half a plane step; otherwise it is empty. This maps
+    frames that are sheared (gantry tilt), irregularly spaced, on another pixel grid or only a
+    subset of slices, each by its true position.
+
+    Parameters
+    ----------
+    planes : list of (ImagePositionPatient (3,), ImageOrientationPatient (6,), PixelSpacing
+        (row, column), mask (rows, cols) bool)
+        All planes share one orientation; two planes at the same position are OR-ed.
+    target : Grid
+    plane_step_mm : float, optional
+        Distance between planes (default: the smallest distance between distinct plane
+        positions; a single plane: the target's slice spacing).
+
+    Returns
+    -------
+    (bbox_zyx, crop) or None
+        Half-open (z, y, x) box on ``target`` and the bool crop inside it, tight; None if no
+        target voxel is set.
+
+    Raises
+    ------
+    GeometryError
+        Planes with different orientations.
+    """
+    if not planes:
+        return None
+    iop0 = np.asarray(planes[0][1], dtype=float)
+    if any(not np.allclose(np.asarray(p[1], float), iop0, atol=1e-4) for p in planes):
+        raise GeometryError("planes with different orientations cannot be sampled together",
+                            tag="ImageOrientationPatient (0020,0037)")
+    iop = iop0.reshape(2, 3)
+    nrm = slice_normal(iop0)
+    # group planes by position along the normal
+    proj = np.array([float(np.asarray(p[0], float) @ nrm) for p in planes])
+    order = np.argsort(proj)
+    groups: list[list[int]] = []
+    for i in order:
+        if groups and abs(proj[i] - proj[groups[-1][0]]) < 1e-3:
+            groups[-1].append(int(i))
+        else:
+            groups.append([int(i)])
+    gpos = np.array([proj[g[0]] for g in groups])
+    if plane_step_mm is None:
+        d = np.diff(gpos)
+        plane_step_mm = float(d.min()) if len(d) else float(target.spacing_xyz_mm[2])
+    half = 0.5 * float(plane_step_mm) + 1e-6
+    # target box: the set pixels' centres of every plane, +-1 voxel, within the target
+    corners = []
+    for ipp, _, ps, m in planes:
+        rr = np.flatnonzero(np.asarray(m).any(axis=1))
+        cc = np.flatnonzero(np.asarray(m).any(axis=0))
+        if len(rr) == 0:
+            continue
+        for j in (rr[0] - 0.5, rr[-1] + 0.5):
+            for i in (cc[0] - 0.5, cc[-1] + 0.5):
+                for dz in (-half, half):
+                    corners.append(np.asarray(ipp, float) + i * ps[1] * iop[0]
+                                   + j * ps[0] * iop[1] + dz * nrm)
+    if not corners:
+        return None
+    zyx = target.lps_to_zyx(np.array(corners))
+    lo = np.maximum(np.floor(zyx.min(axis=0)).astype(int) - 1, 0)
+    hi = np.minimum(np.ceil(zyx.max(axis=0)).astype(int) + 2, np.array(target.shape_zyx))
+    if np.any(hi <= lo):
+        return None
+    zz, yy, xx = np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij")
+    idx = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    pts = target.zyx_to_lps(idx)
+    t = pts @ nrm
+    k = np.clip(np.searchsorted(gpos, t), 0, len(gpos) - 1)
+    km = np.clip(k - 1, 0, len(gpos) - 1)
+    nearest = np.where(np.abs(t - gpos[km]) <= np.abs(t - gpos[k]), km, k)
+    ok = np.abs(t - gpos[nearest]) <= half
+    out = np.zeros(len(pts), dtype=bool)
+    for gi, members in enumerate(groups):
+        sel = np.flatnonzero(ok & (nearest == gi))
+        if len(sel) == 0:
+            continue
+        for mi in members:
+            ipp, _, ps, m = planes[mi]
+            m = np.asarray(m, dtype=bool)
+            rel = pts[sel] - np.asarray(ipp, float)
+            ii = np.floor(rel @ iop[0] / ps[1] + 0.5).astype(np.int64)
+            jj = np.floor(rel @ iop[1] / ps[0] + 0.5).astype(np.int64)
+            inside = (ii >= 0) & (ii < m.shape[1]) & (jj >= 0) & (jj < m.shape[0])
+            hit = np.zeros(len(sel), dtype=bool)
+            hit[inside] = m[jj[inside], ii[inside]]
+            out[sel] |= hit
+    if not out.any():
+        return None
+    crop = out.reshape(tuple(int(b - a) for a, b in zip(lo, hi)))
+    tight = bbox_of(crop)
+    assert tight is not None
+    bbox = tuple((int(a + t0), int(a + t1)) for a, (t0, t1) in zip(lo, tight))
+    return bbox, crop[tuple(slice(a, b) for a, b in tight)]

@@ -11,12 +11,13 @@ Mapping onto the target grid
   lies on one of its planes (within 0.05 of a step) and is offset in-plane by a whole number of
   pixels (within 0.05 pixel; cropped frames): frames are pasted as they are, exactly.
 * **Off the grid** (frames on another in-plane grid, another slice spacing, a subset of other
-  slices, or another orientation): the frames are stacked on the SEG's own *native* grid (their
-  orientation and pixel spacing; along the normal the SharedFunctionalGroups
-  SpacingBetweenSlices, else the smallest step between frame planes; planes without a frame
-  are empty, as the standard says), and each segment's native crop is resampled onto the target
-  grid with nearest neighbour by :func:`pipeline.geometry.resample` -- the same single path
-  label maps take. A warning says so.
+  slices, sheared by a gantry tilt, or in another orientation): each segment is sampled onto the
+  target grid by nearest neighbour, every frame placed by its own position
+  (:func:`pipeline.geometry.sample_planes_nearest`): a target voxel takes the nearest pixel of
+  the nearest frame plane within half the SEG's plane step (SharedFunctionalGroups
+  SpacingBetweenSlices, else the smallest step between frame planes); planes without a frame
+  are empty, as the standard says. A warning says so. (Label maps, which are regular grids,
+  take the equivalent nearest-neighbour path of :func:`pipeline.geometry.resample`.)
 * A non-empty frame outside the target grid along the normal (beyond half a step) or in-plane
   means the SEG was drawn on another series: :class:`SegmentationError`.
 
@@ -38,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import SegmentationError
+from pipeline.errors import PipelineError, SegmentationError
 from pipeline.geometry import Grid, bbox_of
 from pipeline.io.dicom import tag_label
 from pipeline.records import LesionMask, MaskSource, SegmentKind
@@ -396,56 +397,42 @@ def _paste_on_grid(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str,
 
 def _resample_native(frames, grid: Grid, ref_uid: str, path: Path, seg_uid: str, tol: float,
                      seg) -> dict[int, tuple]:
-    """Frames off the target grid: native grid per SEG, nearest-neighbour per segment crop."""
-    from pipeline.geometry import resample
+    """Frames off the target grid: every segment sampled by nearest neighbour from its frames,
+    each placed by its own position (:func:`pipeline.geometry.sample_planes_nearest`)."""
+    from pipeline.geometry import sample_planes_nearest, slice_normal
 
     if not frames:
         return {}
-    iop0, ps0 = frames[0][3], frames[0][4]
-    for f, n, ipp, iop, ps, _ in frames:
-        if not (np.allclose(iop, iop0, atol=1e-4) and np.allclose(ps, ps0, atol=1e-4)):
-            raise SegmentationError(
-                f"frame {f + 1} has another orientation or pixel spacing than frame "
-                f"{frames[0][0] + 1}: the frames do not form one volume",
-                file=path, series_uid=seg_uid, tag=tag_label("PlaneOrientationSequence"),
-                hint="re-export the SEG on one image grid")
-    native, ioff = _native_grid([(fr[2], fr[3], fr[4], fr[5].shape) for fr in frames], seg,
-                                grid.spacing_xyz_mm[2], path, seg_uid)
-    pieces: dict[int, list] = {}
-    first_frame: dict[int, int] = {}
-    for (f, n, _, _, _, m), (j, i, k) in zip(frames, ioff):
-        pieces.setdefault(n, []).append((int(k), int(j), int(i), m))
-        first_frame.setdefault(n, f)
-    out = {}
     nz, ny, nx = grid.shape_zyx
-    for n, p in pieces.items():
-        bbox, crop = _assemble_parts(p)
-        src = native.crop(bbox)
-        # target region: the target voxels whose centres fall in the crop's box (+ 1 voxel)
-        corners = np.array([[a, b, c] for a in (-0.5, crop.shape[0] - 0.5)
-                            for b in (-0.5, crop.shape[1] - 0.5)
-                            for c in (-0.5, crop.shape[2] - 0.5)])
-        tz = grid.lps_to_zyx(src.zyx_to_lps(corners))
-        lo_t = np.floor(tz.min(axis=0)).astype(int) - 1
-        hi_t = np.ceil(tz.max(axis=0)).astype(int) + 2
-        zlo, zhi = tz[:, 0].min(), tz[:, 0].max()
-        if zhi < -0.5 - tol or zlo > nz - 0.5 + tol:
-            raise _outside_error(first_frame[n], n, "the segment lies outside the image along "
-                                 "the slice normal", ref_uid, path, seg_uid)
-        clo = np.maximum(lo_t, 0)
-        chi = np.minimum(hi_t, np.array(grid.shape_zyx))
-        tgt_box = tuple((int(a), int(b)) for a, b in zip(clo, chi))
-        tgt = grid.crop(tgt_box)
-        res = resample(crop, src, tgt, interpolation="nearest", default=0)
-        if not res.any():
-            continue
-        if res.sum() < 0.5 * crop.sum() * src.voxel_volume_mm3 / tgt.voxel_volume_mm3 and (
-                np.any(lo_t < 0) or np.any(hi_t > np.array(grid.shape_zyx))):
-            raise _outside_error(first_frame[n], n, "most of the segment falls outside the image",
-                                 ref_uid, path, seg_uid)
-        tight = bbox_of(res)
-        out[n] = (tuple((o + a, o + b) for o, (a, b) in zip(clo, tight)),
-                  res[tuple(slice(a, b) for a, b in tight)])
+    shape = np.array(grid.shape_zyx, dtype=float)
+    for f, n, ipp, iop, ps, m in frames:  # a frame off the image means another series
+        j, i = np.argwhere(m).mean(axis=0)
+        iopm = np.asarray(iop).reshape(2, 3)
+        c = ipp + i * ps[1] * iopm[0] + j * ps[0] * iopm[1]
+        zyx = grid.lps_to_zyx(c[None])[0]
+        if np.any(zyx < -0.5 - tol) or np.any(zyx > shape - 0.5 + tol):
+            raise _outside_error(
+                f, n, f"its pixels centre at index (z, y, x) ({zyx[0]:.2f}, {zyx[1]:.2f}, "
+                f"{zyx[2]:.2f}) is outside the {nz}x{ny}x{nx} image", ref_uid, path, seg_uid)
+    step = _frame_attr(seg, 0, "PixelMeasuresSequence", "SpacingBetweenSlices")
+    if step is None or float(step) <= 0:
+        nrm = slice_normal(frames[0][3])
+        planes = np.unique(np.round([fr[2] @ nrm for fr in frames], 3))
+        d = np.diff(planes)
+        step = float(d.min()) if len(d) else float(grid.spacing_xyz_mm[2])
+    by_seg: dict[int, list] = {}
+    for f, n, ipp, iop, ps, m in frames:
+        by_seg.setdefault(n, []).append((ipp, iop, ps, m))
+    out = {}
+    for n, planes in by_seg.items():
+        try:
+            got = sample_planes_nearest(planes, grid, plane_step_mm=float(step))
+        except PipelineError as exc:
+            raise SegmentationError(f"segment {n}: {exc.message}", file=path, series_uid=seg_uid,
+                                    tag=tag_label("PlaneOrientationSequence"),
+                                    hint="re-export the SEG on one image grid") from exc
+        if got is not None:
+            out[n] = got
     return out
 
 
