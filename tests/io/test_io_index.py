@@ -516,3 +516,12 @@ def test_index_reads_no_pixel_data(tmp_path, monkeypatch):
     total = sum((tmp_path / p).stat().st_size for p in ix.files["path"])
     assert len(ix.files) == 5
     assert read["bytes"] < 0.25 * total, (read["bytes"], total)
+
+
+def test_results_sheet_with_study_date_validates(index):
+    sheet = build_study_sheet(index)
+    sheet["study_date"] = "20240115"
+    validate_study_sheet(sheet, SCHEMA, index=index)
+    sheet.loc[0, "study_date"] = "15.01.2024"
+    with pytest.raises(ConfigError, match="study_date"):
+        validate_study_sheet(sheet, SCHEMA)
