@@ -102,3 +102,29 @@ def test_suv_factor_equals_truth(loaded):
     truth, _, _, headers, _ = loaded
     audit = suv.suv_audit(headers)
     assert audit.suvbw_factor == pytest.approx(truth["pet"]["suvbw_factor"], rel=1e-6)
+
+
+def test_refine_ct_phase_on_phantom_aorta(ingest):
+    """The phantom's aorta is 40 HU without contrast and 250 HU with (truth): the aortic HU
+    confirm both header phases."""
+    from pipeline.io.index import refine_ct_phase
+    from pipeline.records import CTPhase
+
+    _, _, index, sheet = ingest
+    row = sheet.iloc[0]
+    ser = index.series.set_index("series_uid")
+    organ_uid = row["organ_mask_ref"]
+    ref = ser.loc[organ_uid, "referenced_series_uids"]
+    vols = {k: dicom.load_ct(index.series_paths(row[k]), series_uid=row[k])
+            for k in ("ct_series_uid", "ce_ct_series_uid")}
+    organs = seg.read_seg(index.series_paths(organ_uid)[0],
+                          grids={ref: vols["ct_series_uid"].grid})
+    aorta = next(m for m in organs if m.name.lower() == "aorta")
+    for key, expect in (("ct_series_uid", CTPhase.NONCONTRAST),
+                        ("ce_ct_series_uid", CTPhase.CONTRAST)):
+        vol = vols[key]
+        from dataclasses import replace as _replace
+
+        m = _replace(aorta, grid=vol.grid)  # both phases share the grid (unshifted phantom)
+        phase, why = refine_ct_phase(vol, m, header_phase=ser.loc[row[key], "ct_phase"])
+        assert phase is expect and "agrees with the headers" in why, why
