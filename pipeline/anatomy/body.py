@@ -234,6 +234,69 @@ def min_tree_distance(
     return float(best) if best <= max_distance * (1.0 + 1e-9) + 1e-9 else float("inf")
 
 
+def subvoxel_in_plane_surface(
+    mask: np.ndarray, grid: Grid, *, offset_zyx=(0, 0, 0), sigma_px: float = 1.0
+) -> np.ndarray:
+    """In-plane surface points of a mask at sub-voxel positions (LPS mm).
+
+    Same faces as ``surface_points_lps(mask, grid, in_plane_only=True)`` (one point per face
+    between an inside voxel A and its outside in-plane neighbour B), but each point slides along
+    the A-B segment to where an in-plane Gaussian-smoothed indicator (``sigma_px`` pixels)
+    crosses 0.5 (linear interpolation between the smoothed values at A and B), instead of
+    sitting at the face midpoint. The smoothing is evaluated only at A and B.
+
+    Why: for a smooth outline sampled at voxel centres, face midpoints form a staircase around
+    the true outline (+-half a pixel); the *nearest* of them from a point inside is
+    systematically one of the inward steps. On a 2.5 mm grid this biased skin depths by
+    -0.7 mm on average (worst -1.2 mm); sub-voxel points give -0.2 mm (worst -0.55 mm) on an
+    analytic elliptic body. The smoothing moves an outline of curvature radius R by about
+    sigma^2 / (2 R), negligible for skin.
+
+    Parameters
+    ----------
+    mask : (z, y, x) bool array, a crop of ``grid`` starting at ``offset_zyx``.
+    sigma_px : float
+        Gaussian sigma in pixels (per in-plane axis).
+
+    Returns
+    -------
+    (N, 3) LPS mm.
+    """
+    w = max(1, int(np.ceil(2.0 * sigma_px)))
+    m = np.pad(np.asarray(mask, dtype=bool), ((0, 0), (w + 1, w + 1), (w + 1, w + 1)))
+    dy, dx = np.mgrid[-w : w + 1, -w : w + 1]
+    g = np.exp(-(dy**2 + dx**2) / (2.0 * sigma_px**2))
+    g = (g / g.sum()).ravel()
+    offs = list(zip(dy.ravel(), dx.ravel()))
+
+    def smoothed(ix: np.ndarray) -> np.ndarray:
+        acc = np.zeros(len(ix))
+        for (oy, ox), gw in zip(offs, g):
+            acc += gw * m[ix[:, 0], ix[:, 1] + oy, ix[:, 2] + ox]
+        return acc
+
+    pts = []
+    for axis in (1, 2):
+        for step in (-1, 1):
+            a = np.argwhere(m & ~np.roll(m, -step, axis=axis))
+            if len(a) == 0:
+                continue
+            b = a.copy()
+            b[:, axis] += step
+            sa, sb = smoothed(a), smoothed(b)
+            den = sa - sb
+            safe = den > 1e-6
+            t = np.full(len(a), 0.5)
+            t[safe] = (sa[safe] - 0.5) / den[safe]
+            p = a.astype(float)
+            p[:, axis] += step * np.clip(t, 0.0, 1.0)
+            pts.append(p)
+    if not pts:
+        return np.zeros((0, 3))
+    idx = np.concatenate(pts) + np.asarray(offset_zyx, dtype=float) - [0.0, w + 1.0, w + 1.0]
+    return grid.zyx_to_lps(idx)
+
+
 @dataclass(frozen=True, eq=False)
 class SkinSurface:
     """Skin points of one study in a KD-tree, for skin-depth queries.
@@ -241,8 +304,8 @@ class SkinSurface:
     Attributes
     ----------
     points_lps : (N, 3) float array
-        Skin points, LPS mm: midpoints of the in-plane faces between body and outside voxels.
-        The caps where the first and last slices cut the body are not skin and are left out.
+        Skin points, LPS mm: one per in-plane face between a body and an outside voxel (at the
+        face midpoint, or at a sub-voxel position, see :meth:`from_body_mask`). The caps where the first and last slices cut the body are not skin and are left out.
         Where the body is cut by the in-plane field of view, the cut faces are kept (the true
         skin is outside the image and unknown).
     tree : scipy.spatial.cKDTree
@@ -253,8 +316,20 @@ class SkinSurface:
     tree: cKDTree
 
     @classmethod
-    def from_body_mask(cls, body: np.ndarray, grid: Grid) -> "SkinSurface":
+    def from_body_mask(
+        cls, body: np.ndarray, grid: Grid, *, subvoxel_sigma_px: float | None = 1.0
+    ) -> "SkinSurface":
         """Build the skin surface from a body mask (z, y, x) on ``grid``. Once per study.
+
+        Parameters
+        ----------
+        body : (z, y, x) bool array on ``grid`` (see :func:`body_mask`).
+        grid : Grid
+        subvoxel_sigma_px : float or None
+            None: skin points are the in-plane face midpoints of
+            ``surface_points_lps(body, grid, in_plane_only=True)``. A number (default 1 pixel):
+            the same faces at sub-voxel positions (:func:`subvoxel_in_plane_surface`), which
+            removes most of the staircase bias of depths.
 
         Raises
         ------
@@ -266,9 +341,13 @@ class SkinSurface:
         if bb is None:
             raise FeatureError("body mask is empty: no skin surface", hint="check body_mask input")
         sl = tuple(slice(a, b) for a, b in bb)
-        pts = surface_points_lps(
-            body[sl], grid, offset_zyx=tuple(a for a, _ in bb), in_plane_only=True
-        )
+        offset = tuple(a for a, _ in bb)
+        if subvoxel_sigma_px is None:
+            pts = surface_points_lps(body[sl], grid, offset_zyx=offset, in_plane_only=True)
+        else:
+            pts = subvoxel_in_plane_surface(
+                body[sl], grid, offset_zyx=offset, sigma_px=subvoxel_sigma_px
+            )
         if len(pts) == 0:
             raise FeatureError("body mask has no in-plane surface: no skin surface")
         log.debug("skin surface: %d points", len(pts))
