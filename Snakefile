@@ -85,7 +85,8 @@ rule study:
         mem_mb=RES["study_mem_mb"],
         runtime=RES["study_runtime_min"],
     shell:
-        "{PY} -m pipeline.cli study --results {OUT:q} --patient-dir {wildcards.patient:q}"
+        "OMP_NUM_THREADS={threads} OPENBLAS_NUM_THREADS={threads} ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS={threads}"
+        " {PY} -m pipeline.cli study --results {OUT:q} --patient-dir {wildcards.patient:q}"
         " --study-dir {wildcards.study:q} --settings {SETTINGS:q} > {log:q} 2>&1"
 
 
