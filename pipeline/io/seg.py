@@ -153,6 +153,8 @@ def _frame_attr(ds, frame: int, group_kw: str, attr: str):
     return functional_group_value(ds, frame, group_kw, attr)
 
 
+#: Segmentation Storage SOP class.
+SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 #: Frames within this fraction of a step / pixel of the target grid are pasted without resampling.
 ON_GRID_TOL = 0.05
 
@@ -236,18 +238,29 @@ def read_seg(
         Unreadable SEG; referenced series not in ``grids`` (names the SEG file, its
         SeriesInstanceUID and the missing UID); frames outside the target grid.
     """
-    import highdicom as hd
+    import pydicom
 
     path = Path(path)
     warn = warnings if warnings is not None else []
     try:
-        seg = hd.seg.segread(str(path))
+        seg = pydicom.dcmread(str(path))
     except Exception as exc:
         raise SegmentationError(
-            f"cannot read as DICOM SEG: {type(exc).__name__}: {exc}", file=path,
-            hint="check that the file is a valid Segmentation Storage object (e.g. with "
-            "dciodvfy); re-export it from the segmentation tool",
+            f"cannot read as DICOM: {type(exc).__name__}: {exc}", file=path,
+            hint="re-export the SEG from the segmentation tool (the file may be truncated)",
         ) from exc
+    sop = str(seg.get("SOPClassUID", "") or "")
+    if sop != SEG_SOP_CLASS and str(seg.get("Modality", "")) != "SEG":
+        raise SegmentationError(
+            f"expected a Segmentation Storage object (SOP class {SEG_SOP_CLASS}), found "
+            f"SOP class {sop or 'none'} / Modality {seg.get('Modality', '') or 'none'}",
+            file=path, tag=tag_label("SOPClassUID"), hint="pass a DICOM SEG file")
+    for kw in ("SegmentSequence", "PixelData"):
+        if kw not in seg or not seg[kw].value:
+            raise SegmentationError(
+                f"DICOM SEG without {kw}: not a usable segmentation", file=path,
+                series_uid=str(seg.get("SeriesInstanceUID", "")) or None, tag=tag_label(kw),
+                hint="re-export the SEG (check it with dciodvfy)")
     seg_uid = str(seg.get("SeriesInstanceUID", ""))
     refs = referenced_series_uids(seg)
     ref_uid = next((u for u in refs if u in grids), None)

@@ -577,3 +577,16 @@ def test_rtstruct_on_the_real_oblique_anisotropic_ct(tmp_path):
     expect = np.zeros(g.shape_zyx, bool)
     expect[1, 11:31, 21:61] = True
     assert np.array_equal(m.full(), expect)
+
+
+@pytest.mark.skipif(not (DCMQI_SHARED / "23x38x3").is_dir(),
+                    reason="shared reference data (dcmqi 23x38x3) not present")
+def test_dcmqi_seg_with_frames_not_byte_aligned():
+    """23 x 38 = 874 bits per BINARY frame: frames do not start on byte boundaries."""
+    d = DCMQI_SHARED / "23x38x3"
+    paths = sorted((d / "image").glob("*.dcm"))
+    uid = load_series_headers(paths[:1])[0].SeriesInstanceUID
+    grid = load_ct(paths, series_uid=uid).grid
+    (m,) = read_seg(d / "seg" / "label.seg", grids={uid: grid})
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "nrrd" / "label.nrrd"))) == 1
+    assert ref.sum() > 100 and np.array_equal(m.full(), ref)
