@@ -281,7 +281,9 @@ def rank_patient_dir(results: str | Path, patient_dir: str, cfg: dict) -> dict[s
     Reads ``RESULTS/studies/<patient_dir>/*/lesions.csv``, the study dates from
     ``RESULTS/index/series.csv`` (column ``study_date`` by ``study_uid``; missing -> undated),
     ranks with :func:`rank_patient` and writes each study's ``ranking.csv`` (atomically) and
-    ``ranking_provenance.json`` (score source, warnings, config hash).
+    ``ranking_provenance.json`` (score source, warnings, config hash), then
+    ``RESULTS/studies/<patient_dir>/ranking_summary.json`` (the studies in date order; a fixed
+    output name for the workflow rule).
 
     Parameters
     ----------
@@ -334,4 +336,15 @@ def rank_patient_dir(results: str | Path, patient_dir: str, cfg: dict) -> dict[s
             "config_hash": cfgmod.config_hash(cfg),
             "warnings": list(rk.attrs.get("warnings", [])),
         })
+    write_json(pdir / "ranking_summary.json", {
+        "finished": now_iso(),
+        "patient_dir": patient_dir,
+        "studies": [{"study_uid": uid, "study_date": dates.get(uid, ""),
+                     "study_dir": dirs[uid].name, "n_lesions": int(len(rk)),
+                     "n_inject": int((rk["role"] == "inject").sum()) if len(rk) else 0,
+                     "n_monitor": int((rk["role"] == "monitor").sum()) if len(rk) else 0,
+                     "n_warnings": len(rk.attrs.get("warnings", []))}
+                    for uid, rk in ranked.items()],
+        "config_hash": cfgmod.config_hash(cfg),
+    })
     return ranked

@@ -143,6 +143,8 @@ def test_rank_patient_dir_writes_each_study(tmp_path, base_cfg):
     prov = json.loads((res / "studies" / "P1" / "2.2" / "ranking_provenance.json").read_text())
     assert prov["score_source"] == "rules" and prov["study_date"] == "20240301"
     assert pd.read_csv(empty / "ranking.csv").empty
+    summary = json.loads((res / "studies" / "P1" / "ranking_summary.json").read_text())
+    assert [s["study_uid"] for s in summary["studies"]] == ["1.2.3", "2.2", "3.3"]
 
 
 def test_rank_step_cli(tmp_path, capsys):
