@@ -199,19 +199,26 @@ def run_workflow(input_dir: Path, output_dir: Path, *, config_file: str | None, 
     output_dir = Path(output_dir).resolve()
     ov = {"input": str(input_dir), "output": str(output_dir)}
     ov = cfgmod.deep_merge(overrides or {}, ov)
-    cfgmod.load_config(config_file, overrides=ov)  # fail fast, naming the key
+    cfg = cfgmod.load_config(config_file, overrides=ov)  # fail fast, naming the key
+    # Snakemake runs from the repository root: user-given file paths become absolute here,
+    # relative to the folder the user ran hitit from.
+    for section, key in (("ranking", "model"), ("ranking", "sidecar"), (None, "studies")):
+        node = cfg[section] if section else cfg
+        if node.get(key) and not Path(node[key]).is_absolute():
+            node[key] = str((Path.cwd() / node[key]).resolve())
     if not input_dir.is_dir():
         print(f"input archive folder not found: {input_dir}", file=sys.stderr)
         return 2
+    # The merged, validated configuration is handed to Snakemake as one file.
+    import yaml
+
+    run_cfg = output_dir / "logs" / "run_config.yaml"
+    run_cfg.parent.mkdir(parents=True, exist_ok=True)
+    run_cfg.write_text(yaml.safe_dump(cfg, sort_keys=True))
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
            "--directory", str(REPO_ROOT), "--cores", str(cores), "--rerun-incomplete",
-           "--printshellcmds" if os.environ.get("HITIT_VERBOSE") else "--quiet", "rules"]
-    if config_file:
-        cmd += ["--configfile", str(Path(config_file).resolve())]
-    cmd += ["--config", f"input={input_dir}", f"output={output_dir}"]
-    for k, v in (overrides or {}).items():
-        if k not in ("input", "output"):
-            cmd.append(f"{k}={json.dumps(v)}")
+           "--printshellcmds" if os.environ.get("HITIT_VERBOSE") else "--quiet", "rules",
+           "--configfile", str(run_cfg)]
     if profile:
         cmd += ["--profile", profile]
     if dry_run:
@@ -334,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     rk.add_argument("--study-dir", required=True)
     rk.add_argument("--settings", help="validated configuration YAML")
     rk.set_defaults(func=cmd_rank)
+
+    from pipeline.ranking.train_cli import register as register_training
+
+    register_training(sub)  # hitit train, hitit synthetic
 
     c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
     c.add_argument("--results", required=True)

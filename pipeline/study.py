@@ -309,7 +309,8 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
 
     from pipeline.cohort import study_output_dir
     from pipeline.io.tables import read_table
-    from pipeline.ranking.select import RANKING_COLUMNS, rank_study
+    from pipeline.ranking.longitudinal import rank_patient
+    from pipeline.ranking.select import RANKING_COLUMNS
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
@@ -324,10 +325,15 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
             p = study_output_dir(results, r) / "lesions.csv"
             if p.exists():
                 prior.append((str(r["study_uid"]), d, read_table(p)))
+    warnings: list[str] = []
     if lesions.empty or "volume_ml" not in lesions.columns:
         ranking = pd.DataFrame(columns=RANKING_COLUMNS)
     else:
-        ranking = rank_study(lesions, cfg["ranking"])
+        uid = str(row.get("study_uid", ""))
+        usable = [p for p in prior if not p[2].empty and "volume_ml" in p[2].columns]
+        ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"])
+        ranking = ranked[uid]
+        warnings = list(ranking.attrs.get("warnings", []))
     write_table(ranking, out_dir / "ranking.csv")
     prov = {
         "study_uid": str(row.get("study_uid", "")),
@@ -338,7 +344,10 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
             "lesions_sha256": hashlib.sha256(lesions_path.read_bytes()).hexdigest(),
             "prior_studies": [p[0] for p in prior],
         },
+        "model": cfg["ranking"].get("model"),
+        "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }
     write_json(out_dir / "ranking_provenance.json", prov)
