@@ -18,54 +18,115 @@ every lesion; notes = ``cohort/studies.csv`` notes; provenance = the study's
 ``provenance.json`` warnings; volume = the notes of the series loaded with
 :mod:`pipeline.io.dicom`)
 
-==================================  =======  ===================  ===========================  ==========
-case                                outcome  error class          message contains             where
-==================================  =======  ===================  ===========================  ==========
-reference                           load                                                       (8 lesions)
-truncated_pixel_data                error    DicomReadError       truncated                    failures
-truncated_header                    error    DicomReadError       (the file is named)          failures
-junk_files_and_dicomdir             load                                                       (8 lesions)
-missing_ImagePositionPatient        error    MissingTagError      ImagePositionPatient         failures
-missing_ImageOrientationPatient     error    MissingTagError      ImageOrientationPatient      failures
-missing_PixelSpacing                error    MissingTagError      PixelSpacing                 failures
-missing_RescaleIntercept            error    MissingTagError      RescaleIntercept             failures
-missing_Rows                        error    MissingTagError      Rows                         failures
-missing_SeriesInstanceUID           error    MissingTagError      SeriesInstanceUID            failures
-missing_slice                       error    GeometryError        missing slices               failures
-inconsistent_spacing                warning                       variable slice spacing       volume
-variable_spacing                    warning                       variable slice spacing       volume
-gantry_tilt                         warning                       gantry tilt                  volume
-mixed_orientations                  error    GeometryError        ImageOrientationPatient      failures
-duplicate_instances                 warning                       duplicate                    volume
-seg_of_another_series               error    SegmentationError    no lesion segmentation       failures
-seg_some_segments_empty             load                                                       (6 lesions)
-seg_all_segments_empty              error    SegmentationError    no non-empty lesion segment  failures
-pet_without_weight                  warning                       PatientWeight (0010,1030)    suv_reason
-pet_without_dose                    warning                       RadionuclideTotalDose        suv_reason
-pet_without_injection_time          warning                       RadiopharmaceuticalStartTim  suv_reason
-pet_without_radiopharmaceutical     warning                       RadiopharmaceuticalInformat  suv_reason
-pet_without_units                   warning                       Units (0054,1001)            suv_reason
-pet_wrong_units                     warning                       unsupported PET Units        suv_reason
-pet_dose_mbq_weight_grams           load                          taken as MBq                 provenance
-pet_units_gml                       load                          not converted again          provenance
-pet_philips_cnts                    load                          (same SUV as reference)
-pet_decay_admin                     load                          (same SUV as reference)
-pet_midnight_crossing               load                          midnight crossing            provenance
-pet_not_attenuation_corrected       warning                       non-attenuation-corrected    notes
-unsafe_patient_id_dotdot            load                          (PatientID ``../../x``)
-unsafe_patient_id_unicode           load                          (PatientID with / and CJK)
-empty_patient_id                    load                          (PatientID empty)
-compressed_rle_jpegls               load                          (CT slices RLE / JPEG-LS)
-compressed_j2k_jpeg_lossless        load                          (JPEG 2000 / JPEG lossless)
-compressed_jpeg_baseline_deflate    load                          (CT JPEG baseline, PET deflate)
-enhanced_ct                         load                          (one Enhanced CT object)
-localizer_and_reports               load                          series excluded              notes
-ct_only                             warning                       no PET series                suv_reason
-pet_only_labelmap                   load                          PET-only study               notes
-rtstruct_only                       load                                                       (8 lesions)
-rtstruct_contours_off_slices        error    SegmentationError    lies on no slice             failures
-labelmap_only                       load                                                       (8 lesions)
-==================================  =======  ===================  ===========================  ==========
+================================  =======  =================  ======================================  ===========
+case                              outcome  error class        message contains                        where
+================================  =======  =================  ======================================  ===========
+reference                         load                                                                (8 lesions)
+truncated_pixel_data              error    DicomReadError     truncated                               failures
+truncated_header                  error    DicomReadError                                             failures
+junk_files_and_dicomdir           load                                                                (8 lesions)
+missing_ImagePositionPatient      error    MissingTagError    ImagePositionPatient                    failures
+missing_ImageOrientationPatient   error    MissingTagError    ImageOrientationPatient                 failures
+missing_PixelSpacing              error    MissingTagError    PixelSpacing                            failures
+missing_RescaleIntercept          error    MissingTagError    RescaleIntercept                        failures
+missing_Rows                      error    MissingTagError    Rows                                    failures
+missing_SeriesInstanceUID         error    MissingTagError    SeriesInstanceUID                       failures
+missing_slice                     error    GeometryError      missing slices                          failures
+inconsistent_spacing              warning                     variable slice spacing                  volume
+variable_spacing                  warning                     variable slice spacing                  volume
+gantry_tilt                       warning                     gantry tilt                             volume
+mixed_orientations                error    GeometryError      ImageOrientationPatient                 failures
+duplicate_instances               warning                     duplicate                               volume
+seg_of_another_series             error    SegmentationError  no lesion segmentation                  failures
+seg_some_segments_empty           load                                                                (6 lesions)
+seg_all_segments_empty            error    SegmentationError  no non-empty lesion segment             failures
+pet_without_weight                warning                     PatientWeight (0010,1030)               suv_reason
+pet_without_dose                  warning                     RadionuclideTotalDose (0018,1074)       suv_reason
+pet_without_injection_time        warning                     RadiopharmaceuticalStartTime            suv_reason
+pet_without_radiopharmaceutical   warning                     RadiopharmaceuticalInformationSequence  suv_reason
+pet_without_units                 warning                     Units (0054,1001)                       suv_reason
+pet_wrong_units                   warning                     unsupported PET Units                   suv_reason
+pet_dose_mbq_weight_grams         load                        taken as MBq                            provenance
+pet_units_gml                     load                        not converted again                     provenance
+pet_philips_cnts                  load                                                                (8 lesions)
+pet_decay_admin                   load                                                                (8 lesions)
+pet_midnight_crossing             load                        midnight crossing                       provenance
+pet_not_attenuation_corrected     warning                     non-attenuation-corrected               notes
+unsafe_patient_id_dotdot          load                                                                (8 lesions)
+unsafe_patient_id_unicode         load                                                                (8 lesions)
+empty_patient_id                  load                                                                (8 lesions)
+compressed_rle_jpegls             load                                                                (8 lesions)
+compressed_j2k_jpeg_lossless      load                                                                (8 lesions)
+compressed_jpeg_baseline_deflate  load                                                                (8 lesions)
+enhanced_ct                       load                                                                (8 lesions)
+localizer_and_reports             load                        series excluded                         notes
+ct_only                           warning                     no PET series                           suv_reason
+pet_only_labelmap                 load                        PET-only study                          notes
+rtstruct_only                     load                                                                (8 lesions)
+rtstruct_contours_off_slices      error    SegmentationError  lies on no slice                        failures
+labelmap_only                     load                                                                (8 lesions)
+================================  =======  =================  ======================================  ===========
+
+What each case does to the reference files:
+
+* ``reference``: the phantom's contrast CT, PET and lesion SEG, unchanged.
+* ``truncated_pixel_data``: one CT file cut in half (inside its pixel data).
+* ``truncated_header``: one CT file cut 300 bytes after its start (inside the header).
+* ``junk_files_and_dicomdir``: a text file, a JPEG, a ZIP, an empty file and a DICOMDIR among
+  the images.
+* ``missing_ImagePositionPatient``: ImagePositionPatient deleted from one CT slice.
+* ``missing_ImageOrientationPatient``: ImageOrientationPatient deleted from one CT slice.
+* ``missing_PixelSpacing``: PixelSpacing deleted from one CT slice.
+* ``missing_RescaleIntercept``: RescaleIntercept deleted from one CT slice.
+* ``missing_Rows``: Rows deleted from one CT slice.
+* ``missing_SeriesInstanceUID``: SeriesInstanceUID deleted from one CT slice.
+* ``missing_slice``: one CT file deleted from the middle of the stack.
+* ``inconsistent_spacing``: one CT slice moved 1.2 mm along z (40 % of the 3 mm step).
+* ``variable_spacing``: every other CT slice above z = 30 mm removed, InstanceNumbers
+  renumbered (3 mm then 6 mm steps).
+* ``gantry_tilt``: CT slice origins (and the SEG frames drawn on them) shifted along y by z x
+  tan(12 deg), GantryDetectorTilt 12.
+* ``mixed_orientations``: one CT slice with a coronal ImageOrientationPatient.
+* ``duplicate_instances``: 3 CT files copied under other names, and a re-sent slice with a new
+  SOPInstanceUID and a higher InstanceNumber at the same position.
+* ``seg_of_another_series``: the SEG references a CT series that is not in the archive.
+* ``seg_some_segments_empty``: the frames of lesion segments 1 and 2 zeroed (declared but
+  empty).
+* ``seg_all_segments_empty``: every frame of the lesion SEG zeroed.
+* ``pet_without_weight``: PatientWeight deleted from every PET slice.
+* ``pet_without_dose``: RadionuclideTotalDose deleted.
+* ``pet_without_injection_time``: both injection time attributes deleted.
+* ``pet_without_radiopharmaceutical``: the whole radiopharmaceutical sequence deleted.
+* ``pet_without_units``: Units deleted.
+* ``pet_wrong_units``: Units CPS (counts per second).
+* ``pet_dose_mbq_weight_grams``: RadionuclideTotalDose in MBq (370) and PatientWeight in grams
+  (75000).
+* ``pet_units_gml``: values stored as SUVbw (Units GML: RescaleSlope x SUV factor).
+* ``pet_philips_cnts``: Philips counts: Units CNTS, RescaleSlope halved, activity concentration
+  scale factor 2 and SUV scale factor in the private group 7053.
+* ``pet_decay_admin``: DecayCorrection ADMIN, values decay-corrected to the injection.
+* ``pet_midnight_crossing``: every PET time moved 13.5 h later (injection 23:30, scan after
+  midnight), only RadiopharmaceuticalStartTime kept.
+* ``pet_not_attenuation_corrected``: the only PET is not attenuation-corrected (CorrectedImage
+  without ATTN).
+* ``unsafe_patient_id_dotdot``: PatientID ../../x.
+* ``unsafe_patient_id_unicode``: PatientID with a slash, accents and CJK characters.
+* ``empty_patient_id``: PatientID empty.
+* ``compressed_rle_jpegls``: CT slices alternately RLE and JPEG-LS lossless.
+* ``compressed_j2k_jpeg_lossless``: CT slices alternately JPEG 2000 lossless and JPEG lossless
+  (process 14).
+* ``compressed_jpeg_baseline_deflate``: CT in 8-bit JPEG baseline (lossy), PET in deflated
+  explicit VR.
+* ``enhanced_ct``: the CT as one Enhanced CT multi-frame object (frames in reverse order).
+* ``localizer_and_reports``: a localizer series, a secondary-capture dose screen and a dose SR
+  added.
+* ``ct_only``: the PET removed.
+* ``pet_only_labelmap``: no CT: the PET and a NIfTI label map of the lesions drawn on the PET
+  grid.
+* ``rtstruct_only``: lesions as RTSTRUCT only (no SEG).
+* ``rtstruct_contours_off_slices``: RTSTRUCT only, every contour moved 500 mm along z (beyond
+  the CT).
+* ``labelmap_only``: lesions as the NIfTI label map with its JSON sidecar only.
 
 ``pet_only_labelmap`` checks that a study without CT still gives its lesion rows (shape and
 SUV on the PET grid; skin depth and organ empty with a reason).
