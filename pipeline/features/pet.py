@@ -1,4 +1,4 @@
-"""PET uptake of a lesion on the PET's own grid: SUVmax, SUVmean, SUVpeak (PERCIST) and its centre.
+"""PET uptake of a lesion on the PET's own grid: SUVmax/mean/peak (PERCIST), MTV, TLG, SUL, liver ratio.
 
 The lesion mask lives on the CT grid; PET values are never resampled. Instead the mask is mapped
 to the (coarser) PET grid with :func:`pipeline.geometry.map_mask_coverage`, which gives, for each
@@ -9,6 +9,23 @@ All work happens on a PET crop: the lesion's PET bounding box plus the SUVpeak s
 
 Frames and units: arrays (z, y, x); points DICOM LPS mm; SUV in the units of ``suv.units``
 (normally SUVbw, g/mL); activity in Bq/mL.
+
+Columns of :func:`pet_columns` (the feature stage's PET part)
+--------------------------------------------------------------
+* ``suv_max``, ``suv_mean``, ``suv_peak``, ``suv_peak_x_mm/_y_mm/_z_mm``, ``pet_voxel_count``,
+  ``activity_max_bqml``, ``suv_reason`` -- :func:`pet_features`.
+* ``mtv41_ml`` -- metabolic tumour volume: the PET voxels the lesion touches (coverage > 0: the
+  CT mask bounds the search region) with SUV >= 41 % of the lesion's SUVmax, x PET voxel volume
+  (mL). Partial-volume voxels at the border are decided by their uptake, not by how much of them
+  the CT mask covers; background outside the mask never counts.
+* ``suv_mean41`` -- mean SUV of those voxels (g/mL); ``tlg41_g`` -- total lesion glycolysis =
+  ``suv_mean41`` x ``mtv41_ml``: (g/mL) x mL = g.
+* ``mtv25_ml`` -- the same with the absolute threshold SUV >= 2.5.
+* ``sul_max``, ``sul_peak`` -- SUL (lean-body-mass SUV, Janmahasatian) = SUVbw x LBM / body
+  weight, when the SUV audit provides the lean body mass (else None with ``sul_reason``).
+* ``liver_reference_suv_mean`` (+ ``liver_reference_sul_mean``, ``liver_reference_x_mm/_y_mm/
+  _z_mm``, ``liver_reference_reason``) and ``lesion_to_liver_suvpeak_ratio`` = ``suv_peak`` /
+  liver reference mean: see :func:`liver_reference`.
 """
 
 from __future__ import annotations
@@ -97,14 +114,16 @@ def lesion_coverage(
 
 
 def _lesion_voxels(
-    mask: LesionMask, grid: Grid, min_coverage: float, supersample: int
+    mask: LesionMask, grid: Grid, min_coverage: float, supersample: int,
+    coverage: tuple[BBox, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, str] | None:
     """Full-grid (N, 3) indices of the lesion's PET voxels, their coverage, and a note.
 
     Voxels with coverage >= ``min_coverage``; when there are none (lesion smaller than a PET
-    voxel), every voxel the lesion touches (coverage > 0), with a note saying so.
+    voxel), every voxel the lesion touches (coverage > 0), with a note saying so. ``coverage``
+    (from :func:`lesion_coverage` on ``grid``) is used when given instead of being recomputed.
     """
-    res = lesion_coverage(mask, grid, supersample=supersample)
+    res = coverage if coverage is not None else lesion_coverage(mask, grid, supersample=supersample)
     if res is None:
         return None
     bbox, cov = res
@@ -130,6 +149,7 @@ def pet_features(
     peak_volume_ml: float = 1.0,
     min_coverage: float = 0.5,
     supersample: int | None = None,
+    coverage: tuple[BBox, np.ndarray] | None = None,
 ) -> PetFeatures:
     """SUVmax, SUVmean, SUVpeak and the SUVpeak sphere centre of a lesion.
 
@@ -154,6 +174,9 @@ def pet_features(
         Default: 3 for lesions up to :data:`AUTO_SUPERSAMPLE_MAX_VOXELS` CT voxels, else 2
         (partial volume matters for small lesions; a 500 mL lesion maps in 0.5 s instead of
         1.6 s).
+    coverage : (bbox, coverage), optional
+        The lesion's coverage on ``suv.grid`` (:func:`lesion_coverage`), when the caller already
+        has it (it is the costly step).
 
     Returns
     -------
@@ -175,7 +198,9 @@ def pet_features(
     act_max = None
     notes: list[str] = []
     if activity is not None:
-        vox = _lesion_voxels(mask, activity.grid, min_coverage, supersample)
+        same = suv is not None and coverage is not None and activity.grid.same_as(suv.grid)
+        vox = _lesion_voxels(mask, activity.grid, min_coverage, supersample,
+                             coverage if same else None)
         if vox is not None:
             act_max = float(np.max(np.asarray(activity.array)[tuple(vox[0].T)]))
 
@@ -184,7 +209,7 @@ def pet_features(
         return PetFeatures(activity_max_bqml=act_max, suv_reason=reason)
 
     pgrid = suv.grid
-    vox = _lesion_voxels(mask, pgrid, min_coverage, supersample)
+    vox = _lesion_voxels(mask, pgrid, min_coverage, supersample, coverage)
     if vox is None:
         return PetFeatures(
             activity_max_bqml=act_max,
@@ -262,7 +287,255 @@ def pet_features(
         suv_peak_x_mm=centre[0],
         suv_peak_y_mm=centre[1],
         suv_peak_z_mm=centre[2],
-        pet_voxel_count=int(len(idx)),
+        pet_voxel_count=len(idx),
         activity_max_bqml=act_max,
         suv_reason="; ".join(notes),
     )
+
+
+# --------------------------------------------------------------------------- volumes, SUL, liver
+def metabolic_volumes(
+    values: np.ndarray, voxel_ml: float, *, suv_max: float | None = None,
+    fraction_of_max: float = 0.41, absolute_suv: float = 2.5,
+) -> dict:
+    """MTV at a fraction of SUVmax and at an absolute SUV, and TLG, from the lesion's PET voxels.
+
+    Parameters
+    ----------
+    values : (N,) SUV of the PET voxels of the search region (finite).
+    voxel_ml : PET voxel volume, mL.
+    suv_max : the lesion's SUVmax the relative threshold refers to (default: ``values.max()``).
+    fraction_of_max : relative threshold (0.41 = 41 % of SUVmax, EANM).
+    absolute_suv : absolute threshold (2.5 g/mL).
+
+    Returns
+    -------
+    dict with ``mtv41_ml``, ``suv_mean41``, ``tlg41_g`` (g/mL x mL = g) and ``mtv25_ml``
+    (names keep "41" and "25" whatever the configured thresholds: the columns are read by rules).
+    """
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 0:
+        return {"mtv41_ml": None, "suv_mean41": None, "tlg41_g": None, "mtv25_ml": None}
+    ref = float(v.max()) if suv_max is None else float(suv_max)
+    sel = v >= fraction_of_max * ref
+    mtv = float(np.count_nonzero(sel)) * voxel_ml
+    mean41 = float(v[sel].mean()) if sel.any() else None
+    if mean41 is None:
+        return {"mtv41_ml": 0.0, "suv_mean41": None, "tlg41_g": 0.0,
+                "mtv25_ml": float(np.count_nonzero(v >= absolute_suv)) * voxel_ml}
+    return {
+        "mtv41_ml": mtv,
+        "suv_mean41": mean41,
+        "tlg41_g": mean41 * mtv,
+        "mtv25_ml": float(np.count_nonzero(v >= absolute_suv)) * voxel_ml,
+    }
+
+
+def sul_per_suvbw(audit) -> tuple[float | None, str]:
+    """SUL / SUVbw ratio (= lean body mass / body weight) from an SUV audit, with a reason.
+
+    ``audit`` is a :class:`pipeline.io.suv.SUVAudit` (or anything with ``sul_factor``,
+    ``suvbw_factor`` and ``sul_reason``); None gives (None, reason).
+    """
+    if audit is None:
+        return None, "no SUV audit handed to the feature stage"
+    sul, bw = getattr(audit, "sul_factor", None), getattr(audit, "suvbw_factor", None)
+    if sul is None or bw is None or not bw > 0:
+        return None, getattr(audit, "sul_reason", "") or "SUL factor unavailable"
+    return float(sul) / float(bw), ""
+
+
+def liver_reference(
+    liver: LesionMask,
+    suv: Volume,
+    lesions: list[LesionMask],
+    *,
+    diameter_mm: float = 30.0,
+    clearance_mm: float = 10.0,
+    step_mm: float = 3.0,
+    to_pet=None,
+    lesion_transforms: list | None = None,
+) -> dict:
+    """PERCIST liver reference: mean SUV in a 3 cm sphere placed in the right liver lobe.
+
+    Placement (automatic, deterministic), on the liver mask's grid subsampled to about
+    ``step_mm``:
+
+    1. Free space: distance (mm) of every liver voxel to the nearest non-liver voxel (so holes
+       left by lesions in an organ mask count as outside) and to the nearest lesion voxel.
+    2. Candidate centres: at least the sphere radius inside the liver and at least radius +
+       ``clearance_mm`` from every lesion.
+    3. Right lobe: candidates on the patient's right (LPS x at or below the median x of the
+       liver voxels; the right lobe is the larger, rightward part). If there is none there, any
+       candidate, with a note.
+    4. The candidate with the most room (the smaller of its two margins) wins; ties go to the
+       most rightward one.
+
+    The mean is taken over the PET voxels whose centres lie within the sphere (spacing aware).
+
+    Parameters
+    ----------
+    liver : LesionMask
+        Liver organ mask (its grid is the lesion grid).
+    suv : Volume
+        SUV on the PET grid.
+    lesions : list of LesionMask
+        Every lesion of the study, to keep away from.
+    diameter_mm : sphere diameter (PERCIST: 30 mm).
+    clearance_mm : extra distance between the sphere surface and any lesion voxel.
+    step_mm : subsampling of the liver mask for the search.
+    to_pet : sitk.Transform, optional
+        Maps the liver mask's frame to the PET frame (None: same frame).
+    lesion_transforms : list, optional
+        For each lesion, a transform from its frame to the liver's frame (None: same).
+
+    Returns
+    -------
+    dict with ``liver_reference_suv_mean``, ``liver_reference_x_mm/_y_mm/_z_mm`` (LPS, the
+    liver mask's frame), ``liver_reference_voxels`` (PET voxels averaged) and
+    ``liver_reference_reason`` (notes, or why the values are None).
+    """
+    from scipy import ndimage
+
+    from pipeline.features.registration import mask_on_grid
+
+    out = {"liver_reference_suv_mean": None, "liver_reference_x_mm": None,
+           "liver_reference_y_mm": None, "liver_reference_z_mm": None,
+           "liver_reference_voxels": None, "liver_reference_reason": ""}
+    r = diameter_mm / 2.0
+    g = liver.grid
+    f = [max(1, int(round(step_mm / s))) for s in g.spacing_xyz_mm[::-1]]  # z, y, x
+    # pad by one subsampled voxel so that the liver's border counts as "outside"
+    (z0, _), (y0, _), (x0, _) = liver.bbox_zyx
+    crop = np.asarray(liver.crop, dtype=bool)[:: f[0], :: f[1], :: f[2]]
+    sub_grid = Grid(crop.shape, (g.spacing_xyz_mm[0] * f[2], g.spacing_xyz_mm[1] * f[1],
+                                 g.spacing_xyz_mm[2] * f[0]),
+                    tuple(float(v) for v in g.zyx_to_lps(np.array([[z0, y0, x0]], float))[0]),
+                    g.direction)
+    live = np.pad(crop, 1)
+    pad_grid = Grid(live.shape, sub_grid.spacing_xyz_mm,
+                    tuple(float(v) for v in sub_grid.zyx_to_lps(np.array([[-1.0, -1.0, -1.0]]))[0]),
+                    g.direction)
+    les = np.zeros(live.shape, dtype=bool)
+    for k, m in enumerate(lesions):
+        t = lesion_transforms[k] if lesion_transforms else None
+        les |= mask_on_grid(m, pad_grid, t)
+    sampling = tuple(float(v) for v in pad_grid.spacing_xyz_mm[::-1])
+    d_out = ndimage.distance_transform_edt(live, sampling=sampling)
+    d_les = (ndimage.distance_transform_edt(~les, sampling=sampling) if les.any()
+             else np.full(live.shape, np.inf))
+    ok = live & ~les & (d_out >= r) & (d_les >= r + clearance_mm)
+    notes = []
+    if not ok.any():
+        out["liver_reference_reason"] = (
+            f"no room in the liver mask for a {diameter_mm:g} mm sphere at least "
+            f"{clearance_mm:g} mm from every lesion")
+        return out
+    idx = np.argwhere(ok)
+    pts = pad_grid.zyx_to_lps(idx.astype(float))
+    liver_x = pad_grid.zyx_to_lps(np.argwhere(live & ~les).astype(float))[:, 0]
+    right = pts[:, 0] <= np.median(liver_x)
+    if right.any():
+        idx, pts = idx[right], pts[right]
+    else:
+        notes.append("no room in the right lobe: sphere placed elsewhere in the liver")
+    room = np.minimum(d_out[tuple(idx.T)] - r, d_les[tuple(idx.T)] - r - clearance_mm)
+    best = np.flatnonzero(room >= room.max() - 1e-6)
+    best = best[np.argmin(pts[best, 0])]
+    centre = pts[best]
+    centre_pet = np.asarray(to_pet.TransformPoint(tuple(float(v) for v in centre))) if (
+        to_pet is not None) else centre
+    pg = suv.grid
+    vox = np.rint(pg.lps_to_zyx(centre_pet[None])[0]).astype(np.int64)
+    # candidate voxels: a sphere one voxel diagonal wider than r around the nearest voxel, then
+    # exact membership of their centres in the sphere about the (non-integer) centre
+    cand = vox + sphere_offsets(pg, r + float(np.linalg.norm(pg.spacing_xyz_mm)))
+    d = np.linalg.norm(pg.zyx_to_lps(cand.astype(float)) - centre_pet, axis=1)
+    cand = cand[(d <= r) & pg.contains_zyx(cand)]
+    if len(cand) == 0:
+        out["liver_reference_reason"] = "the liver reference sphere lies outside the PET"
+        return out
+    vals = np.asarray(suv.array)[tuple(cand.T)].astype(np.float64)
+    vals = vals[np.isfinite(vals)]
+    if len(vals) == 0:
+        out["liver_reference_reason"] = "no finite SUV in the liver reference sphere"
+        return out
+    out.update(liver_reference_suv_mean=float(vals.mean()), liver_reference_x_mm=float(centre[0]),
+               liver_reference_y_mm=float(centre[1]), liver_reference_z_mm=float(centre[2]),
+               liver_reference_voxels=len(vals))
+    n_expected = 4.0 / 3.0 * np.pi * r**3 / pg.voxel_volume_mm3
+    if len(vals) < 0.9 * n_expected:
+        notes.append(f"sphere cut by the PET field of view ({len(vals)} of ~{n_expected:.0f} "
+                     "voxels)")
+    out["liver_reference_reason"] = "; ".join(notes)
+    return out
+
+
+def pet_columns(
+    mask: LesionMask,
+    suv: Volume | None,
+    *,
+    activity: Volume | None = None,
+    suv_reason: str = "",
+    pcfg: dict,
+    coverage: tuple[BBox, np.ndarray] | None = None,
+    sul_ratio: float | None = None,
+    sul_reason: str = "",
+    liver_ref: dict | None = None,
+) -> dict:
+    """Every PET column of one lesion (see the module docstring).
+
+    Parameters
+    ----------
+    mask : LesionMask
+        The lesion, expressed in the PET's frame (see
+        :func:`pipeline.features.registration.grid_through`).
+    suv, activity, suv_reason : as for :func:`pet_features`.
+    pcfg : ``features.pet`` settings.
+    coverage : the lesion's coverage on ``suv.grid`` when already computed.
+    sul_ratio : SUL / SUVbw (lean body mass / weight) or None; ``sul_reason`` says why.
+    liver_ref : the study's liver reference (:func:`liver_reference`) or None.
+    """
+    f = pet_features(mask, suv, activity=activity, suv_reason=suv_reason,
+                     peak_volume_ml=pcfg["peak_volume_ml"], min_coverage=pcfg["min_coverage"],
+                     coverage=coverage)
+    from dataclasses import asdict
+
+    row = asdict(f)
+    row.update({"mtv41_ml": None, "suv_mean41": None, "tlg41_g": None, "mtv25_ml": None})
+    if f.suv_max is not None and suv is not None:
+        if coverage is None:
+            coverage = lesion_coverage(
+                mask, suv.grid, supersample=3 if mask.voxel_count <= AUTO_SUPERSAMPLE_MAX_VOXELS
+                else 2)
+        if coverage is not None:
+            cbb, cov = coverage
+            idx = np.argwhere(cov > 0) + np.array([b[0] for b in cbb])
+            vals = np.asarray(suv.array)[tuple(idx.T)].astype(np.float64)
+            vals = vals[np.isfinite(vals)]
+            row.update(metabolic_volumes(
+                vals, suv.grid.voxel_volume_mm3 / 1000.0, suv_max=f.suv_max,
+                fraction_of_max=pcfg["mtv_fraction_of_max"], absolute_suv=pcfg["mtv_absolute_suv"]))
+    # SUL
+    if f.suv_max is not None and sul_ratio is not None:
+        row["sul_max"] = f.suv_max * sul_ratio
+        row["sul_peak"] = f.suv_peak * sul_ratio if f.suv_peak is not None else None
+        row["sul_reason"] = ""
+    else:
+        row["sul_max"] = row["sul_peak"] = None
+        row["sul_reason"] = f.suv_reason if f.suv_max is None else (
+            sul_reason or "SUL unavailable")
+    # liver reference and ratio
+    lr = dict(liver_ref or {"liver_reference_suv_mean": None,
+                            "liver_reference_reason": "no liver reference for this study"})
+    row["liver_reference_suv_mean"] = lr.get("liver_reference_suv_mean")
+    row["liver_reference_sul_mean"] = (
+        lr["liver_reference_suv_mean"] * sul_ratio
+        if lr.get("liver_reference_suv_mean") is not None and sul_ratio is not None else None)
+    for k in ("liver_reference_x_mm", "liver_reference_y_mm", "liver_reference_z_mm"):
+        row[k] = lr.get(k)
+    row["liver_reference_reason"] = lr.get("liver_reference_reason", "")
+    ref = lr.get("liver_reference_suv_mean")
+    row["lesion_to_liver_suvpeak_ratio"] = (
+        f.suv_peak / ref if (f.suv_peak is not None and ref) else None)
+    return row
