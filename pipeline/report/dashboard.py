@@ -1,0 +1,199 @@
+"""Cohort dashboard: ``RESULTS/report/index.html``.
+
+One self-contained page (inline CSS, inline vanilla JavaScript, plots as base64 PNG) listing
+
+* every study of the study sheet with its status (done / failed / missing) and, for a study
+  that failed, the reason (stage, error class, message, file, hint from ``failures.csv``), a
+  link to its worksheet and whether a DICOM SR was written;
+* failures that belong to no study (unreadable files found by the index);
+* every lesion (cohort ``ranking.csv`` joined with ``lesions.csv``) in a table that sorts by
+  any column (click a header) and filters by text, role and tier;
+* distributions of volume, longest diameter, SUVmax and skin depth (stacked by role) and the
+  tiers per organ.
+
+Patients are shown by their sanitized folder name (``patient_dir``); no name is ever read.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.report import figures as F
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+INDEX_NAME = "index.html"
+NUMERIC = [("rank", 0), ("score", 3), ("volume_ml", 2), ("longest_diameter_mm", 1),
+           ("short_axis_mm", 1), ("suv_max", 1), ("skin_depth_mm", 1), ("path_length_mm", 0)]
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    if not Path(path).exists():
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path, dtype={"patient_id": str, "study_uid": str, "lesion_id": str,
+                                        "lesion_label": str, "patient_dir": str, "study_dir": str,
+                                        "study_date": str},
+                           keep_default_na=True)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _s(v) -> str:
+    return "" if F.is_missing(v) else str(v)
+
+
+def _study_table(results: Path, sheet: pd.DataFrame, status: pd.DataFrame,
+                 failures: pd.DataFrame, ranking: pd.DataFrame, out_dir: Path) -> tuple[list, list]:
+    from pipeline.io.sanitize import safe_id
+
+    fails = failures.fillna("").to_dict(orient="records") if not failures.empty else []
+    stat = {}
+    if not status.empty:
+        for r in status.to_dict(orient="records"):
+            stat[(_s(r.get("patient_dir")), _s(r.get("study_uid")))] = r
+    base = sheet if not sheet.empty else status
+    studies, used = [], set()
+    for r in (base.to_dict(orient="records") if not base.empty else []):
+        pdir = _s(r.get("patient_dir")) or safe_id(_s(r.get("patient_id")))
+        uid = _s(r.get("study_uid"))
+        sdir = _s(r.get("study_dir")) or safe_id(uid)
+        st = stat.get((pdir, uid), {})
+        study_dir = Path(results) / "studies" / pdir / sdir
+        status_v = _s(st.get("status"))
+        if not status_v:
+            status_v = "missing" if not (study_dir / "provenance.json").exists() else "unknown"
+        mine = [f for i, f in enumerate(fails) if uid and _s(f.get("study_uid")) == uid]
+        used.update(i for i, f in enumerate(fails) if uid and _s(f.get("study_uid")) == uid)
+        if status_v != "done" and not mine:
+            mine = [{"stage": "workflow", "error_class": "MissingOutput" if status_v == "missing" else "Unknown",
+                     "message": "the study job produced no results" if status_v == "missing"
+                     else f"study status {status_v}", "file": "", "hint": "see the job log in logs/studies/"}]
+        rk = ranking[ranking["study_uid"].astype(str) == uid] if not ranking.empty and "study_uid" in ranking else pd.DataFrame()
+        ws = study_dir / "worksheet.html"
+        link = Path("..") / "studies" / pdir / sdir / "worksheet.html"
+        n_les = st.get("n_lesions")
+        if F.is_missing(n_les):
+            n_les = len(rk)
+        studies.append({
+            "patient": pdir, "study_uid": uid, "study_short": "…" + uid[-12:] if len(uid) > 14 else uid,
+            "date": _fmt_date(r.get("study_date")), "status": status_v, "n_lesions": int(float(n_les or 0)),
+            "n_inject": int((rk["role"] == "inject").sum()) if "role" in rk else 0,
+            "n_monitor": int((rk["role"] == "monitor").sum()) if "role" in rk else 0,
+            "wall_s": F.to_float(st.get("wall_s")), "wall_sort": "" if F.to_float(st.get("wall_s")) is None else F.to_float(st.get("wall_s")),
+            "worksheet": link.as_posix() if ws.exists() else "",
+            "sr": any(study_dir.glob("*.dcm")) if study_dir.exists() else False,
+            "failures": mine, "patient_dir": pdir, "study_dir": sdir,
+        })
+    other = [f for i, f in enumerate(fails) if i not in used]
+    return studies, other
+
+
+def _fmt_date(v) -> str:
+    s = _s(v).split(".")[0]
+    return f"{s[:4]}-{s[4:6]}-{s[6:]}" if len(s) == 8 and s.isdigit() else s
+
+
+def lesion_table(lesions: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
+    """Cohort ranking joined with the lesion table on (study_uid, lesion_id); ranking values win."""
+    if ranking.empty and lesions.empty:
+        return pd.DataFrame()
+    if ranking.empty:
+        return lesions.copy()
+    if lesions.empty:
+        return ranking.copy()
+    keys = ["study_uid", "lesion_id"]
+    extra = [c for c in lesions.columns if c not in ranking.columns or c in keys]
+    return ranking.merge(lesions[extra], on=keys, how="outer")
+
+
+def dashboard_context(results: Path) -> dict:
+    """Everything the dashboard template shows."""
+    from markupsafe import Markup
+
+    from pipeline.io.sanitize import safe_id
+    from pipeline.report.keyimages import key_image_name
+
+    results = Path(results)
+    cohort = results / "cohort"
+    sheet, status = _csv(cohort / "studies.csv"), _csv(cohort / "status.csv")
+    failures, lesions, ranking = (_csv(cohort / "failures.csv"), _csv(cohort / "lesions.csv"),
+                                  _csv(cohort / "ranking.csv"))
+    out_dir = results / REPORT_DIR
+    studies, other = _study_table(results, sheet, status, failures, ranking, out_dir)
+    table = lesion_table(lesions, ranking)
+    if not table.empty:
+        order = [c for c in ("patient_id", "study_uid", "rank", "score") if c in table]
+        asc = [c != "score" for c in order]
+        table = table.sort_values(order, ascending=asc, na_position="last", kind="stable")
+    pdir_of = {s["study_uid"]: s for s in studies}
+    rows = []
+    for r in (table.to_dict(orient="records") if not table.empty else []):
+        uid = _s(r.get("study_uid"))
+        st = pdir_of.get(uid)
+        row = {
+            "patient": st["patient"] if st else safe_id(_s(r.get("patient_id"))),
+            "study_uid": uid, "study_short": "…" + uid[-12:] if len(uid) > 14 else uid,
+            "lesion_id": _s(r.get("lesion_id")), "lesion_label": _s(r.get("lesion_label")) or _s(r.get("lesion_id")),
+            "organ": _s(r.get("organ")) or "unknown", "site": _s(r.get("site")),
+            "role": _s(r.get("role")) or "none", "tier": _s(r.get("tier")),
+            "reasons": " ".join(_s(r.get("reasons")).split(";")),
+            "link": (st["worksheet"] + "#lesion-" + key_image_name(_s(r.get("lesion_id")))) if st and st["worksheet"] else "",
+        }
+        row["sort"] = {}
+        for c, _ in NUMERIC:
+            v = F.to_float(r.get(c))
+            row[c] = v
+            row["sort"][c] = "" if v is None else v
+        rows.append(row)
+    plots = []
+    for title, png, alt in F.feature_histograms(table if not table.empty else pd.DataFrame({"role": []})):
+        plots.append({"title": title, "src": F.png_data_url(png), "alt": alt})
+    png, alt = F.tiers_per_organ(table)
+    plots.append({"title": "Tiers per organ", "src": F.png_data_url(png), "alt": alt})
+    status_select = Markup(
+        '<label>Status <select data-filter-table="studies-table" data-filter-col="status" '
+        'aria-label="filter by status"><option value="">all</option><option value="done">done'
+        '</option><option value="failed">failed</option><option value="missing">missing</option>'
+        '</select></label>')
+    summary = {"studies": len(studies), "done": sum(s["status"] == "done" for s in studies),
+               "failed": sum(s["status"] != "done" for s in studies), "lesions": len(rows),
+               "inject": sum(r["role"] == "inject" for r in rows),
+               "monitor": sum(r["role"] == "monitor" for r in rows)}
+    return {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "results_name": results.name, "summary": summary, "studies": studies,
+            "other_failures": other, "lesions": rows, "numeric": NUMERIC, "plots": plots,
+            "status_select": status_select}
+
+
+def write_dashboard(results: Path) -> Path:
+    """Write ``RESULTS/report/index.html``.
+
+    Parameters
+    ----------
+    results : Path
+        The results folder (reads ``cohort/studies.csv``, ``status.csv``, ``failures.csv``,
+        ``lesions.csv``, ``ranking.csv``; links the worksheets found under ``studies/``).
+
+    Returns
+    -------
+    Path
+        The page written.
+    """
+    from pipeline.report.templates import render
+
+    results = Path(results)
+    ctx = dashboard_context(results)
+    out = results / REPORT_DIR / INDEX_NAME
+    out.parent.mkdir(parents=True, exist_ok=True)
+    html = render("dashboard.html", **ctx)
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(html, encoding="utf-8")
+    tmp.replace(out)
+    log.info("dashboard: %d studies, %d lesions -> %s", len(ctx["studies"]), len(ctx["lesions"]), out)
+    return out

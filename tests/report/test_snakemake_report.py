@@ -1,0 +1,48 @@
+"""The Snakemake rules of the review outputs (pipeline/report/report.smk) on a copy of the
+workflow: the worksheet and dashboard are produced by the workflow and `snakemake --report`
+embeds them with their captions."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+from conftest import GOOD, REPO, SAMPLES
+
+from pipeline.report import RULES
+
+pytestmark = pytest.mark.slow
+
+
+def test_workflow_report_rules_and_snakemake_report(tmp_path):
+    wf = tmp_path / "wf"
+    wf.mkdir()
+    text = (REPO / "Snakefile").read_text()
+    if "report.smk" not in text:  # not wired yet: include the rules the way the Snakefile will
+        text += f'\n\ninclude: "{RULES}"\n'
+    (wf / "Snakefile").write_text(text)
+    archive, out = tmp_path / "archive", tmp_path / "results"
+    shutil.copytree(SAMPLES / GOOD, archive / GOOD)
+    base = [sys.executable, "-m", "snakemake", "-s", str(wf / "Snakefile"), "--directory", str(wf),
+            "--config", f"input={archive}", f"output={out}"]
+    target = str(out / "report" / "index.html")  # rule all may not list it yet
+    run = subprocess.run(base + ["--cores", "2", target],
+                         check=False, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    studies = list((out / "studies" / GOOD).iterdir())
+    assert len(studies) == 1
+    d = studies[0]
+    assert (d / "worksheet.html").exists() and (d / "measurements_sr.dcm").exists()
+    assert (d / "keyimages" / "index.json").exists()
+    html = (d / "worksheet.html").read_text()
+    assert html.count("<img") >= 9  # 8 lesions + MIP
+    rep = subprocess.run(base + ["--report", str(tmp_path / "report.html"), target],
+                         check=False, capture_output=True, text=True, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    page = (tmp_path / "report.html").read_text(errors="replace")
+    assert '"Worksheets"' in page and '"Cohort"' in page  # the categories
+    assert "Pre-procedure worksheet of patient" in page  # the worksheet caption
+    assert "Cohort dashboard: every study" in page  # the dashboard caption
+    assert (tmp_path / "report.html").stat().st_size > 500_000  # the pages are embedded

@@ -1,0 +1,119 @@
+"""DICOM SR: highdicom reads it back; every lesion's measurements are present with the right
+UCUM units, role and tier are coded, the SEG segment and source CT images are referenced."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import highdicom as hd
+import pandas as pd
+import pydicom
+import pytest
+
+from pipeline.report import sr as S
+
+UNITS = {
+    ("Volume", ""): ("volume_ml", "ml"),
+    ("Long axis", ""): ("longest_diameter_mm", "mm"),
+    ("Short axis", ""): ("short_axis_mm", "mm"),
+    ("Diameter", "Maximum"): ("max_3d_diameter_mm", "mm"),
+    ("SUVbw", "Maximum"): ("suv_max", "{SUVbw}g/ml"),
+    ("SUVbw", "Mean"): ("suv_mean", "{SUVbw}g/ml"),
+    ("SUVbw", "Peak Value Within ROI"): ("suv_peak", "{SUVbw}g/ml"),
+    ("Skin depth (shortest distance from lesion surface to skin)", ""): ("skin_depth_mm", "mm"),
+}
+
+
+def _tables(d):
+    les = pd.read_csv(d / "lesions.csv", dtype={"lesion_id": str, "tracking_uid": str})
+    rk = pd.read_csv(d / "ranking.csv", dtype={"lesion_id": str})
+    return les.set_index("lesion_id"), rk.set_index("lesion_id")
+
+
+def test_sr_reads_back_with_every_measurement_and_unit(results):
+    d = results["good"]
+    path = d / S.SR_NAME
+    assert path.exists()
+    sr = hd.sr.srread(path)
+    assert isinstance(sr, hd.sr.Comprehensive3DSR)
+    assert sr.content[0].ConceptNameCodeSequence[0].CodeValue == "126000"  # Imaging Measurement Report
+    got = S.read_measurements(path)
+    les, rk = _tables(d)
+    assert sorted(got) == sorted(les.index)
+    prov = json.loads((d / "provenance.json").read_text())
+    seg_uid = prov["inputs"]["series"]["lesion_mask"]
+    files = pd.read_csv(results["results"] / "index" / "files.csv", dtype=str)
+    seg_sop = files.loc[files.series_uid == seg_uid, "sop_instance_uid"].iloc[0]
+    seg = pydicom.dcmread(results["archive"] / files.loc[files.series_uid == seg_uid, "path"].iloc[0],
+                          stop_before_pixels=True)
+    ct_uid = seg.ReferencedSeriesSequence[0].SeriesInstanceUID
+    ct_sops = set(files.loc[files.series_uid == ct_uid, "sop_instance_uid"])
+    for lid, g in got.items():
+        row = les.loc[lid]
+        for key, (col, unit) in UNITS.items():
+            if pd.isna(row.get(col)):
+                assert key not in g["measurements"], f"{lid}: {col} missing in the table but in the SR"
+                continue
+            assert key in g["measurements"], f"{lid}: no {col}"
+            value, u = g["measurements"][key]
+            assert u == unit, f"{lid} {col}: unit {u}"
+            assert value == pytest.approx(float(row[col]), rel=1e-6)
+        assert g["evaluations"]["ROLE"] == rk.loc[lid, "role"].upper()
+        assert g["evaluations"]["TIER"] == rk.loc[lid, "tier"].upper()
+        assert g["template"] == "1411"
+        sop, segnums, frames = g["segment"]
+        assert sop == seg_sop and segnums == [int(row["segment_number"])] and frames
+        assert g["source_images"] and set(g["source_images"]) <= ct_sops
+        if isinstance(row.get("tracking_uid"), str) and row["tracking_uid"]:
+            assert g["tracking_uid"] == row["tracking_uid"]
+    # document module: preliminary machine output, local coding scheme declared, no name
+    assert sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
+    assert sr.CompletionFlag == "COMPLETE"
+    assert [c.CodingSchemeDesignator for c in sr.CodingSchemeIdentificationSequence] == ["99HITIT"]
+    assert str(sr.PatientName) == "" and str(sr.PatientBirthDate) == ""
+    assert sr.PatientID == "PHANTOM001" and sr.StudyInstanceUID == prov["study_uid"]
+    ev = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    refs = {s.SeriesInstanceUID: len(s.ReferencedSOPSequence) for s in ev.ReferencedSeriesSequence}
+    assert refs[ct_uid] == len(ct_sops) and refs[seg_uid] == 1
+
+
+def test_sr_is_reproducible_and_uids_stable(results, tmp_path):
+    d = results["good"]
+    a = S.build_sr(d, results["archive"], results["results"] / "index")
+    b = S.build_sr(d, results["archive"], results["results"] / "index")
+    assert a.SOPInstanceUID == b.SOPInstanceUID and a.SeriesInstanceUID == b.SeriesInstanceUID
+    assert a.SOPInstanceUID == hd.sr.srread(d / S.SR_NAME).SOPInstanceUID
+
+
+def test_sr_without_seg_uses_tid1501_groups(results, tmp_path):
+    d = tmp_path / "study"
+    shutil.copytree(results["good"], d)
+    prov = json.loads((d / "provenance.json").read_text())
+    prov["inputs"]["study_sheet_row"]["lesion_mask_source"] = "rtstruct"
+    (d / "provenance.json").write_text(json.dumps(prov))
+    out = S.write_sr(d, results["archive"], results["results"] / "index", tmp_path / "x.dcm")
+    got = S.read_measurements(out)
+    les, _ = _tables(d)
+    assert sorted(got) == sorted(les.index)
+    assert all(g["template"] == "1501" and g["segment"] is None for g in got.values())
+    assert all(g["measurements"][("Volume", "")][1] == "ml" for g in got.values())
+
+
+def test_sr_leaves_out_missing_values(results, tmp_path):
+    d = tmp_path / "study"
+    shutil.copytree(results["good"], d)
+    les = pd.read_csv(d / "lesions.csv")
+    for c in ("suv_max", "suv_mean", "suv_peak"):
+        les[c] = float("nan")
+    les["suv_reason"] = "no PET series in this study"
+    les.to_csv(d / "lesions.csv", index=False)
+    got = S.read_measurements(S.write_sr(d, results["archive"], results["results"] / "index"))
+    for g in got.values():
+        assert not [k for k in g["measurements"] if k[0] == "SUVbw"]
+        assert ("Volume", "") in g["measurements"]
+
+
+def test_sr_of_a_failed_study_is_refused(results):
+    with pytest.raises(ValueError, match="no lesions"):
+        S.build_sr(results["bad"], results["archive"], results["results"] / "index")
