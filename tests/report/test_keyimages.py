@@ -125,14 +125,15 @@ def test_contour_drawn_on_the_projected_lesion_boundary(kind):
     d = np.sqrt(((np.column_stack([xs, ys])[:, None, :] - proj[None, :, :2]) ** 2).sum(-1)).min(axis=1)
     assert d.max() <= 2.0, f"stray contour pixel {d.max():.1f} px from the lesion boundary"
 
-    # the analytic ellipse (this slice's section of the ellipsoid) agrees within 1 px + half a voxel
+    # the analytic ellipse (this slice's section of the ellipsoid) agrees within 1.5 px (measured
+    # 0.6-0.9 px; the voxelised boundary may differ from it by up to half a voxel, 1.6 px here)
     z = float(mask.grid.zyx_to_lps(np.array([[k, 0, 0]], float))[0, 2])
     r = math.sqrt(max(0.0, 1 - ((z - CENTRE[2]) / SEMI[2]) ** 2))
     th = np.radians(np.arange(0, 360, 5))
     ell = np.column_stack([CENTRE[0] + SEMI[0] * r * np.cos(th), CENTRE[1] + SEMI[1] * r * np.sin(th),
                            np.full(len(th), z)])
     pe = pm.lps_to_png(ell)[:, :2]
-    tol = 1.0 + 0.5 * math.hypot(0.8, 0.8) / pm.mm_per_px
+    tol = 1.5
     de = np.sqrt(((pe[:, None, :] - np.column_stack([xs, ys])[None, :, :]) ** 2).sum(-1)).min(axis=1)
     assert de.max() <= tol, f"analytic boundary {de.max():.2f} px from the contour (tolerance {tol:.2f})"
 
