@@ -12,6 +12,7 @@ import pandas as pd
 import yaml
 
 from pipeline.config import load_config
+from pipeline.report import CAPTIONS as _CAPTIONS
 
 CFG = load_config(overrides=config)  # raises ConfigError naming the key on a bad config
 if not CFG["input"]:
@@ -52,6 +53,7 @@ def rank_inputs(wildcards):
 
 rule all:
     input:
+        dashboard=f"{OUT}/report/index.html",
         lesions=f"{OUT}/cohort/lesions.csv",
         ranking=f"{OUT}/cohort/ranking.csv",
         failures=f"{OUT}/cohort/failures.csv",
@@ -59,7 +61,7 @@ rule all:
 
 checkpoint index:
     output:
-        sheet=f"{OUT}/cohort/studies.csv",
+        sheet=report(f"{OUT}/cohort/studies.csv", caption=f"{_CAPTIONS}/studies.rst", category="Cohort tables"),
         series=f"{OUT}/index/series.csv",
     log:
         f"{OUT}/logs/index.log",
@@ -112,10 +114,10 @@ rule cohort:
         sheet=f"{OUT}/cohort/studies.csv",
         studies=study_outputs,
     output:
-        lesions=f"{OUT}/cohort/lesions.csv",
+        lesions=report(f"{OUT}/cohort/lesions.csv", caption=f"{_CAPTIONS}/lesions.rst", category="Cohort tables"),
         parquet=f"{OUT}/cohort/lesions.parquet",
-        ranking=f"{OUT}/cohort/ranking.csv",
-        failures=f"{OUT}/cohort/failures.csv",
+        ranking=report(f"{OUT}/cohort/ranking.csv", caption=f"{_CAPTIONS}/ranking.rst", category="Cohort tables"),
+        failures=report(f"{OUT}/cohort/failures.csv", caption=f"{_CAPTIONS}/failures.rst", category="Cohort tables"),
     log:
         f"{OUT}/logs/cohort.log",
     threads: 1
@@ -123,3 +125,6 @@ rule cohort:
         mem_mb=2000,
     shell:
         "{PY} -m pipeline.cli cohort --results {OUT:q} > {log:q} 2>&1"
+
+
+include: "pipeline/report/report.smk"

@@ -346,6 +346,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_training(sub)  # hitit train, hitit synthetic
 
+    from pipeline.io.suv_cli import register as register_suv
+    from pipeline.report.cli import register as register_report
+
+    register_suv(sub)  # hitit suv PET_DIR [--mask FILE] [--label NAME]
+
+    register_report(sub)  # hitit report, report-study, dashboard
+
     c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
     c.add_argument("--results", required=True)
     c.set_defaults(func=cmd_cohort)

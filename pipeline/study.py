@@ -159,7 +159,7 @@ def run_study(
     used_series: dict[str, str] = {}
     status = "done"
     try:
-        lesions, used_series, warnings = _process(inp, cfg, timer)
+        lesions, used_series, warnings = _process(inp, cfg, timer, out_dir)
     except PipelineError as exc:
         status = "failed"
         log.error("study failed at stage %s: %s", exc.stage, exc)
@@ -176,6 +176,7 @@ def run_study(
         lesions = pd.DataFrame(columns=LESION_ID_COLUMNS)
     write_table(lesions, out_dir / "lesions.csv")
     write_table(failures_frame(failures), out_dir / "failures.csv")
+    suv_audit = used_series.pop("suv_audit", None)
     prov = {
         "status": status,
         "patient_id_sanitized": out_dir.parent.name,
@@ -184,6 +185,7 @@ def run_study(
         "config_hash": cfgmod.config_hash(cfg),
         "versions": package_versions(),
         "inputs": {"series": used_series, "study_sheet_row": {k: ("" if pd.isna(v) else v) for k, v in row.items()}},
+        "suv_audit": suv_audit,
         "stages": timer.stages,
         "total_wall_s": timer.total_s(),
         "n_lesions": int(len(lesions)),
@@ -195,7 +197,7 @@ def run_study(
     return prov
 
 
-def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
+def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
     from pipeline.anatomy import stage as anatomy_stage
     from pipeline.features import stage as feature_stage
     from pipeline.io import dicom, suv
@@ -204,6 +206,7 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
     patient_id, study_uid = inp.uid("patient_id"), inp.uid("study_uid")
 
     # ---- load each image series once
+    on_irregular = cfg["index"]["on_irregular"]
     with timer.stage("load_images"):
         cts: dict[str, object] = {}
         by_uid: dict[str, object] = {}
@@ -212,31 +215,37 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
             if not uid:
                 continue
             if uid not in by_uid:
-                by_uid[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid)
+                by_uid[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid,
+                                            on_irregular=on_irregular)
+                warnings.extend(f"CT {uid}: {n}" for n in by_uid[uid].notes
+                                if n.startswith("RESAMPLED") or "duplicate" in n
+                                or "replaced by" in n)
             cts[role] = by_uid[uid]
             used[key] = uid
-        suv_vol = activity = None
+        suv_vol = activity = audit = None
         suv_reason = ""
         pet_uid = inp.uid("pet_series_uid")
+        grids = {uid: v.grid for uid, v in by_uid.items()}
         if pet_uid:
             try:
-                activity, headers = dicom.load_pet_activity(inp.paths(pet_uid), series_uid=pet_uid)
+                raw, headers = dicom.load_pet_activity(inp.paths(pet_uid), series_uid=pet_uid,
+                                                       on_irregular=on_irregular)
                 used["pet_series_uid"] = pet_uid
-                try:
-                    audit = suv.suv_audit(headers, file_hint=str(inp.paths(pet_uid)[0]))
-                    suv_vol = suv.to_suv(activity, audit)
-                    warnings.extend(f"SUV: {w}" for w in audit.warnings)
-                except PipelineError as exc:
-                    suv_reason = f"SUV unavailable: {exc}"
+                grids[pet_uid] = raw.grid
+                audit = suv.suv_audit(headers, file_hint=str(inp.paths(pet_uid)[0]), strict=False)
+                warnings.extend(f"SUV: {w}" for w in audit.warnings)
+                # Bq/mL only when the units allow it (None for GML, CM2ML, CNTS without factor)
+                activity = suv.to_activity_bqml(raw, audit)
+                if audit.available:
+                    suv_vol = suv.to_suv(raw, audit)
+                else:
+                    suv_reason = f"SUV unavailable: {audit.suv_reason}"
                     warnings.append(suv_reason)
             except PipelineError as exc:
                 suv_reason = f"PET unusable: {exc}"
                 warnings.append(suv_reason)
         else:
             suv_reason = "no PET series in this study"
-        grids = {uid: v.grid for uid, v in by_uid.items()}
-        if activity is not None:
-            grids[pet_uid] = activity.grid
 
     # ---- masks
     with timer.stage("load_masks"):
@@ -268,7 +277,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
     with timer.stage("prepare"):
         actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg)
         fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg,
-                                     lesion_grid=masks[0].grid, organs=actx.organs)
+                                     lesion_grid=masks[0].grid, organs=actx.organs,
+                                     lesions=masks, suv_audit=audit)
 
     # ---- per lesion: crops only
     rows = []
@@ -286,6 +296,18 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer):
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
             rows.append(row)
     lesions = pd.DataFrame(rows)
+
+    # ---- key images from the volumes already in memory (small slice crops only)
+    with timer.stage("key_images"):
+        try:
+            from pipeline.report.keyimages import write_key_images
+
+            write_key_images(out_dir, by_uid, masks, ids, suv=suv_vol, rows=rows)
+        except Exception as exc:  # noqa: BLE001 - key images never fail the study
+            log.warning("key images not written: %s", exc)
+            warnings.append(f"key images not written: {exc}")
+    if audit is not None:
+        used["suv_audit"] = audit.as_dict()
     return lesions, used, warnings
 
 

@@ -195,14 +195,16 @@ def itrecist_sets(rows: list[dict]) -> dict:
     sums = [g["sum"] for g in out if g["target"] and g["sum"] is not None]
     total = sum(sums) if sums else None
     warnings = []
-    n_target = len(groups["T-I"]) + len(groups["T-NI"])
-    if n_target > 5:
-        warnings.append(f"{n_target} target lesions: itRECIST (like RECIST 1.1) allows at most 5 "
-                        "target lesions, 2 per organ; choose the target lesions before baseline.")
-    per_organ = pd.Series([x["organ"] for g in ("T-I", "T-NI") for x in groups[g]]).value_counts()
+    # itRECIST as ALGORITHM.md states it: 1-5 injected and 1-5 noninjected target lesions,
+    # 10 at most, at most 2 noninjected targets per organ.
+    n_ti, n_tni = len(groups["T-I"]), len(groups["T-NI"])
+    if n_ti > 5 or n_tni > 5 or n_ti + n_tni > 10:
+        warnings.append(f"{n_ti} injected and {n_tni} noninjected target lesions: itRECIST allows "
+                        "1-5 of each and 10 in total; choose the target lesions before baseline.")
+    per_organ = pd.Series([x["organ"] for x in groups["T-NI"]]).value_counts()
     for organ, n in per_organ.items():
         if n > 2:
-            warnings.append(f"{n} target lesions in {organ}: at most 2 per organ.")
+            warnings.append(f"{n} noninjected target lesions in {organ}: at most 2 per organ.")
     if not groups["T-NI"]:
         warnings.append("No measurable noninjected (T-NI) lesion: the abscopal response cannot be "
                         "assessed by itRECIST.")
