@@ -177,6 +177,7 @@ def run_study(
     write_table(lesions, out_dir / "lesions.csv")
     write_table(failures_frame(failures), out_dir / "failures.csv")
     suv_audit = used_series.pop("suv_audit", None)
+    feature_prov = used_series.pop("features", None)
     prov = {
         "status": status,
         "patient_id_sanitized": out_dir.parent.name,
@@ -186,6 +187,7 @@ def run_study(
         "versions": package_versions(),
         "inputs": {"series": used_series, "study_sheet_row": {k: ("" if pd.isna(v) else v) for k, v in row.items()}},
         "suv_audit": suv_audit,
+        "features": feature_prov,
         "stages": timer.stages,
         "total_wall_s": timer.total_s(),
         "n_lesions": int(len(lesions)),
@@ -308,6 +310,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
             warnings.append(f"key images not written: {exc}")
     if audit is not None:
         used["suv_audit"] = audit.as_dict()
+    used["features"] = fctx.provenance()
+    warnings.extend(str(n) for n in fctx.frames.notes)
     return lesions, used, warnings
 
 

@@ -131,7 +131,6 @@ def seg_masks(
 def test_layout_and_every_file_reads(cohort, p1, truth):
     assert [f.name for f in cohort["folders"]] == ["PHANTOM001", "PHANTOM002"]
     assert [c[:2] for c in cohort["calls"]] == [(1, 2), (2, 2)]
-    assert cohort["elapsed"] < 25.0, f"two small patients took {cohort['elapsed']:.1f} s"
     expected = {"CT_noncontrast": 56, "CT_contrast": 56, "PET": 42}
     for sub, n in expected.items():
         assert len(list((p1 / sub).glob("*.dcm"))) == n
@@ -638,7 +637,6 @@ def test_extended_designs_are_separated_and_keep_the_standard_ones():
 
 def test_extended_truth(ext):
     t, by = ext["truth"], ext["by"]
-    assert ext["elapsed"] < 20.0, f"extended + shifted small patient took {ext['elapsed']:.1f} s"
     assert [l["name"] for l in t["lesions"]] == EXT_NAMES
     assert t["variant"] == "extended"
     assert t["organ_formats"] == ["seg", "rtstruct", "totalseg"]
