@@ -18,7 +18,7 @@ PYRAD  := $(shell grep -E '^pyradiomics==' requirements.lock)
 DEMO_OUT ?= demo_results
 CORES  ?= 2
 
-.PHONY: setup demo test test-fast bench clean-venv
+.PHONY: setup demo test test-fast bench ibsi clean-venv
 
 setup: $(STAMP)
 
@@ -43,7 +43,10 @@ test-fast: setup
 	$(VENV)/bin/pytest -n $(CORES) -m "not slow" tests
 
 bench: setup
-	$(PY) scripts/benchmark.py
+	@for s in scripts/benchmark_*.py; do echo "== $$s"; $(PY) $$s || exit 1; done
+
+ibsi: setup
+	$(PY) scripts/ibsi_check.py
 
 clean-venv:
 	rm -rf $(VENV)
