@@ -235,6 +235,12 @@ class SiteFeatures:
     vessel_name: str = ""
     lung_pleura_distance_mm: float | None = None
     anatomy_reason: str = ""
+    # Lower bounds: the measured distance when measured, the search margin when the surface lies
+    # beyond it (distance > margin), None when the structure is absent. Rules comparing a distance
+    # with a threshold below the margin can then be evaluated for far lesions too.
+    liver_capsule_distance_min_mm: float | None = None
+    lung_pleura_distance_min_mm: float | None = None
+    vessel_distance_min_mm: float | None = None
 
 
 @dataclass(frozen=True)

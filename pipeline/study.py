@@ -103,6 +103,12 @@ def _load_masks(inp: StudyInputs, source: str, ref: str, grids: dict, cfg: dict)
             )
         return labelmap.read_labelmap(path, grid=grids[ref_uid], names=side["names"],
                                       kind=SegmentKind(side["kind"]), referenced_series_uid=ref_uid)
+    if source == "totalseg":
+        from pipeline.anatomy.organs import read_totalseg_folder
+
+        folder = inp.root / ref
+        grid = next(iter(grids.values()), None)
+        return list(read_totalseg_folder(folder, grid=grid, source_uid=ref).values())
     raise SegmentationError(f"unknown mask source {source!r} in the study sheet")
 
 
@@ -264,9 +270,14 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
             raise SegmentationError("the lesion segmentation holds no non-empty lesion segment",
                                     series_uid=ref)
         organs: dict[str, LesionMask] = {}
+        organ_segment_names = None
         osrc, oref = inp.uid("organ_mask_source"), inp.uid("organ_mask_ref")
         if osrc and oref:
             try:
+                if osrc == "seg":
+                    from pipeline.anatomy.organs import seg_structure_names
+
+                    organ_segment_names = seg_structure_names(inp.paths(oref)[0])
                 for m in _load_masks(inp, osrc, oref, grids, cfg):
                     if m.kind != SegmentKind.LESION and m.voxel_count > 0:
                         organs[m.name] = m
@@ -277,7 +288,9 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
 
     # ---- whole-study preparation, once
     with timer.stage("prepare"):
-        actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg)
+        actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg,
+                                     organ_segment_names=organ_segment_names)
+        warnings.extend(f"anatomy: {n}" for n in actx.notes)
         fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg,
                                      lesion_grid=masks[0].grid, organs=actx.organs,
                                      lesions=masks, suv_audit=audit)

@@ -455,6 +455,12 @@ def site_features(
         vessel_name=vessel_name,
         lung_pleura_distance_mm=pleura,
         anatomy_reason="; ".join(reasons),
+        liver_capsule_distance_min_mm=(capsule if capsule is not None else float(margin_mm))
+        if organ == "liver" and any(terms[n] == "liver" for n in organs) else None,
+        lung_pleura_distance_min_mm=(pleura if pleura is not None else float(margin_mm))
+        if organ == "lung" and any(terms[n] == "lung" for n in organs) else None,
+        vessel_distance_min_mm=(vessel_d if vessel_d is not None else float(margin_mm))
+        if vessels else None,
     )
 
 

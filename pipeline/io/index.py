@@ -810,6 +810,7 @@ def scan_archive(
         for name in sorted(filenames):
             all_paths.append(Path(dirpath) / name)
     nifti_stems = {sidecar_path(p) for p in all_paths if is_labelmap(p)}
+    totalseg_dirs: dict[Path, bool] = {}
     records: list[dict] = []
     extras: dict[str, _Extra] = {}
     problems: list[dict] = []
@@ -827,7 +828,9 @@ def scan_archive(
             if p.is_symlink() and not p.exists():
                 problem(p, "broken symbolic link", "DicomReadError")
             elif is_labelmap(p):
-                if not sidecar_path(p).exists():
+                if not sidecar_path(p).exists() and _in_totalseg_folder(p, totalseg_dirs):
+                    pass  # part of a TotalSegmentator output folder (organ masks)
+                elif not sidecar_path(p).exists():
                     problem(p, f"label map without sidecar {sidecar_path(p).name} (needs "
                             "patient_id, study_uid, referenced_series_uid, kind, names)",
                             "SegmentationError")
@@ -856,7 +859,40 @@ def scan_archive(
     log.info("indexed %d files in %d series under %s; %d problem file(s)",
              len(files), len(series), root, len(probs))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
-                        meta={"n_scanned": total})
+                        meta={"n_scanned": total,
+                              "totalseg_folders": _totalseg_records(totalseg_dirs, root, files)})
+
+
+def _in_totalseg_folder(p: Path, cache: dict[Path, bool]) -> bool:
+    """True when ``p`` lies in a TotalSegmentator output folder (cached per folder)."""
+    from pipeline.anatomy.organs import is_totalseg_folder
+
+    d = p.parent
+    if d not in cache:
+        cache[d] = is_totalseg_folder(d)
+    return cache[d]
+
+
+def _totalseg_records(dirs: dict[Path, bool], root: Path, files: pd.DataFrame) -> list[dict]:
+    """TotalSegmentator folders with the study they belong to.
+
+    A folder belongs to a study when the DICOM files under its parent folder are of exactly one
+    study; otherwise its study is left empty and the folder must be named in an edited study
+    sheet (``organ_mask_source`` totalseg, ``organ_mask_ref`` the folder relative to the root).
+    """
+    out = []
+    for d, ok in sorted(dirs.items()):
+        if not ok:
+            continue
+        rel = d.relative_to(root).as_posix()
+        parent = d.parent.relative_to(root).as_posix()
+        prefix = "" if parent == "." else parent + "/"
+        near = files[files["path"].str.startswith(prefix) & (files["modality"] != "LABELMAP")] \
+            if len(files) else files
+        studies = sorted(set(near["study_uid"])) if len(near) else []
+        out.append({"path": rel, "study_uid": studies[0] if len(studies) == 1 else "",
+                    "patient_id": str(near["patient_id"].iloc[0]) if len(studies) == 1 else ""})
+    return out
 
 
 def _inherit_labelmap_ids(files: pd.DataFrame, extras: dict[str, _Extra]) -> pd.DataFrame:
@@ -1126,6 +1162,11 @@ def build_study_sheet(
                 notes.append("no lesion segmentation")
         org_src, org_ref = choose({"organ", "mixed"}, "organs")
         if not org_src:
+            ts = [t for t in index.meta.get("totalseg_folders", []) if t.get("study_uid") == study]
+            if ts:
+                org_src, org_ref = "totalseg", ts[0]["path"]
+                notes.append(f"organs: TotalSegmentator folder {org_ref}")
+        if not org_src:
             notes.append("no organ segmentation")
         out.append({
             "patient_id": pid, "study_uid": study,
@@ -1235,6 +1276,13 @@ def validate_study_sheet(
                                      ("organ_mask_source", "organ_mask_ref")):
                 src, ref = row[src_col], row[ref_col]
                 if not src:
+                    continue
+                if src == "totalseg":
+                    if not (Path(index.root) / ref).is_dir():
+                        raise ConfigError(
+                            f"study sheet {where(i, row)}: column {ref_col}: TotalSegmentator "
+                            f"folder {ref!r} does not exist under the archive root", tag=ref_col,
+                            hint="give the folder path relative to the archive root")
                     continue
                 if src == "labelmap":
                     uid = f"labelmap:{ref}"
