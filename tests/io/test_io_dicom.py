@@ -429,7 +429,7 @@ def test_real_oblique_anisotropic_ct():
         np.testing.assert_allclose(p, [float(v) for v in h.ImagePositionPatient], atol=1e-3)
 
 
-GE_TILT = Path("/work/shared/reference_data/awkward_ct/ge_gantry_tilt_variable_spacing")
+GE_TILT = Path(__file__).resolve().parents[3] / "shared" / "reference_data" / "awkward_ct" / "ge_gantry_tilt_variable_spacing"
 
 
 @pytest.mark.skipif(not GE_TILT.is_dir(), reason="shared reference data (GE tilted CT) not present")

@@ -212,7 +212,7 @@ def test_nrrd_labelmap_equals_seg_through_read_labelmap():
     assert np.array_equal(lm[0].full(), seg_mask[0].full())
 
 
-DCMQI_SHARED = Path("/work/shared/reference_data/segmentations/dcmqi/segmentations")
+DCMQI_SHARED = Path(__file__).resolve().parents[3] / "shared" / "reference_data" / "segmentations" / "dcmqi" / "segmentations"
 
 
 @pytest.mark.skipif(not (DCMQI_SHARED / "ct-3slice").is_dir(),
@@ -487,7 +487,7 @@ def test_scanline_fill_matches_skimage_on_random_polygons():
     assert total > 10000
 
 
-DICOMPYLER = Path("/work/shared/reference_data/segmentations/dicompyler")
+DICOMPYLER = Path(__file__).resolve().parents[3] / "shared" / "reference_data" / "segmentations" / "dicompyler"
 
 
 @pytest.mark.skipif(not (DICOMPYLER / "rtss.dcm").exists(),
