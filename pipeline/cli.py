@@ -244,7 +244,11 @@ def run_workflow(input_dir: Path, output_dir: Path, *, config_file: str | None, 
               f"wall time {time.perf_counter() - t0:.1f} s")
         for name, path in s["tables"].items():
             print(f"  {name:16s} {path}")
-        print(f"  {'per study':16s} {output_dir / 'studies'}/<patient>/<study>/")
+        dash = output_dir / "report" / "index.html"
+        if dash.exists():
+            print(f"  {'dashboard':16s} {dash}")
+        print(f"  {'per study':16s} {output_dir / 'studies'}/<patient>/<study>/ "
+              "(worksheet.html, measurements_sr.dcm, tables, provenance.json)")
         print(f"  {'logs':16s} {output_dir / 'logs'}")
         if s["failures"]:
             print(f"  failures are listed in {s['tables']['failures']}")
