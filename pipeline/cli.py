@@ -63,7 +63,9 @@ def cmd_index(args) -> int:
             print(f"indexed {done}/{total} files ({rate:.0f} files/s, ~{left:.0f} s left)",
                   file=sys.stderr, flush=True)
 
-    index = idx.scan_archive(root, progress=progress)
+    index = idx.scan_archive(root, progress=progress,
+                             lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
+                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]))
     idx.write_index(index, results / "index")
     if cfg.get("studies"):
         sheet = pd.read_csv(cfg["studies"], dtype=str, keep_default_na=False)
