@@ -88,14 +88,16 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _load_sheet_and_files(results: Path):
+def _load_sheet(results: Path):
     import pandas as pd
 
+    return pd.read_csv(results / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
+
+
+def _load_sheet_and_files(results: Path):
     from pipeline.io import index as idx
 
-    sheet = pd.read_csv(results / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
-    index = idx.read_index(results / "index")
-    return sheet, index
+    return _load_sheet(results), idx.read_index(results / "index")
 
 
 def _sheet_row(sheet, patient_dir: str, study_dir: str) -> dict:
@@ -132,7 +134,7 @@ def cmd_rank(args) -> int:
 
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
-    sheet, _ = _load_sheet_and_files(results)
+    sheet = _load_sheet(results)  # ranking reads tables only, not the archive index
     row = _sheet_row(sheet, args.patient_dir, args.study_dir)
     prov = run_ranking(results, row, sheet, cfg, study_output_dir(results, row))
     print(f"ranked {prov['n_lesions']} lesions of {args.patient_dir}/{args.study_dir} "

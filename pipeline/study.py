@@ -383,6 +383,9 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
             "lesions_sha256": hashlib.sha256(lesions_path.read_bytes()).hexdigest(),
             "prior_studies": [p[0] for p in prior],
         },
+        "study_date": date,
+        "score_source": str(ranking["score_source"].iloc[0])
+        if len(ranking) and "score_source" in ranking.columns else "",
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),

@@ -33,16 +33,14 @@ top (a clinician's statement wins), then :func:`pipeline.ranking.select.rank_stu
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from pipeline.ranking.rules import is_missing
-from pipeline.ranking.select import RANKING_COLUMNS, rank_study
+from pipeline.ranking.select import rank_study
 from pipeline.ranking.sidecar import load_sidecar_from_config, merge_sidecar
 
 log = logging.getLogger(__name__)
@@ -273,78 +271,3 @@ def rank_patient(studies: list[tuple[str, str, pd.DataFrame]], cfg_ranking: dict
         if is_dated and not lesions.empty:
             prev = (uid, lesions)
     return out
-
-
-def rank_patient_dir(results: str | Path, patient_dir: str, cfg: dict) -> dict[str, pd.DataFrame]:
-    """Workflow step: rank every study of one patient folder of a results tree.
-
-    Reads ``RESULTS/studies/<patient_dir>/*/lesions.csv``, the study dates from
-    ``RESULTS/index/series.csv`` (column ``study_date`` by ``study_uid``; missing -> undated),
-    ranks with :func:`rank_patient` and writes each study's ``ranking.csv`` (atomically) and
-    ``ranking_provenance.json`` (score source, warnings, config hash), then
-    ``RESULTS/studies/<patient_dir>/ranking_summary.json`` (the studies in date order; a fixed
-    output name for the workflow rule).
-
-    Parameters
-    ----------
-    results : path of RESULTS.
-    patient_dir : sanitized patient folder name under ``RESULTS/studies``.
-    cfg : full validated configuration.
-    """
-    from pipeline import config as cfgmod
-    from pipeline.io.provenance import now_iso, write_json
-    from pipeline.io.tables import read_table, write_table
-
-    results = Path(results)
-    pdir = results / "studies" / patient_dir
-    dates: dict[str, str] = {}
-    series = results / "index" / "series.csv"
-    if series.is_file():
-        s = pd.read_csv(series, dtype=str, keep_default_na=False, usecols=lambda c: c in (
-            "study_uid", "study_date"))
-        if {"study_uid", "study_date"} <= set(s.columns):
-            for u, g in s.groupby("study_uid"):
-                d = sorted(x for x in g["study_date"] if x)
-                dates[str(u)] = d[0] if d else ""
-    studies, dirs = [], {}
-    for sd in sorted(p for p in pdir.iterdir() if p.is_dir()):
-        f = sd / "lesions.csv"
-        if not f.is_file():
-            continue
-        les = read_table(f)
-        if les.empty or "study_uid" not in les.columns:
-            uid = sd.name
-            prov = sd / "provenance.json"
-            if prov.is_file():
-                uid = json.loads(prov.read_text()).get("study_uid") or sd.name
-        else:
-            uid = str(les["study_uid"].iloc[0])
-        studies.append((uid, dates.get(uid, ""), les))
-        dirs[uid] = sd
-    ranked = rank_patient(studies, cfg["ranking"])
-    for uid, rk in ranked.items():
-        if rk.empty:
-            rk = pd.DataFrame(columns=RANKING_COLUMNS)
-        write_table(rk, dirs[uid] / "ranking.csv")
-        write_json(dirs[uid] / "ranking_provenance.json", {
-            "finished": now_iso(),
-            "study_uid": uid,
-            "study_date": dates.get(uid, ""),
-            "score_source": str(rk["score_source"].iloc[0]) if len(rk) else "",
-            "model": cfg["ranking"].get("model"),
-            "sidecar": cfg["ranking"].get("sidecar"),
-            "config_hash": cfgmod.config_hash(cfg),
-            "warnings": list(rk.attrs.get("warnings", [])),
-        })
-    write_json(pdir / "ranking_summary.json", {
-        "finished": now_iso(),
-        "patient_dir": patient_dir,
-        "studies": [{"study_uid": uid, "study_date": dates.get(uid, ""),
-                     "study_dir": dirs[uid].name, "n_lesions": int(len(rk)),
-                     "n_inject": int((rk["role"] == "inject").sum()) if len(rk) else 0,
-                     "n_monitor": int((rk["role"] == "monitor").sum()) if len(rk) else 0,
-                     "n_warnings": len(rk.attrs.get("warnings", []))}
-                    for uid, rk in ranked.items()],
-        "config_hash": cfgmod.config_hash(cfg),
-    })
-    return ranked

@@ -17,11 +17,9 @@ subcommands; a :class:`~pipeline.errors.PipelineError` is reported by ``cli.main
     Writes a SYNTHETIC lesion table and SYNTHETIC decisions (labelled so in a ``synthetic``
     column) for the demo: ``DIR/lesions.csv``, ``DIR/decisions.csv``.
 
-``hitit rank --results RESULTS --patient-dir P [--settings FILE]`` (workflow step, added by
-:func:`register_rank_step`)
-    Ranks every study of one patient folder with its previous study and the clinical sidecar
-    (:func:`pipeline.ranking.longitudinal.rank_patient_dir`), writing each study's
-    ``ranking.csv`` and ``ranking_provenance.json``.
+The workflow's ranking step (``hitit rank``, one study with the patient's earlier studies) is
+:func:`pipeline.study.run_ranking`, which calls
+:func:`pipeline.ranking.longitudinal.rank_patient`.
 """
 
 from __future__ import annotations
@@ -97,28 +95,3 @@ def register(subparsers) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--config", help="YAML file overriding configs/config.yaml")
     s.set_defaults(func=cmd_synthetic)
-
-
-def cmd_rank(args) -> int:
-    """Run the ``hitit rank`` workflow step (one patient)."""
-    import sys
-
-    from pipeline.config import load_config
-    from pipeline.ranking.longitudinal import rank_patient_dir
-
-    cfg = load_config(args.settings)
-    out = rank_patient_dir(args.results, args.patient_dir, cfg)
-    n_inj = sum(int((r["role"] == "inject").sum()) for r in out.values())
-    print(f"patient {args.patient_dir}: {len(out)} studies ranked, {n_inj} injection targets",
-          file=sys.stderr)
-    return 0
-
-
-def register_rank_step(subparsers) -> None:
-    """Add the ``rank`` workflow step (per patient, after the patient's study jobs)."""
-    r = subparsers.add_parser(
-        "rank", help="(workflow step) rank every study of one patient, with follow-up growth")
-    r.add_argument("--results", required=True)
-    r.add_argument("--patient-dir", required=True)
-    r.add_argument("--settings", help="validated configuration YAML")
-    r.set_defaults(func=cmd_rank)

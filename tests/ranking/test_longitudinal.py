@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from ranking_rows import PHANTOM001, lesion
 
-from pipeline.ranking.longitudinal import match_lesions, rank_patient, rank_patient_dir
+from pipeline.ranking.longitudinal import match_lesions, rank_patient
 
 
 def kw(cfg):
@@ -122,7 +122,8 @@ def test_undated_and_other_frame_studies_are_not_matched_by_position(cfg):
     assert r["prior_lesion_id"].eq("").all()
 
 
-def test_rank_patient_dir_writes_each_study(tmp_path, base_cfg):
+def _results_tree(tmp_path):
+    """A results folder with two dated studies and one empty, undated study of patient P1."""
     base, follow = _two_studies()
     res = tmp_path / "results"
     for uid, df in (("1.2.3", base), ("2.2", follow)):
@@ -132,33 +133,36 @@ def test_rank_patient_dir_writes_each_study(tmp_path, base_cfg):
     empty = res / "studies" / "P1" / "3.3"
     empty.mkdir()
     (empty / "lesions.csv").write_text("patient_id,study_uid,lesion_id,lesion_label\n")
-    (empty / "provenance.json").write_text(json.dumps({"study_uid": "3.3"}))
-    (res / "index").mkdir()
-    pd.DataFrame({"study_uid": ["1.2.3", "2.2", "3.3"], "study_date": ["20240101", "20240301", ""]}
-                 ).to_csv(res / "index" / "series.csv", index=False)
-    out = rank_patient_dir(res, "P1", base_cfg)
-    assert set(out) == {"1.2.3", "2.2", "3.3"}
+    sheet = pd.DataFrame({"patient_id": ["P1"] * 3, "study_uid": ["1.2.3", "2.2", "3.3"],
+                          "study_date": ["20240101", "20240301", ""],
+                          "patient_dir": ["P1"] * 3, "study_dir": ["1.2.3", "2.2", "3.3"]})
+    (res / "cohort").mkdir()
+    sheet.to_csv(res / "cohort" / "studies.csv", index=False)
+    return res, sheet, empty
+
+
+def test_rank_step_uses_earlier_study_from_results(tmp_path, base_cfg):
+    """The workflow's rank step (study.run_ranking) ranks a study with the patient's earlier one."""
+    from pipeline.study import run_ranking
+
+    res, sheet, empty = _results_tree(tmp_path)
+    rows = {r["study_uid"]: r for r in sheet.to_dict(orient="records")}
+    for uid in ("1.2.3", "2.2", "3.3"):
+        run_ranking(res, rows[uid], sheet, base_cfg, res / "studies" / "P1" / uid)
     r2 = pd.read_csv(res / "studies" / "P1" / "2.2" / "ranking.csv", dtype={"study_uid": str})
     assert "NEW_OR_GROWING" in r2.set_index("lesion_id").loc["liver_deep", "reasons"]
     prov = json.loads((res / "studies" / "P1" / "2.2" / "ranking_provenance.json").read_text())
     assert prov["score_source"] == "rules" and prov["study_date"] == "20240301"
+    assert prov["inputs"]["prior_studies"] == ["1.2.3"]
+    r1 = pd.read_csv(res / "studies" / "P1" / "1.2.3" / "ranking.csv")
+    assert "NEW_OR_GROWING" in r1.set_index("lesion_id").loc["liver_deep", "rules_not_evaluated"]
     assert pd.read_csv(empty / "ranking.csv").empty
-    summary = json.loads((res / "studies" / "P1" / "ranking_summary.json").read_text())
-    assert [s["study_uid"] for s in summary["studies"]] == ["1.2.3", "2.2", "3.3"]
 
 
-def test_rank_step_cli(tmp_path, capsys):
-    import argparse
+def test_rank_step_cli(tmp_path, base_cfg, capsys):
+    from pipeline.cli import main
 
-    from pipeline.ranking.train_cli import register_rank_step
-
-    base, _ = _two_studies()
-    d = tmp_path / "studies" / "P1" / "1.2.3"
-    d.mkdir(parents=True)
-    base.to_csv(d / "lesions.csv", index=False)
-    parser = argparse.ArgumentParser()
-    register_rank_step(parser.add_subparsers(dest="cmd", required=True))
-    a = parser.parse_args(["rank", "--results", str(tmp_path), "--patient-dir", "P1"])
-    assert a.func(a) == 0
-    assert (d / "ranking.csv").is_file()
-    assert "1 studies ranked, 2 injection targets" in capsys.readouterr().err
+    res, _, _ = _results_tree(tmp_path)
+    assert main(["rank", "--results", str(res), "--patient-dir", "P1", "--study-dir", "2.2"]) == 0
+    assert (res / "studies" / "P1" / "2.2" / "ranking.csv").is_file()
+    assert "(prior studies: 1)" in capsys.readouterr().err
