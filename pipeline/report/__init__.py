@@ -7,7 +7,7 @@ worksheet   per-study self-contained HTML worksheet (after the ranking)
 dashboard   ``RESULTS/report/index.html`` (after the cohort step)
 sr          DICOM SR, TID 1500 measurement report per study (highdicom)
 figures     Okabe-Ito palette, number formatting, cohort plots
-run / cli   one call per study or for the whole results folder; ``python -m pipeline.report.cli``
+run / cli   one call per study or for the whole results folder; ``hitit report`` / ``report-study`` / ``dashboard``
 report.smk  Snakemake rules for the workflow (``include:`` from the Snakefile)
 """
 

@@ -1,20 +1,13 @@
 """Command line of the review outputs.
 
-As a module (what the Snakemake rules in ``report.smk`` call)::
-
-    python -m pipeline.report.cli study --results R --patient-dir P --study-dir S [--no-sr]
-    python -m pipeline.report.cli dashboard --results R
-    python -m pipeline.report.cli all --results R [--no-sr] [--no-rebuild-keyimages]
-
-and, through :func:`register`, as ``hitit report`` (everything), ``hitit report-study`` and
-``hitit dashboard``.
+Registered into ``hitit`` by :func:`register`: ``hitit report`` (every study, then the
+dashboard), ``hitit report-study`` and ``hitit dashboard`` (the steps the Snakemake rules in
+``report.smk`` call, so the workflow and the CLI share one code path).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -77,29 +70,3 @@ def register(subparsers) -> None:
     d = subparsers.add_parser("dashboard", help="(workflow step) RESULTS/report/index.html")
     _common(d, study=False)
     d.set_defaults(func=cmd_dashboard)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.report.cli {study,dashboard,all}``."""
-    p = argparse.ArgumentParser(prog="python -m pipeline.report.cli", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbose", action="store_true")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("all", help="every study, then the dashboard")
-    _common(a)
-    a.set_defaults(func=cmd_all)
-    s = sub.add_parser("study", help="worksheet and SR of one study")
-    _common(s)
-    s.add_argument("--patient-dir", required=True)
-    s.add_argument("--study-dir", required=True)
-    s.set_defaults(func=cmd_study)
-    d = sub.add_parser("dashboard", help="RESULTS/report/index.html")
-    _common(d, study=False)
-    d.set_defaults(func=cmd_dashboard)
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -33,7 +33,7 @@ rule report_study:
     resources:
         mem_mb=2000,
     shell:
-        "{PY} -m pipeline.report.cli study --results {OUT:q} --patient-dir {wildcards.patient:q}"
+        "{PY} -m pipeline.cli report-study --results {OUT:q} --patient-dir {wildcards.patient:q}"
         " --study-dir {wildcards.study:q} --settings {SETTINGS:q} > {log:q} 2>&1"
 
 
@@ -55,4 +55,4 @@ rule report_dashboard:
     resources:
         mem_mb=2000,
     shell:
-        "{PY} -m pipeline.report.cli dashboard --results {OUT:q} > {log:q} 2>&1"
+        "{PY} -m pipeline.cli dashboard --results {OUT:q} > {log:q} 2>&1"

@@ -209,12 +209,13 @@ def test_dashboard_with_only_a_study_sheet(tmp_path):
 
 
 def test_cli_entry_points(results, tmp_path):
+    from pipeline.cli import main as hitit
     from pipeline.report import cli
 
     res = tmp_path / "r"
     shutil.copytree(results["results"], res)
     (res / "report" / "index.html").unlink()
-    assert cli.main(["dashboard", "--results", str(res)]) == 0
+    assert hitit(["dashboard", "--results", str(res)]) == 0
     assert (res / "report" / "index.html").exists()
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd")
