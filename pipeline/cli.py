@@ -336,19 +336,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--settings", help="validated configuration YAML")
     i.set_defaults(func=cmd_index)
 
-    s = sub.add_parser("study", help="(workflow step) one study end to end")
-    s.add_argument("--results", required=True)
-    s.add_argument("--patient-dir", required=True)
-    s.add_argument("--study-dir", required=True)
-    s.add_argument("--settings", help="validated configuration YAML")
-    s.set_defaults(func=cmd_study)
-
-    rk = sub.add_parser("rank", help="(workflow step) rank one study's lesions from tables")
-    rk.add_argument("--results", required=True)
-    rk.add_argument("--patient-dir", required=True)
-    rk.add_argument("--study-dir", required=True)
-    rk.add_argument("--settings", help="validated configuration YAML")
-    rk.set_defaults(func=cmd_rank)
+    for name, func, text in (("study", cmd_study, "(workflow step) one study end to end"),
+                             ("rank", cmd_rank, "(workflow step) rank one study's lesions from tables")):
+        st = sub.add_parser(name, help=text)
+        st.add_argument("--results", required=True)
+        st.add_argument("--patient-dir", required=True)
+        st.add_argument("--study-dir", required=True)
+        st.add_argument("--settings", help="validated configuration YAML")
+        st.set_defaults(func=func)
 
     from pipeline.ranking.train_cli import register as register_training
 
