@@ -41,6 +41,7 @@ from scipy import ndimage as ndi
 from scipy.spatial import cKDTree
 
 from pipeline.anatomy.organs import organ_term
+from pipeline.errors import FeatureError
 from pipeline.geometry import BBox, Grid, bbox_of, surface_points_lps
 from pipeline.records import LesionMask
 
@@ -215,7 +216,12 @@ def build_tissue_map(
     """
     bb = bbox_of(body)
     if bb is None:
-        raise ValueError("empty body mask")
+        raise FeatureError(
+            "the CT has no body voxel: expected connected tissue above the body threshold, found "
+            "none on the CT grid",
+            hint="check that the series is a CT in HU (RescaleSlope/Intercept (0028,1053)/(0028,1052)) "
+                 "and that anatomy.body_threshold_hu in the configuration suits it",
+        )
     sl = tuple(slice(a, b) for a, b in bb)
     ct = np.asarray(ct_hu)[sl]
     b = np.asarray(body, bool)[sl]

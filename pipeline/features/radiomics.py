@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from pipeline.errors import ConfigError
 from pipeline.features.registration import grid_through, sample_volume
 from pipeline.geometry import Grid, expand_bbox, paste
 from pipeline.records import LesionMask
@@ -72,7 +73,11 @@ def load_params(path: str | Path) -> dict:
     with open(p, encoding="utf-8") as fh:
         params = yaml.safe_load(fh) or {}
     if not isinstance(params, dict):
-        raise ValueError(f"{p}: not a pyradiomics parameter mapping")
+        raise ConfigError(
+            f"pyradiomics parameter file {p}: expected a mapping (setting:, imageType:, "
+            f"featureClass:), found {type(params).__name__}", file=p,
+            hint="see configs/radiomics/ct.yaml for the expected layout",
+        )
     return params
 
 

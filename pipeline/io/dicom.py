@@ -57,7 +57,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipeline.errors import DicomReadError, GeometryError, MissingTagError
+from pipeline.errors import ConfigError, DicomReadError, GeometryError, MissingTagError
 from pipeline.geometry import (
     Grid,
     grid_from_slices,
@@ -411,7 +411,8 @@ def _assemble(
 ) -> tuple[np.ndarray, Grid, list[Dataset], list[str], str]:
     """Shared CT/PET assembly: (array float32 zyx, grid, headers in slice order, notes, FoR)."""
     if on_irregular not in ("resample", "refuse"):
-        raise ValueError(f"on_irregular must be 'resample' or 'refuse', got {on_irregular!r}")
+        raise ConfigError(f"index.on_irregular must be 'resample' or 'refuse', got {on_irregular!r}",
+                          hint="set index.on_irregular to resample or refuse")
     if len(paths) == 0:
         raise DicomReadError(
             f"no files given for {modality} series",

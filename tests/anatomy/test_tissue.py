@@ -48,3 +48,19 @@ def test_lung_base_is_the_inferior_lung_surface(extended):
     assert lung[tuple(above.T)].all() and not lung[tuple(below.T)].any()
     # they face down: none on the upper half of the lungs (centre z = 50 mm)
     assert pts[:, 2].max() < 50.0
+
+
+def test_empty_body_is_a_user_facing_error_with_a_hint():
+    """An all-air CT (no body voxel) is a FeatureError naming the threshold, not an internal bug."""
+    import pytest
+
+    from pipeline.anatomy.tissue import build_tissue_map
+    from pipeline.errors import FeatureError
+    from pipeline.geometry import Grid
+
+    grid = Grid((4, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    ct = np.full(grid.shape_zyx, -1000.0, dtype=np.float32)
+    with pytest.raises(FeatureError, match="no body voxel") as exc:
+        build_tissue_map(ct, grid, np.zeros(grid.shape_zyx, bool), {}, bone_threshold_hu=300.0,
+                         air_threshold_hu=-500.0, vessel_caliber_threshold_mm=8.0)
+    assert "body_threshold_hu" in exc.value.hint
