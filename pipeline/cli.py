@@ -18,17 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 log = logging.getLogger("pipeline.cli")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SNAKEFILE = REPO_ROOT / "Snakefile"
 SAMPLE_ARCHIVE = REPO_ROOT / "data_samples" / "archive"
 
 
@@ -173,98 +169,12 @@ def cmd_phantom(args) -> int:
 
 
 # --------------------------------------------------------------------------- workflow
-def _watch_progress(results: Path, stop: threading.Event, t0: float) -> None:
-    """Print studies done / total and an estimate of the time left while Snakemake runs."""
-    sheet = results / "cohort" / "studies.csv"
-    last = -1
-    while not stop.wait(3.0):
-        if not sheet.exists():
-            continue
-        try:
-            total = max(sum(1 for _ in open(sheet)) - 1, 0)
-        except OSError:
-            continue
-        done = len(list((results / "studies").glob("*/*/provenance.json")))
-        if done != last and total:
-            el = time.perf_counter() - t0
-            eta = f"~{el / done * (total - done):.0f} s left" if done else "estimating time left"
-            print(f"[hitit] studies done {done}/{total}, elapsed {el:.0f} s, {eta}",
-                  file=sys.stderr, flush=True)
-            last = done
-
-
-def run_workflow(input_dir: Path, output_dir: Path, *, config_file: str | None, cores: int,
-                 extra: list[str] | None = None, dry_run: bool = False, profile: str | None = None,
-                 overrides: dict | None = None) -> int:
-    """Validate the configuration, then run the Snakefile. Returns Snakemake's exit code."""
-    from pipeline import config as cfgmod
-
-    input_dir = Path(input_dir).resolve()
-    output_dir = Path(output_dir).resolve()
-    ov = {"input": str(input_dir), "output": str(output_dir)}
-    ov = cfgmod.deep_merge(overrides or {}, ov)
-    cfg = cfgmod.load_config(config_file, overrides=ov)  # fail fast, naming the key
-    # Snakemake runs from the repository root: user-given file paths become absolute here,
-    # relative to the folder the user ran hitit from.
-    for section, key in (("ranking", "model"), ("ranking", "sidecar"), (None, "studies")):
-        node = cfg[section] if section else cfg
-        if node.get(key) and not Path(node[key]).is_absolute():
-            node[key] = str((Path.cwd() / node[key]).resolve())
-    if not input_dir.is_dir():
-        print(f"input archive folder not found: {input_dir}", file=sys.stderr)
-        return 2
-    # The merged, validated configuration is handed to Snakemake as one file.
-    import yaml
-
-    run_cfg = output_dir / "logs" / "run_config.yaml"
-    run_cfg.parent.mkdir(parents=True, exist_ok=True)
-    run_cfg.write_text(yaml.safe_dump(cfg, sort_keys=True))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(SNAKEFILE),
-           "--directory", str(REPO_ROOT), "--cores", str(cores), "--rerun-incomplete",
-           "--printshellcmds" if os.environ.get("HITIT_VERBOSE") else "--quiet", "rules",
-           "--configfile", str(run_cfg)]
-    if profile:
-        cmd += ["--profile", profile]
-    if dry_run:
-        cmd += ["--dry-run"]
-    cmd += list(extra or [])
-    t0 = time.perf_counter()
-    stop = threading.Event()
-    watcher = threading.Thread(target=_watch_progress, args=(output_dir, stop, t0), daemon=True)
-    if not dry_run:
-        watcher.start()
-    try:
-        rc = subprocess.call(cmd, cwd=REPO_ROOT)
-    finally:
-        stop.set()
-    if dry_run:
-        return rc
-    summary_path = output_dir / "cohort" / "summary.json"
-    if summary_path.exists():
-        s = json.loads(summary_path.read_text())
-        print("\n=== HIT-IT run summary ===")
-        print(f"studies: {s['studies']} ({s['studies_done']} done, {s['studies_failed']} failed); "
-              f"lesions: {s['lesions']}; failure records: {s['failures']}; "
-              f"wall time {time.perf_counter() - t0:.1f} s")
-        for name, path in s["tables"].items():
-            print(f"  {name:16s} {path}")
-        dash = output_dir / "report" / "index.html"
-        if dash.exists():
-            print(f"  {'dashboard':16s} {dash}")
-        print(f"  {'per study':16s} {output_dir / 'studies'}/<patient>/<study>/ "
-              "(worksheet.html, measurements_sr.dcm, tables, provenance.json)")
-        print(f"  {'logs':16s} {output_dir / 'logs'}")
-        if s["failures"]:
-            print(f"  failures are listed in {s['tables']['failures']}")
-    else:
-        print(f"workflow ended with exit code {rc}; no cohort summary was written "
-              f"(see {output_dir / 'logs'})", file=sys.stderr)
-    return rc
-
-
 def cmd_run(args) -> int:
     from pipeline import config as cfgmod
+    from pipeline.runner import clear_lock, run_workflow
 
+    if args.unlock:
+        return clear_lock(Path(args.output))
     return run_workflow(Path(args.input), Path(args.output), config_file=args.config,
                         cores=args.cores, dry_run=args.dry_run, profile=args.profile,
                         overrides=cfgmod.parse_overrides(args.set))
@@ -276,6 +186,8 @@ def cmd_demo(args) -> int:
         print(f"sample archive missing at {archive}; regenerate it with scripts/make_data_samples.py",
               file=sys.stderr)
         return 2
+    from pipeline.runner import run_workflow
+
     print(f"HIT-IT demo: running the workflow on the sample cohort in {archive}")
     rc = run_workflow(archive, Path(args.output), config_file=None, cores=args.cores)
     if rc == 0:
@@ -308,6 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cores", type=int, default=2)
     r.add_argument("--profile", help="Snakemake profile folder, e.g. configs/profiles/slurm")
     r.add_argument("--dry-run", action="store_true")
+    r.add_argument("--unlock", action="store_true",
+                   help="clear the lock left by an interrupted run of this --output and exit "
+                        "(a new run also does this by itself)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set ranking.injections_per_session=1")
     r.set_defaults(func=cmd_run)

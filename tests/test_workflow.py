@@ -16,7 +16,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from pipeline.cli import REPO_ROOT, run_workflow
+from pipeline.cli import REPO_ROOT
+from pipeline.runner import run_workflow
 from pipeline.phantom import generate_cohort
 from pipeline.validation import truth_checks
 

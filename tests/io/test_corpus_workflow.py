@@ -22,7 +22,7 @@ SAFE = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
 
 
 def _run_corpus(tmp_path_factory):
-    from pipeline.cli import run_workflow
+    from pipeline.runner import run_workflow
 
     root = tmp_path_factory.mktemp("corpus")
     cases = write_corpus(root / "archive")
