@@ -15,18 +15,16 @@ log; the job still writes its (empty) tables so that one study never stops the b
 from __future__ import annotations
 
 import logging
-import re
 import traceback
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from pipeline import config as cfgmod
-from pipeline.errors import InternalError, PipelineError, SegmentationError
+from pipeline.errors import InternalError, PipelineError
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
+from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
 from pipeline.io.tables import failures_frame, write_table
-from pipeline.records import LesionMask, SegmentKind
 
 log = logging.getLogger(__name__)
 
@@ -34,104 +32,6 @@ LESION_ID_COLUMNS = [
     "patient_id", "study_uid", "lesion_id", "lesion_label", "mask_source", "mask_series_uid",
     "segment_number", "tracking_uid",
 ]
-
-
-def lesion_ids(labels: list[str]) -> list[str]:
-    """Stable, readable lesion identifiers from lesion labels (order-independent for unique labels).
-
-    Lowercase ASCII slug of the label; a label that occurs more than once gets ``-2``, ``-3`` ...
-    in input order (SEG segment number / ROI number order).
-    """
-    out, seen = [], {}
-    for label in labels:
-        slug = re.sub(r"[^a-z0-9]+", "_", str(label).lower()).strip("_") or "lesion"
-        n = seen.get(slug, 0) + 1
-        seen[slug] = n
-        out.append(slug if n == 1 else f"{slug}-{n}")
-    return out
-
-
-class StudyInputs:
-    """Paths of the series of one study, from the index and the study sheet."""
-
-    def __init__(self, row: dict, files: pd.DataFrame, root: Path) -> None:
-        self.row = row
-        self.root = Path(root)
-        self._files = files
-
-    def paths(self, series_uid: str) -> list[Path]:
-        sel = self._files[self._files["series_uid"] == series_uid]
-        return [self.root / p for p in sel["path"].tolist()]
-
-    def sop_uids(self, series_uid: str) -> list[str]:
-        sel = self._files[self._files["series_uid"] == series_uid]
-        return [u for u in sel["sop_instance_uid"].tolist() if u]
-
-    def uid(self, key: str) -> str:
-        v = self.row.get(key)
-        return "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-
-
-def _load_masks(inp: StudyInputs, source: str, ref: str, grids: dict, cfg: dict) -> list[LesionMask]:
-    """Read one segmentation object (SEG, RTSTRUCT or label map) onto its referenced grid."""
-    from pipeline.io import labelmap, rtstruct, seg
-
-    pats = dict(
-        lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
-        organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]),
-    )
-    if source == "seg":
-        paths = inp.paths(ref)
-        if not paths:
-            raise SegmentationError("SEG series listed in the study sheet has no files", series_uid=ref)
-        return seg.read_seg(paths[0], grids=grids, **pats)
-    if source == "rtstruct":
-        paths = inp.paths(ref)
-        if not paths:
-            raise SegmentationError("RTSTRUCT listed in the study sheet has no files", series_uid=ref)
-        ref_uid = _rtstruct_reference(paths[0], grids)
-        return rtstruct.read_rtstruct(paths[0], grid=grids[ref_uid], series_uid=ref_uid,
-                                      sop_instance_uids=inp.sop_uids(ref_uid), **pats)
-    if source == "labelmap":
-        path = inp.root / ref
-        side = labelmap.read_sidecar(path)
-        ref_uid = str(side.get("referenced_series_uid", ""))
-        if ref_uid not in grids:
-            raise SegmentationError(
-                f"label map refers to series {ref_uid or '(none)'} which is not loaded for this study",
-                file=path, hint="set referenced_series_uid in the JSON sidecar to the CT it was drawn on",
-            )
-        return labelmap.read_labelmap(path, grid=grids[ref_uid], names=side["names"],
-                                      kind=SegmentKind(side["kind"]), referenced_series_uid=ref_uid)
-    if source == "totalseg":
-        from pipeline.anatomy.organs import read_totalseg_folder
-
-        folder = inp.root / ref
-        grid = next(iter(grids.values()), None)
-        return list(read_totalseg_folder(folder, grid=grid, source_uid=ref).values())
-    raise SegmentationError(f"unknown mask source {source!r} in the study sheet")
-
-
-def _rtstruct_reference(path: Path, grids: dict) -> str:
-    """SeriesInstanceUID an RTSTRUCT refers to (must be a loaded series)."""
-    import pydicom
-
-    ds = pydicom.dcmread(path, stop_before_pixels=True)
-    uids = []
-    for fr in ds.get("ReferencedFrameOfReferenceSequence", []):
-        for st in fr.get("RTReferencedStudySequence", []):
-            for se in st.get("RTReferencedSeriesSequence", []):
-                uids.append(str(se.SeriesInstanceUID))
-    for u in uids:
-        if u in grids:
-            return u
-    raise SegmentationError(
-        f"RTSTRUCT refers to series {uids or '(none)'}, none of which is a loaded image series of "
-        "this study",
-        file=path, series_uid=str(ds.get("SeriesInstanceUID", "")),
-        tag="RTReferencedSeriesSequence (3006,0014)",
-        hint="add the referenced CT to the archive or fix the study sheet",
-    )
 
 
 def run_study(
@@ -206,126 +106,59 @@ def run_study(
 
 
 def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
+    """Stage calls of one study: images -> masks -> whole-study preparation -> lesion rows -> key images.
+
+    Returns the lesion table, the provenance inputs (series used, SUV audit, feature
+    provenance) and the warnings, in stage order.
+    """
     from pipeline.anatomy import stage as anatomy_stage
+    from pipeline.anatomy.organs import structures_of_codes
     from pipeline.features import stage as feature_stage
-    from pipeline.io import dicom, suv
-    warnings: list[str] = []
-    used: dict[str, str] = {}
-    patient_id, study_uid = inp.uid("patient_id"), inp.uid("study_uid")
 
-    # ---- load each image series once
-    on_irregular = cfg["index"]["on_irregular"]
     with timer.stage("load_images"):
-        cts: dict[str, object] = {}
-        by_uid: dict[str, object] = {}
-        for key, role in (("ct_series_uid", "noncontrast"), ("ce_ct_series_uid", "contrast")):
-            uid = inp.uid(key)
-            if not uid:
-                continue
-            if uid not in by_uid:
-                by_uid[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid,
-                                            on_irregular=on_irregular)
-                warnings.extend(f"CT {uid}: {n}" for n in by_uid[uid].notes
-                                if n.startswith("RESAMPLED") or "duplicate" in n
-                                or "replaced by" in n)
-            cts[role] = by_uid[uid]
-            used[key] = uid
-        suv_vol = activity = audit = None
-        suv_reason = ""
-        pet_uid = inp.uid("pet_series_uid")
-        grids = {uid: v.grid for uid, v in by_uid.items()}
-        if pet_uid:
-            try:
-                raw, headers = dicom.load_pet_activity(inp.paths(pet_uid), series_uid=pet_uid,
-                                                       on_irregular=on_irregular)
-                used["pet_series_uid"] = pet_uid
-                grids[pet_uid] = raw.grid
-                audit = suv.suv_audit(headers, file_hint=str(inp.paths(pet_uid)[0]), strict=False)
-                warnings.extend(f"SUV: {w}" for w in audit.warnings)
-                # Bq/mL only when the units allow it (None for GML, CM2ML, CNTS without factor)
-                activity = suv.to_activity_bqml(raw, audit)
-                if audit.available:
-                    suv_vol = suv.to_suv(raw, audit)
-                else:
-                    suv_reason = f"SUV unavailable: {audit.suv_reason}"
-                    warnings.append(suv_reason)
-            except PipelineError as exc:
-                suv_reason = f"PET unusable: {exc}"
-                warnings.append(suv_reason)
-        else:
-            suv_reason = "no PET series in this study"
-
-    # ---- masks
+        img = load_images(inp, cfg)
     with timer.stage("load_masks"):
-        source, ref = inp.uid("lesion_mask_source"), inp.uid("lesion_mask_ref")
-        if not source or not ref:
-            raise SegmentationError(
-                "no lesion segmentation (SEG, RTSTRUCT or label map) found for this study",
-                hint="add a lesion segmentation to the archive or name one in the study sheet",
-            )
-        used["lesion_mask"] = ref
-        masks = [m for m in _load_masks(inp, source, ref, grids, cfg) if m.kind != SegmentKind.ORGAN]
-        masks = [m for m in masks if m.voxel_count > 0]
-        if not masks:
-            raise SegmentationError("the lesion segmentation holds no non-empty lesion segment",
-                                    series_uid=ref)
-        organs: dict[str, LesionMask] = {}
-        organ_segment_names = None
-        osrc, oref = inp.uid("organ_mask_source"), inp.uid("organ_mask_ref")
-        if osrc and oref:
-            try:
-                if osrc == "seg":
-                    from pipeline.anatomy.organs import seg_structure_names
+        sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
+    warnings = [*img.warnings, *sm.warnings]
+    used = {**img.used_series, **sm.used_series}
+    masks, grid = list(sm.lesions), sm.lesions[0].grid
 
-                    organ_segment_names = seg_structure_names(inp.paths(oref)[0])
-                for m in _load_masks(inp, osrc, oref, grids, cfg):
-                    if m.kind != SegmentKind.LESION and m.voxel_count > 0:
-                        organs[m.name] = m
-                used["organ_mask"] = oref
-            except PipelineError as exc:
-                warnings.append(f"organ masks unusable, organ will be unknown: {exc}")
-                organs = {}
-
-    # ---- whole-study preparation, once
-    with timer.stage("prepare"):
-        actx = anatomy_stage.prepare(cts, masks[0].grid, organs, cfg,
-                                     organ_segment_names=organ_segment_names)
+    with timer.stage("prepare"):  # whole-study work, once
+        actx = anatomy_stage.prepare(img.ct_by_role, grid, sm.organs, cfg,
+                                     organ_segment_names=structures_of_codes(sm.organ_segment_codes))
         warnings.extend(f"anatomy: {n}" for n in actx.notes)
-        fctx = feature_stage.prepare(cts, suv_vol, activity, suv_reason, cfg,
-                                     lesion_grid=masks[0].grid, organs=actx.organs,
-                                     lesions=masks, suv_audit=audit)
+        fctx = feature_stage.prepare(img.ct_by_role, img.pet_suv, img.pet_activity_bqml,
+                                     img.suv_reason, cfg, lesion_grid=grid, organs=actx.organs,
+                                     lesions=masks, suv_audit=img.suv_audit)
 
-    # ---- per lesion: crops only
     rows = []
     ids = lesion_ids([m.name for m in masks])
-    with timer.stage("lesions"):
-        for lid, m in zip(ids, masks):
+    with timer.stage("lesions"):  # per lesion: crops only
+        for lid, m, on_uid in zip(ids, masks, sm.lesion_grid_series_uids):
             row = {
-                "patient_id": patient_id, "study_uid": study_uid, "lesion_id": lid,
-                "lesion_label": m.name, "mask_source": m.source.value,
+                "patient_id": inp.uid("patient_id"), "study_uid": inp.uid("study_uid"),
+                "lesion_id": lid, "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
-                "tracking_uid": m.tracking_uid,
+                "tracking_uid": m.tracking_uid, "mask_referenced_series_uid": on_uid,
             }
             feats = feature_stage.lesion_columns(m, fctx, cfg)
             row.update(feats)
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
             rows.append(row)
-    lesions = pd.DataFrame(rows)
 
-    # ---- key images from the volumes already in memory (small slice crops only)
-    with timer.stage("key_images"):
+    with timer.stage("key_images"):  # from the volumes already in memory (small slice crops)
         try:
             from pipeline.report.keyimages import write_key_images
 
-            write_key_images(out_dir, by_uid, masks, ids, suv=suv_vol, rows=rows)
+            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows)
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
-    if audit is not None:
-        used["suv_audit"] = audit.as_dict()
+    if img.suv_audit is not None:
+        used["suv_audit"] = img.suv_audit.as_dict()
     used["features"] = fctx.provenance()
     warnings.extend(str(n) for n in fctx.frames.notes)
-    return lesions, used, warnings
+    return pd.DataFrame(rows), used, warnings
 
 
 def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_dir: Path) -> dict:

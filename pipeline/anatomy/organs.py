@@ -20,6 +20,10 @@ Names are normalised first (lower case, spaces and hyphens -> ``_``); laterality
 ``_left`` / ``_right`` suffix for paired structures (:data:`PAIRED`). A name that matches
 nothing is kept normalised (with its laterality suffix): it is never guessed.
 
+Reading the files is io work (:mod:`pipeline.io.totalseg`: the TotalSegmentator folder reader
+and the SEG segment codes); this module maps what was read (:func:`structures_of_codes`,
+:func:`totalseg_organs`).
+
 Frames and units: masks are :class:`~pipeline.records.LesionMask` crops on a grid in LPS mm.
 """
 
@@ -34,8 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.errors import SegmentationError
-from pipeline.geometry import BBox, Grid, bbox_of, resample
-from pipeline.records import LesionMask, MaskSource, SegmentKind
+from pipeline.geometry import BBox, Grid, bbox_of
+from pipeline.io.totalseg import SegmentCode, read_totalseg_folder, seg_segment_codes
+from pipeline.records import LesionMask, SegmentKind
 
 log = logging.getLogger(__name__)
 
@@ -190,17 +195,6 @@ STRUCTURE_TERMS: dict[str, str] = {
 #: Glob patterns on normalised names for vessels the tables above do not list.
 VESSEL_PATTERNS: tuple[str, ...] = ("*artery*", "*arteries*", "*_vein*", "*vena*", "*vessel*")
 
-#: TotalSegmentator v1/v2 structure names (file stems of its output folder), used to recognise
-#: such a folder (:func:`is_totalseg_folder`).
-TOTALSEG_NAMES: frozenset[str] = frozenset(
-    ["adrenal_gland_left", "adrenal_gland_right", "aorta", "autochthon_left", "autochthon_right", "brain", "clavicula_left", "clavicula_right", "colon", "duodenum", "esophagus", "face", "femur_left", "femur_right", "gallbladder", "gluteus_maximus_left", "gluteus_maximus_right", "gluteus_medius_left", "gluteus_medius_right", "gluteus_minimus_left", "gluteus_minimus_right", "heart", "heart_atrium_left", "heart_atrium_right", "heart_myocardium", "heart_ventricle_left", "heart_ventricle_right", "hip_left", "hip_right", "humerus_left", "humerus_right", "iliac_artery_left", "iliac_artery_right", "iliac_vena_left", "iliac_vena_right", "iliopsoas_left", "iliopsoas_right", "inferior_vena_cava", "kidney_left", "kidney_right", "kidney_cyst_left", "kidney_cyst_right", "liver", "lung_lower_lobe_left", "lung_lower_lobe_right", "lung_middle_lobe_right", "lung_upper_lobe_left", "lung_upper_lobe_right", "pancreas", "portal_vein_and_splenic_vein", "pulmonary_artery", "pulmonary_vein", "sacrum", "scapula_left", "scapula_right", "small_bowel", "spinal_cord", "spleen", "stomach", "sternum", "costal_cartilages", "subclavian_artery_left", "subclavian_artery_right", "common_carotid_artery_left", "common_carotid_artery_right", "brachiocephalic_trunk", "brachiocephalic_vein_left", "brachiocephalic_vein_right", "atrial_appendage_left", "superior_vena_cava", "thyroid_gland", "trachea", "urinary_bladder", "prostate", "skull", "face", "skeletal_muscle", "subcutaneous_fat", "torso_fat"]
-    + [f"vertebrae_{v}" for v in (
-        [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)]
-        + [f"L{i}" for i in range(1, 6)] + ["S1"])]
-    + [f"rib_{s}_{i}" for s in ("left", "right") for i in range(1, 13)]
-)
-
-_NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
 # --------------------------------------------------------------------------- names
@@ -359,136 +353,48 @@ def canonical_organs(
     return out
 
 
-def seg_structure_names(path: str | Path) -> dict[int, str]:
-    """Structure of every segment of a DICOM SEG from its codes (header only).
+def structures_of_codes(codes: Mapping[int, SegmentCode] | None) -> dict[int, str] | None:
+    """Structure of every segment of a DICOM SEG from its codes.
 
     SegmentedPropertyTypeCodeSequence decides when its code is known (:data:`SCT_STRUCTURES`,
     e.g. TotalSegmentator's DICOM SEG), with the side from
     SegmentedPropertyTypeModifierCodeSequence; otherwise the SegmentLabel is mapped.
 
+    Parameters
+    ----------
+    codes : mapping SegmentNumber -> SegmentCode, or None
+        As read by :func:`pipeline.io.totalseg.seg_segment_codes`.
+
+    Returns
+    -------
+    dict SegmentNumber -> structure name (None when ``codes`` is None).
+    """
+    if codes is None:
+        return None
+    return {n: structure_name(c.label, code=c.code, laterality_code=c.laterality_code)
+            for n, c in codes.items()}
+
+
+def seg_structure_names(path: str | Path) -> dict[int, str]:
+    """Structure of every segment of a DICOM SEG file (header only).
+
+    :func:`pipeline.io.totalseg.seg_segment_codes` reads the codes, :func:`structures_of_codes`
+    maps them.
+
     Returns
     -------
     dict SegmentNumber -> structure name.
     """
-    import pydicom
-
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as exc:
-        raise SegmentationError(f"cannot read SEG header: {type(exc).__name__}: {exc}",
-                                file=Path(path)) from exc
-    out: dict[int, str] = {}
-    for s in ds.get("SegmentSequence", []) or []:
-        code = lat = ""
-        for item in s.get("SegmentedPropertyTypeCodeSequence", []) or []:
-            code = str(item.get("CodeValue", "") or "")
-            for mod in item.get("SegmentedPropertyTypeModifierCodeSequence", []) or []:
-                lat = str(mod.get("CodeValue", "") or "")
-        out[int(s.get("SegmentNumber", 0))] = structure_name(
-            str(s.get("SegmentLabel", "") or ""), code=code, laterality_code=lat)
-    return out
+    return structures_of_codes(seg_segment_codes(path)) or {}
 
 
-# --------------------------------------------------------------------------- TotalSegmentator
-def _nifti_stem(path: Path) -> str | None:
-    low = path.name.lower()
-    for suf in _NIFTI_SUFFIXES:
-        if low.endswith(suf):
-            return path.name[: -len(suf)]
-    return None
+def totalseg_organs(folder: str | Path, *, grid: Grid | None = None,
+                    source_uid: str = "") -> dict[str, LesionMask]:
+    """Organ masks of a TotalSegmentator output folder keyed by structure, merged per structure.
 
-
-def _nifti_files(folder: Path) -> list[tuple[str, Path]]:
-    out = []
-    for p in sorted(folder.iterdir()):
-        stem = _nifti_stem(p)
-        if stem is not None and p.is_file():
-            out.append((stem, p))
-    return out
-
-
-def is_totalseg_folder(path: str | Path) -> bool:
-    """True for a TotalSegmentator output folder: a folder of NIfTI files of which at least
-    half (and at least one) are named after TotalSegmentator structures (:data:`TOTALSEG_NAMES`).
+    :func:`pipeline.io.totalseg.read_totalseg_folder` reads one mask per file (resampled onto
+    ``grid`` when given); :func:`canonical_organs` maps the file names
+    (``lung_upper_lobe_left`` -> ``lung_left``, ``vertebrae_T9`` -> ``vertebral_column`` ...)
+    and merges masks of one structure.
     """
-    p = Path(path)
-    if not p.is_dir():
-        return False
-    files = _nifti_files(p)
-    known = sum(1 for stem, _ in files if stem in TOTALSEG_NAMES)
-    return known >= 1 and 2 * known >= len(files)
-
-
-def read_totalseg_folder(
-    folder: str | Path, *, grid: Grid | None = None, source_uid: str = ""
-) -> dict[str, LesionMask]:
-    """Organ masks of a TotalSegmentator NIfTI output folder, keyed by structure.
-
-    Every ``<name>.nii(.gz)`` is read as a binary mask (value > 0), its name mapped with
-    :func:`structure_name` (lobes -> ``lung_left`` / ``lung_right``, ``vertebrae_*`` ->
-    ``vertebral_column``, ``rib_*`` -> ``ribs`` ...), masks of one structure merged. Empty
-    files are skipped.
-
-    Parameters
-    ----------
-    folder : path
-        The folder (TotalSegmentator ``-o``); files that are not NIfTI are ignored.
-    grid : Grid, optional
-        Target grid (normally the CT the lesions were drawn on). A file on the same grid is
-        used as it is; another grid is resampled onto it (nearest neighbour, with a log
-        message). None: each file keeps its own grid (RAS affine -> LPS).
-    source_uid : str
-        Recorded as ``source_uid`` (default: the folder name).
-
-    Returns
-    -------
-    dict structure -> LesionMask (kind ORGAN, source LABELMAP).
-
-    Raises
-    ------
-    SegmentationError
-        The folder holds no NIfTI file, or a file is not a 3D image.
-    """
-    import nibabel as nib
-
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise SegmentationError("TotalSegmentator folder not found", file=folder)
-    files = _nifti_files(folder)
-    if not files:
-        raise SegmentationError("no NIfTI file in the TotalSegmentator folder", file=folder,
-                                hint="point organ_mask_ref at TotalSegmentator's -o folder")
-    uid = source_uid or folder.name
-    masks: list[LesionMask] = []
-    for number, (stem, path) in enumerate(files, start=1):
-        try:
-            img = nib.load(str(path))
-            data = np.asanyarray(img.dataobj)
-        except Exception as exc:
-            raise SegmentationError(f"cannot read NIfTI: {type(exc).__name__}: {exc}",
-                                    file=path) from exc
-        while data.ndim > 3 and data.shape[-1] == 1:
-            data = data[..., 0]
-        if data.ndim != 3:
-            raise SegmentationError(f"expected a 3D mask, found shape {data.shape}", file=path)
-        src = Grid.from_nifti_affine(img.affine, tuple(int(v) for v in data.shape))
-        full = np.ascontiguousarray(np.transpose(data > 0, (2, 1, 0)))
-        if not full.any():
-            continue
-        on = src
-        if grid is not None and not src.same_as(grid):
-            full = resample(full, src, grid, interpolation="nearest")
-            on = grid
-            log.info("TotalSegmentator %s resampled onto the target grid (nearest)", path.name)
-        bb = bbox_of(full)
-        if bb is None:
-            continue
-        masks.append(LesionMask(
-            name=stem, source=MaskSource.LABELMAP, grid=on, bbox_zyx=bb,
-            crop=full[tuple(slice(a, b) for a, b in bb)], kind=SegmentKind.ORGAN,
-            source_uid=uid, segment_number=number,
-        ))
-    out = canonical_organs(masks)
-    log.info("TotalSegmentator folder %s: %d files -> %d structures", folder.name, len(files),
-             len(out))
-    return out
+    return canonical_organs(read_totalseg_folder(folder, grid=grid, source_uid=source_uid))

@@ -145,7 +145,7 @@ def prepare(cts: dict[str, Volume], lesion_grid: Grid, organs: dict[str, LesionM
     cfg : validated configuration (``anatomy`` section).
     organ_segment_names : SegmentNumber -> structure, optional
         For a SEG organ source: structures decided from the coded segment types
-        (:func:`pipeline.anatomy.organs.seg_structure_names`).
+        (:func:`pipeline.anatomy.organs.structures_of_codes`).
     """
     a = cfg["anatomy"]
     ctx = AnatomyContext(grid=lesion_grid, organs=canonical_organs(

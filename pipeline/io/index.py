@@ -865,7 +865,7 @@ def scan_archive(
 
 def _in_totalseg_folder(p: Path, cache: dict[Path, bool]) -> bool:
     """True when ``p`` lies in a TotalSegmentator output folder (cached per folder)."""
-    from pipeline.anatomy.organs import is_totalseg_folder
+    from pipeline.io.totalseg import is_totalseg_folder
 
     d = p.parent
     if d not in cache:

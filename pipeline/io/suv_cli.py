@@ -21,6 +21,12 @@ grid through :func:`pipeline.geometry.map_mask_coverage` (2 x 2 x 2 sub-points p
 PET voxel belongs to the mask when at least half of it is covered -- the rule of the PET
 features. ``--label`` keeps the segments with that name (case-insensitive); default: all.
 
+Loading goes through the study loader (:mod:`pipeline.io.study_loader`): the PET with
+:func:`~pipeline.io.study_loader.load_images` and the mask with the same dispatcher the study job
+uses (:func:`~pipeline.io.study_loader.read_mask_file`), with the configured
+``index.on_irregular`` and segment-name patterns (``--settings`` to give a configuration file),
+so that ``hitit suv`` and the study job read identical masks.
+
 Exit status: 0 with the audit printed (even without SUV), 2 on an input error (no PET, several
 PET series without ``--series``, unreadable mask), with the message on stderr.
 """
@@ -36,6 +42,7 @@ import numpy as np
 
 from pipeline.errors import DicomReadError, PipelineError, SegmentationError
 from pipeline.geometry import Grid, map_mask_coverage
+from pipeline.io.study_loader import name_patterns
 from pipeline.records import LesionMask
 
 log = logging.getLogger(__name__)
@@ -56,14 +63,18 @@ def register(subparsers) -> None:
     p.add_argument("--label", metavar="NAME", help="only the segment(s) with this name")
     p.add_argument("--series", metavar="UID",
                    help="SeriesInstanceUID of the PET when the folder holds several")
+    p.add_argument("--settings", help="validated configuration YAML (default: packaged)")
     p.set_defaults(func=cmd_suv)
 
 
 def cmd_suv(args) -> int:
     """Entry point of ``hitit suv``: print the report of :func:`suv_report` as JSON."""
+    from pipeline import config as cfgmod
+
     try:
+        cfg = cfgmod.load_config(getattr(args, "settings", None))
         report = suv_report(Path(args.pet_dir), mask=Path(args.mask) if args.mask else None,
-                            label=args.label, series_uid=getattr(args, "series", None))
+                            label=args.label, series_uid=getattr(args, "series", None), cfg=cfg)
     except PipelineError as exc:
         print(f"hitit suv: error: {exc}", file=sys.stderr)
         return 2
@@ -80,7 +91,7 @@ def _json_default(o):
 
 
 def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = None,
-               series_uid: str | None = None) -> dict:
+               series_uid: str | None = None, cfg: dict | None = None) -> dict:
     """The audit of one PET series, and SUV statistics inside a mask.
 
     Parameters
@@ -93,6 +104,9 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
         Segment name to keep.
     series_uid : str, optional
         The PET series, when ``pet_dir`` holds several.
+    cfg : dict, optional
+        Validated configuration (default: the packaged one): ``index.on_irregular`` and the
+        segment-name patterns.
 
     Returns
     -------
@@ -104,11 +118,14 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
     PipelineError
         No PET in the folder, several without ``series_uid``, unreadable series or mask.
     """
-    from pipeline.io import dicom, suv
+    from pipeline import config as cfgmod
+    from pipeline.io import suv
     from pipeline.io.index import scan_archive
+    from pipeline.io.study_loader import StudyInputs, load_images
 
+    cfg = cfg if cfg is not None else cfgmod.load_config()
     pet_dir = Path(pet_dir)
-    index = scan_archive(pet_dir)
+    index = scan_archive(pet_dir, **name_patterns(cfg))
     pets = index.series[index.series["modality"] == "PT"]
     if series_uid:
         pets = pets[pets["series_uid"] == series_uid]
@@ -124,8 +141,9 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
             hint="choose one with --series UID")
     uid = str(pets.iloc[0]["series_uid"])
     paths = index.series_paths(uid)
-    activity, headers = dicom.load_pet_activity(paths, series_uid=uid)
-    audit = suv.suv_audit(headers, file_hint=str(paths[0]), strict=False)
+    images = load_images(StudyInputs({"pet_series_uid": uid}, index.files, index.root), cfg,
+                         pet_required=True)
+    activity, audit = images.pet_stored, images.suv_audit
     report: dict = {
         "series_uid": uid,
         "n_files": len(paths),
@@ -139,12 +157,11 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
         report["skipped_files"] = [f"{r.path}: {r.reason}" for r in index.problems.itertuples()]
     if mask is None:
         return report
-    suv_vol = suv.to_suv(activity, audit) if audit.available else None
+    suv_vol, bq_vol = images.pet_suv, images.pet_activity_bqml
     sul_vol = None
     if audit.available and audit.sul_factor is not None:
         sul_vol = suv.to_suv(activity, audit, kind="SUL")
-    bq_vol = suv.to_activity_bqml(activity, audit)
-    masks = load_masks_for_grid(Path(mask), activity.grid, uid)
+    masks = load_masks_for_grid(Path(mask), images.grids_by_series_uid, cfg)
     if label:
         kept = [m for m in masks if m.name.strip().lower() == label.strip().lower()]
         if not kept:
@@ -158,59 +175,31 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
     return report
 
 
-def load_masks_for_grid(path: Path, grid: Grid, series_uid: str) -> list[LesionMask]:
-    """Masks of a SEG / RTSTRUCT / label map, on ``grid`` when drawn on it, else on their own.
+def load_masks_for_grid(path: Path, grids: dict[str, Grid], cfg: dict) -> list[LesionMask]:
+    """Masks of a SEG / RTSTRUCT / label map / TotalSegmentator folder for ``hitit suv``.
+
+    The study job's dispatcher (:func:`pipeline.io.study_loader.read_mask_file`, configured name
+    patterns), with the source decided from the file's content; a mask drawn on a series that
+    is not loaded (usually the CT) is read on its own grid.
 
     Parameters
     ----------
     path : Path
-        The mask file.
-    grid : Grid
-        The target grid (e.g. the PET's).
-    series_uid : str
-        SeriesInstanceUID of the series ``grid`` belongs to.
+        The mask file (or TotalSegmentator folder).
+    grids : dict SeriesInstanceUID -> Grid
+        The loaded series (the PET).
+    cfg : dict
+        Validated configuration.
 
     Returns
     -------
     list of LesionMask
-        ``mask.grid`` is ``grid`` or the mask's native grid (see the module docstring).
+        ``mask.grid`` is a grid of ``grids`` or the mask's native grid (see the module docstring).
     """
-    import pydicom
+    from pipeline.io.study_loader import mask_source_of, read_mask_file
 
-    from pipeline.io import labelmap, rtstruct, seg
-
-    if labelmap.is_labelmap(path):
-        names, kind, ref = {}, "unknown", ""
-        if labelmap.sidecar_path(path).exists():
-            side = labelmap.read_sidecar(path)
-            names, kind, ref = side["names"], side["kind"], side["referenced_series_uid"]
-        own = labelmap.labelmap_grid(path)
-        target = grid if own.same_as(grid) else own
-        return labelmap.read_labelmap(path, grid=target, names=names, kind=kind,
-                                      referenced_series_uid=ref)
-    try:
-        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
-    except Exception as exc:
-        raise SegmentationError(f"cannot read the mask: {type(exc).__name__}: {exc}", file=path,
-                                hint="give a DICOM SEG, an RTSTRUCT or a NIfTI / NRRD label "
-                                "map") from exc
-    modality = str(ds.get("Modality", ""))
-    if modality == "SEG":
-        refs = seg.referenced_series_uids(ds)
-        if series_uid in refs:
-            return seg.read_seg(path, grids={series_uid: grid})
-        native = seg.seg_native_grid(path)
-        return seg.read_seg(path, grids={(refs[0] if refs else "native"): native})
-    if modality == "RTSTRUCT":
-        refs, _ = rtstruct.rtstruct_references(ds)
-        full = pydicom.dcmread(str(path))
-        if series_uid in refs:
-            return rtstruct.read_rtstruct(path, grid=grid, series_uid=series_uid)
-        native = rtstruct.rtstruct_native_grid(full)
-        return rtstruct.read_rtstruct(path, grid=native, series_uid=refs[0] if refs else "")
-    raise SegmentationError(f"unsupported mask file (Modality {modality or 'none'})", file=path,
-                            tag="Modality (0008,0060)",
-                            hint="give a DICOM SEG, an RTSTRUCT or a NIfTI / NRRD label map")
+    path = Path(path)
+    return read_mask_file(mask_source_of(path), path, grids, cfg, own_grid_when_unloaded=True)
 
 
 def _stats(values: np.ndarray) -> dict:

@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.errors import SegmentationError
 from pipeline.geometry import Grid, resample
 from pipeline.report import figures as F
 
@@ -275,10 +276,18 @@ def extract_lesion_crops(
     Returns
     -------
     LesionCrops
+
+    Raises
+    ------
+    SegmentationError
+        The mask is empty.
     """
     g = mask.grid
     if not np.any(mask.crop):
-        raise ValueError(f"lesion {lesion_id}: empty mask, no key image")
+        raise SegmentationError(
+            f"lesion {lesion_id}: expected a mask with at least one voxel, found an empty mask "
+            f"({mask.name!r}); no key image", series_uid=str(mask.source_uid or "") or None,
+            hint="drop or redraw the empty segment; the other lesions keep their key images")
     notes: list[str] = []
     centroid = _point(row, "centroid")
     if centroid is None:
@@ -995,58 +1004,3 @@ def read_index(study_dir: Path) -> dict | None:
     except (OSError, json.JSONDecodeError) as exc:
         log.warning("unreadable %s: %s", p, exc)
         return None
-
-
-def key_images_from_archive(study_dir: Path, archive_root: Path, files, cfg: dict | None = None
-                            ) -> list[Path]:
-    """Rebuild a study's key images from the archive (results made before the study job wrote them).
-
-    Loads the study's CT(s), PET (SUV) and lesion masks exactly as the study job does (same
-    series from ``provenance.json``, same lesion order and identifiers), then calls
-    :func:`write_key_images` with the rows of ``lesions.csv``.
-
-    Parameters
-    ----------
-    study_dir : Path
-        ``RESULTS/studies/<patient>/<study>`` (with ``provenance.json`` and ``lesions.csv``).
-    archive_root : Path
-    files : DataFrame
-        The index's file table.
-    cfg : dict, optional
-        Validated configuration (default: the packaged one).
-    """
-    from pipeline import config as cfgmod
-    from pipeline.errors import PipelineError
-    from pipeline.io import dicom
-    from pipeline.io import suv as suvmod
-    from pipeline.io.tables import read_table
-    from pipeline.records import SegmentKind
-    from pipeline.study import StudyInputs, _load_masks, lesion_ids
-
-    study_dir = Path(study_dir)
-    cfg = cfg or cfgmod.load_config()
-    prov = json.loads((study_dir / "provenance.json").read_text())
-    row = dict(prov.get("inputs", {}).get("study_sheet_row", {}))
-    inp = StudyInputs(row, files, Path(archive_root))
-    by_uid = {}
-    for key in ("ct_series_uid", "ce_ct_series_uid"):
-        uid = inp.uid(key)
-        if uid and uid not in by_uid:
-            by_uid[uid] = dicom.load_ct(inp.paths(uid), series_uid=uid)
-    grids = {u: v.grid for u, v in by_uid.items()}
-    suv_vol = None
-    pet_uid = inp.uid("pet_series_uid")
-    if pet_uid:
-        try:
-            activity, headers = dicom.load_pet_activity(inp.paths(pet_uid), series_uid=pet_uid)
-            grids[pet_uid] = activity.grid
-            audit = suvmod.suv_audit(headers, file_hint=str(inp.paths(pet_uid)[0]))
-            suv_vol = suvmod.to_suv(activity, audit)
-        except PipelineError as exc:
-            log.warning("PET not usable for key images: %s", exc)
-    masks = _load_masks(inp, inp.uid("lesion_mask_source"), inp.uid("lesion_mask_ref"), grids, cfg)
-    masks = [m for m in masks if m.kind != SegmentKind.ORGAN and m.voxel_count > 0]
-    ids = lesion_ids([m.name for m in masks])
-    les = read_table(study_dir / "lesions.csv") if (study_dir / "lesions.csv").exists() else None
-    rows = [] if les is None or les.empty else les.to_dict(orient="records")
-    return write_key_images(study_dir, by_uid, masks, ids, suv=suv_vol, rows=rows)

@@ -1,7 +1,7 @@
 """Build the review outputs of one study or of a whole results folder.
 
-:func:`report_study` is the per-study workflow step (after the study's ranking): key images
-from the archive when the study job wrote none, the worksheet, the DICOM SR, and a small
+:func:`report_study` is the per-study workflow step (after the study's ranking): the worksheet
+(with the key images the study job wrote, or "no key image"), the DICOM SR, and a small
 ``report.json`` saying what was written. :func:`build_reports` does every study of the study
 sheet and then the dashboard. Neither raises for one study: a failed study still gets its
 worksheet (showing the failure), and an SR that cannot be made is recorded with the reason.
@@ -55,12 +55,12 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
     sr : bool
         Also write ``measurements_sr.dcm``.
     rebuild_keyimages : bool
-        When the study job wrote no ``keyimages/`` (results from before it did), load the
-        study's images from the archive and write them (about the cost of loading the series).
+        Ignored: key images come only from the study job (a study without them shows "no key
+        image"); kept so that existing callers (``hitit report-study``) keep working.
     index : ArchiveIndex, optional
         The archive index (read from ``RESULTS/index`` when None).
     cfg : dict, optional
-        Validated configuration (for the key-image rebuild).
+        Validated configuration (not used since key images are no longer rebuilt here).
 
     Returns
     -------
@@ -77,17 +77,10 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
     if (d / "provenance.json").exists():
         prov = json.loads((d / "provenance.json").read_text())
     done = prov.get("status") == "done"
-    if index is None and ((rebuild_keyimages and K.read_index(d) is None and done) or (sr and done)):
+    if index is None and sr and done:
         index = _index(results)
-    if K.read_index(d) is None:
+    if K.read_index(d) is None:  # key images come only from the study job
         status["keyimages"] = "none"
-        if rebuild_keyimages and done and index is not None:
-            try:
-                K.key_images_from_archive(d, index.root, index.files, cfg)
-                status["keyimages"] = "rebuilt from the archive"
-            except Exception as exc:  # noqa: BLE001 - the worksheet works without images
-                log.warning("key images for %s/%s could not be rebuilt: %s", patient_dir, study_dir, exc)
-                status["keyimages"] = f"rebuild failed: {type(exc).__name__}: {exc}"
     if sr:
         if not done:
             status["sr_skipped"] = f"study status is {prov.get('status', 'missing')}"

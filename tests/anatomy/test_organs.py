@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 from anatomy_phantom import mask_of
@@ -83,38 +82,6 @@ def test_canonical_organs_merge_lobes_and_vertebrae():
     assert list(by_number) == ["lung_right"]
 
 
-def _write_nifti(path, mask_zyx: np.ndarray, grid: Grid) -> None:
-    data = np.ascontiguousarray(np.transpose(mask_zyx, (2, 1, 0))).astype(np.uint8)
-    nib.save(nib.Nifti1Image(data, grid.nifti_affine_ras()), str(path))
-
-
-def test_totalseg_folder_detection_and_reading(tmp_path):
-    folder = tmp_path / "segmentations"
-    folder.mkdir()
-    _write_nifti(folder / "liver.nii.gz", _box((0, 0, 0), (5, 5, 5)), G)
-    _write_nifti(folder / "lung_upper_lobe_right.nii.gz", _box((5, 5, 5), (8, 8, 8)), G)
-    _write_nifti(folder / "lung_lower_lobe_right.nii.gz", _box((8, 5, 5), (10, 8, 8)), G)
-    _write_nifti(folder / "spleen.nii.gz", np.zeros(G.shape_zyx, bool), G)  # empty: skipped
-    (folder / "notes.txt").write_text("x")
-    assert O.is_totalseg_folder(folder)
-    assert not O.is_totalseg_folder(tmp_path / "missing")
-    other = tmp_path / "other"
-    other.mkdir()
-    _write_nifti(other / "lesions.nii.gz", _box((0, 0, 0), (2, 2, 2)), G)
-    assert not O.is_totalseg_folder(other)
-    out = O.read_totalseg_folder(folder, grid=G)
-    assert sorted(out) == ["liver", "lung_right"]
-    assert out["lung_right"].voxel_count == 5 * 3 * 3
-    assert out["liver"].grid.same_as(G)
-    # another grid: resampled (nearest) onto the target
-    fine = Grid((40, 60, 80), (1.0, 1.0, 1.5), (-40.5, -30.5, -30.75))
-    out2 = O.read_totalseg_folder(folder, grid=fine)
-    assert out2["liver"].grid.same_as(fine)
-    assert out2["liver"].voxel_count == pytest.approx(8 * out["liver"].voxel_count, rel=0.1)
-    native = O.read_totalseg_folder(folder)  # no target grid: each file's own grid
-    assert native["liver"].grid.same_as(G)
-
-
 # --------------------------------------------------------------------------- phantom, 3 sources
 @pytest.fixture(scope="module")
 def phantom_files(tmp_path_factory):
@@ -136,7 +103,7 @@ def test_seg_rtstruct_and_totalseg_give_the_same_organs(phantom_files):
         "seg": O.canonical_organs(seg_masks,
                                   segment_names=O.seg_structure_names(folder / "SEG_organs.dcm")),
         "rtstruct": O.canonical_organs(rt_masks),
-        "totalseg": O.read_totalseg_folder(folder / "totalseg", grid=g),
+        "totalseg": O.totalseg_organs(folder / "totalseg", grid=g),
     }
     expected = ["aorta", "liver", "lung_left", "lung_right", "spleen", "vertebral_column"]
     for src, organs in sources.items():
