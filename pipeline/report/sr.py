@@ -430,7 +430,7 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
 
 def _text(v) -> str:
     """A table cell as text, "" when missing."""
-    return "" if v is None or (isinstance(v, float) and v != v) else str(v).strip()
+    return "" if F.is_missing(v) else str(v).strip()
 
 
 def _valid_uid(u: str) -> bool:
