@@ -32,7 +32,6 @@ from pipeline.records import LesionMask, SegmentKind
 log = logging.getLogger(__name__)
 
 
-
 def lesion_ids(labels: list[str]) -> list[str]:
     """Stable, readable lesion identifiers from lesion labels (order-independent for unique labels).
 

@@ -39,6 +39,7 @@ _FALSE = {"false", "no", "0", "n", "f"}
 def _schema() -> dict:
     return load_yaml(SIDECAR_SCHEMA)
 
+
 #: Sidecar columns that only name the lesion (matched against the table, never merged).
 KEY_COLUMNS = ("patient_id", "study_uid", "lesion_id", "lesion_label")
 #: Sidecar column -> lesion-table column it is merged into (others keep their name).
