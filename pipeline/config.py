@@ -128,6 +128,38 @@ def _check_semantics(cfg: dict, source: str) -> None:
     v = r.get("volume")
     if v and v["min_ml"] > v["max_ml"]:
         raise ConfigError(f"{source}: 'ranking.volume.min_ml' > 'ranking.volume.max_ml'")
+    _check_columns(r, source)
+
+
+def _check_columns(r: dict, source: str) -> None:
+    """Rules, training features and sidecar columns name only declared lesion-table columns
+    (:mod:`pipeline.columns`): a misspelled column would make a rule "not evaluated" for every
+    lesion, silently. All problems are listed, each with a did-you-mean hint."""
+    from pipeline.columns import (
+        feature_readable_columns,
+        rule_readable_columns,
+        unknown_column_message,
+    )
+    from pipeline.ranking.model import undeclared_features
+    from pipeline.ranking.rules import undeclared_rule_columns
+
+    problems = []
+    readable = rule_readable_columns()
+    for code, where, col in undeclared_rule_columns(r):
+        problems.append(f"rule {code} ({where}): {unknown_column_message(col, readable)}")
+    for key, col in undeclared_features(r):
+        problems.append(f"'ranking.training.{key}': "
+                        f"{unknown_column_message(col, feature_readable_columns())}")
+    if problems:
+        raise ConfigError(
+            f"{source}: " + "; ".join(problems),
+            hint="use a column of the lesion table (README 'Lesion table columns', "
+                 "pipeline/columns.py); a rule on an unknown column would never be evaluated",
+        )
+    if r.get("sidecar"):
+        from pipeline.ranking.sidecar import check_declared
+
+        check_declared()
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> dict:

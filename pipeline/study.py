@@ -21,17 +21,13 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline import config as cfgmod
+from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
 from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
 from pipeline.io.tables import failures_frame, write_table
 
 log = logging.getLogger(__name__)
-
-LESION_ID_COLUMNS = [
-    "patient_id", "study_uid", "lesion_id", "lesion_label", "mask_source", "mask_series_uid",
-    "segment_number", "tracking_uid",
-]
 
 
 def run_study(
@@ -78,8 +74,9 @@ def run_study(
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
                          **err.as_record()})
 
-    if lesions.empty:
-        lesions = pd.DataFrame(columns=LESION_ID_COLUMNS)
+    # The declared columns, in the declared order (pipeline/columns.py); an undeclared
+    # produced column is a bug and raises InternalError.
+    lesions = lesions.reindex(columns=order_lesion_columns(list(lesions.columns)))
     write_table(lesions, out_dir / "lesions.csv")
     write_table(failures_frame(failures), out_dir / "failures.csv")
     suv_audit = used_series.pop("suv_audit", None)

@@ -26,13 +26,55 @@ def write_table(df: pd.DataFrame, path: Path, *, parquet: bool = False) -> None:
         tmpq.replace(pq)
 
 
+#: Text accepted for a boolean cell (case-insensitive); empty = unknown (None).
+_TRUE = {"true", "yes", "1", "1.0"}
+_FALSE = {"false", "no", "0", "0.0"}
+_PANDAS_DTYPE = {"str": str, "float": "float64", "int": "Int64"}
+
+
+def _parse_bool(v, *, column: str, path: Path):
+    if v is None or (isinstance(v, float) and v != v):
+        return None
+    low = str(v).strip().lower()
+    if low == "":
+        return None
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    from pipeline.errors import InternalError
+
+    raise InternalError(f"column '{column}' is declared boolean but holds {v!r}", file=path,
+                        hint="the table was not written by this pipeline version; rerun the study")
+
+
 def read_table(path: Path) -> pd.DataFrame:
-    """Read a CSV written by :func:`write_table`; identifiers stay strings."""
-    return pd.read_csv(
-        path, dtype={"patient_id": str, "study_uid": str, "lesion_id": str, "lesion_label": str,
-                     "series_uid": str},
-        keep_default_na=True,
-    )
+    """Read a CSV written by :func:`write_table` with the declared column types.
+
+    Columns declared in :mod:`pipeline.columns` get their type: text columns (identifiers,
+    UIDs, reasons) stay strings (empty -> NaN), float columns are float64 (empty -> NaN), int
+    columns the nullable ``Int64`` (empty -> <NA>), bool columns objects holding True / False /
+    None (true/false/yes/no/1/0 accepted). Undeclared columns (e.g. ``series_uid`` of the failure
+    table) are inferred by pandas, ``series_uid`` as text.
+    """
+    from pipeline.columns import dtype_map
+
+    path = Path(path)
+    declared = dtype_map()
+    header = pd.read_csv(path, nrows=0).columns
+    dtypes: dict = {"series_uid": str}
+    bools = []
+    for c in header:
+        kind = declared.get(c)
+        if kind == "bool":
+            dtypes[c] = str
+            bools.append(c)
+        elif kind is not None:
+            dtypes[c] = _PANDAS_DTYPE[kind]
+    df = pd.read_csv(path, dtype=dtypes, keep_default_na=True)
+    for c in bools:
+        df[c] = df[c].map(lambda v, c=c: _parse_bool(v, column=c, path=path)).astype(object)
+    return df
 
 
 def failures_frame(records: list[dict]) -> pd.DataFrame:

@@ -81,6 +81,20 @@ MODEL_FORMAT = 1
 KEYS = ["patient_id", "study_uid", "lesion_id"]
 
 
+#: Keys of ``ranking.training`` that list lesion-table columns.
+FEATURE_KEYS = ("numeric_features", "boolean_features", "categorical_features")
+
+
+def undeclared_features(cfg_ranking: dict) -> list[tuple[str, str]]:
+    """(``training.<key>``, column) for each configured feature that no producer writes
+    (:func:`pipeline.columns.feature_readable_columns`); :mod:`pipeline.config` rejects them."""
+    from pipeline.columns import feature_readable_columns
+
+    ok = set(feature_readable_columns())
+    t = cfg_ranking.get("training") or {}
+    return [(k, f) for k in FEATURE_KEYS for f in (t.get(k) or []) if f not in ok]
+
+
 def rules_hash(cfg_ranking: dict) -> str:
     """SHA-256 of the settings the rule features depend on (rules, scores, needle, target)."""
     keys = ("rules", "stage_base_score", "stage_weights", "tier_min_score", "needle", "target_point")

@@ -283,6 +283,24 @@ def rule_columns(cfg_ranking: dict) -> list[str]:
     return sorted(cols)
 
 
+def undeclared_rule_columns(cfg_ranking: dict) -> list[tuple[str, str, str]]:
+    """(rule code, "condition" or "message", column) for each column a configured rule names
+    that no producer writes (:func:`pipeline.columns.rule_readable_columns`).
+
+    Such a rule would be "not evaluated" for every lesion (or print "n/a"), silently;
+    :mod:`pipeline.config` rejects it.
+    """
+    from pipeline.columns import rule_readable_columns
+
+    ok = set(rule_readable_columns())
+    out = []
+    for rule in cfg_ranking.get("rules", []):
+        for where, cols in (("condition", columns_of(rule["when"])),
+                            ("message", message_columns(rule.get("message", "")))):
+            out.extend((rule["code"], where, c) for c in sorted(cols) if c not in ok)
+    return out
+
+
 class _SafeFormatter(string.Formatter):
     def format_field(self, value, format_spec):
         if _is_missing(value):

@@ -40,6 +40,43 @@ def _schema() -> dict:
     return load_yaml(SIDECAR_SCHEMA)
 
 
+#: Sidecar columns that only name the lesion (matched against the table, never merged).
+KEY_COLUMNS = ("patient_id", "study_uid", "lesion_id", "lesion_label")
+#: Sidecar column -> lesion-table column it is merged into (others keep their name).
+MERGED_AS = {"notes": "sidecar_notes"}
+
+
+def merged_columns(schema: dict | None = None) -> list[str]:
+    """Lesion-table columns the sidecar merges (:func:`merge_sidecar`): every schema column but
+    the keys, renamed by :data:`MERGED_AS`, plus ``<bool column>_source``."""
+    props = (schema or _schema())["properties"]
+    out = [MERGED_AS.get(c, c) for c in props if c not in KEY_COLUMNS]
+    return out + [f"{c}_source" for c in BOOL_COLUMNS]
+
+
+def check_declared(schema: dict | None = None) -> None:
+    """Every column the sidecar merges into the lesion table is declared in
+    :mod:`pipeline.columns` (a sidecar column the rules cannot be checked against is a bug).
+
+    Raises
+    ------
+    ConfigError
+        Naming the sidecar schema column, with a did-you-mean hint.
+    """
+    from pipeline.columns import ALL_COLUMNS, is_declared, unknown_column_message
+
+    bad = [c for c in merged_columns(schema) if not is_declared(c)]
+    if bad:
+        names = [c.name for c in ALL_COLUMNS]
+        raise ConfigError(
+            "clinical sidecar schema: merged column(s) "
+            + "; ".join(unknown_column_message(c, names) for c in bad),
+            file=SIDECAR_SCHEMA,
+            hint="declare the column in pipeline.columns.SIDECAR_COLUMNS (producer 'sidecar') "
+                 "or fix its name in configs/sidecar.schema.yaml",
+        )
+
+
 def _convert(col: str, raw: str, spec: dict):
     """CSV text -> typed value per the schema (unconvertible text is returned as is, so that the
     schema reports it with its type)."""
@@ -91,6 +128,7 @@ def load_sidecar(path: str | Path) -> pd.DataFrame:
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise ConfigError(f"clinical sidecar is not a readable CSV: {exc}", file=p) from exc
     schema = _schema()
+    check_declared(schema)
     props = schema["properties"]
     raw.columns = [str(c).strip() for c in raw.columns]
     unknown = [c for c in raw.columns if c not in props]

@@ -11,6 +11,11 @@ Report* with one measurement group per lesion:
   Qualitative Evaluations* for the lesion, whose source images are the CT slices within half
   the lesion's 3D diameter of its centroid.
 
+Source CT of each mask: the series named in the lesion's ``mask_referenced_series_uid`` column
+(the image series the study job drew / mapped the mask on). Tables of older pipeline versions
+lack it: the SEG's ReferencedSeriesSequence is used then, else the study sheet's CT (contrast CT
+when the masks came from it), with a logged warning.
+
 Every group carries a tracking identifier (the lesion's stable ``lesion_id`` and the SEG
 TrackingUID when present, else a UID derived from study and lesion id, so it is stable across
 reruns), the finding type *Lesion*, the organ as finding site when it has a SNOMED CT code, and:
@@ -57,9 +62,24 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.errors import PipelineError
 from pipeline.report import figures as F
 
 log = logging.getLogger(__name__)
+
+
+class SRError(PipelineError):
+    """The study's tables or images do not allow a DICOM SR."""
+
+    stage = "report"
+
+
+class NoLesionsForSRError(SRError):
+    """The study has no lesion rows (e.g. a failed study): there is nothing to report."""
+
+
+class SourceImagesMissingError(SRError):
+    """The CT series a lesion mask was drawn on has no readable image in the archive."""
 
 SR_NAME = "measurements_sr.dcm"
 LOCAL_SCHEME = "99HITIT"
@@ -272,30 +292,52 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
     root = Path(archive_root)
     rows = merged_rows(_read_csv(study_dir / "lesions.csv"), _read_csv(study_dir / "ranking.csv"))
     if not rows:
-        raise ValueError(f"no lesions in {study_dir}: nothing to report")
+        raise NoLesionsForSRError(
+            f"expected at least one lesion row in lesions.csv / ranking.csv of {study_dir}, "
+            "found none: nothing to report", file=study_dir / "lesions.csv",
+            hint="an SR is written only for a study that finished (provenance.json status done) "
+                 "with lesions; see the study's failures.csv")
 
-    # ---- segmentation object and the CT it references
+    # ---- segmentation object and the CT each mask was drawn on
     source = str(sheet_row.get("lesion_mask_source", "") or "")
     mask_ref = str(series.get("lesion_mask", "") or sheet_row.get("lesion_mask_ref", "") or "")
     seg = None
-    ref_ct_uid = ""
+    seg_ct_uid = ""
     if source == "seg" and mask_ref:
         seg_paths = _paths(files, root, mask_ref)
         segs = _read_headers(seg_paths[:1], SEG_TAGS)
         seg = segs[0] if segs else None
         if seg is not None:
             for item in seg.get("ReferencedSeriesSequence", []):
-                ref_ct_uid = str(item.SeriesInstanceUID)
+                seg_ct_uid = str(item.SeriesInstanceUID)
                 break
-    if not ref_ct_uid:
-        mask_uids = {str(r.get("mask_series_uid") or "") for r in rows}
-        ref_ct_uid = str(series.get("ce_ct_series_uid") if series.get("ce_ct_series_uid") in mask_uids
-                         else series.get("ct_series_uid") or series.get("ce_ct_series_uid") or "")
-    ct_headers = _read_headers(_paths(files, root, ref_ct_uid), SOURCE_TAGS) if ref_ct_uid else []
-    if not ct_headers:
-        raise ValueError(f"no readable source CT images (series {ref_ct_uid or 'unknown'}) for {study_dir}")
+    lesion_ct = {str(r.get("lesion_id")): _text(r.get("mask_referenced_series_uid")) for r in rows}
+    unknown = sorted(lid for lid, u in lesion_ct.items() if not u)
+    if unknown:
+        guess = seg_ct_uid
+        if not guess:
+            mask_uids = {str(r.get("mask_series_uid") or "") for r in rows}
+            guess = str(series.get("ce_ct_series_uid") if series.get("ce_ct_series_uid") in mask_uids
+                        else series.get("ct_series_uid") or series.get("ce_ct_series_uid") or "")
+        log.warning("SR %s: mask_referenced_series_uid empty for lesion(s) %s (table of an older "
+                    "pipeline version); source CT taken from %s: %s", study_dir, unknown,
+                    "the SEG's ReferencedSeriesSequence" if seg_ct_uid else "the study sheet",
+                    guess or "none")
+        for lid in unknown:
+            lesion_ct[lid] = guess
+    ct_headers_of: dict[str, list] = {}
+    for uid in dict.fromkeys(lesion_ct.values()):
+        ct_headers_of[uid] = _read_headers(_paths(files, root, uid), SOURCE_TAGS) if uid else []
+        if not ct_headers_of[uid]:
+            lids = sorted(k for k, v in lesion_ct.items() if v == uid)
+            raise SourceImagesMissingError(
+                f"expected readable source CT images for the mask(s) of lesion(s) {lids}, found "
+                f"none in the archive index for {study_dir}", series_uid=uid or None,
+                hint="keep the CT series the masks were drawn on in the archive (and its index), "
+                     "or rerun the study so that lesions.csv names it in mask_referenced_series_uid")
+    ct_headers = [h for hs in ct_headers_of.values() for h in hs]
     ct_by_uid = {str(h.SOPInstanceUID): h for h in ct_headers}
-    evidence = [_evidence_copy(h) for h in ct_headers]
+    evidence = [_evidence_copy(h) for h in ct_by_uid.values()]
     if seg is not None:
         evidence.append(_evidence_copy(seg))
 
@@ -335,9 +377,12 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
         common = dict(tracking_identifier=tracking, finding_type=codes.SCT.Lesion,
                       algorithm_id=algo, finding_sites=sites, measurements=measurements or None,
                       qualitative_evaluations=quals or None)
+        ref_ct_uid = lesion_ct[lid]
+        lesion_headers = ct_headers_of[ref_ct_uid]
+        own = {str(h.SOPInstanceUID) for h in lesion_headers}
         if seg is not None and seg_no is not None and str(r.get("mask_series_uid") or mask_ref) == str(seg.SeriesInstanceUID):
             frames, srcs, pos = _seg_frames(seg, int(seg_no))
-            srcs = [u for u in dict.fromkeys(srcs) if u in ct_by_uid] or _match_positions(ct_headers, pos)
+            srcs = [u for u in dict.fromkeys(srcs) if u in own] or _match_positions(lesion_headers, pos)
             src_items = [hd.sr.SourceImageForSegmentation(str(ct_by_uid[u].SOPClassUID), u) for u in srcs]
             ref = hd.sr.ReferencedSegment(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
@@ -347,7 +392,7 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
                 referenced_segment=ref, **common))
         else:
-            srcs = _slices_near(ct_headers, r)
+            srcs = _slices_near(lesion_headers, r)
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
                 source_images=[hd.sr.SourceImageForMeasurementGroup(str(h.SOPClassUID), str(h.SOPInstanceUID))
                                for h in srcs] or None, **common))
@@ -383,6 +428,11 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
     return sr
 
 
+def _text(v) -> str:
+    """A table cell as text, "" when missing."""
+    return "" if F.is_missing(v) else str(v).strip()
+
+
 def _valid_uid(u: str) -> bool:
     import re
 
@@ -410,8 +460,10 @@ def write_sr(study_dir: Path, archive_root: Path, files_index, out_path: Path | 
 
     Raises
     ------
-    ValueError
-        The study has no lesions or no readable source CT (e.g. a failed study).
+    NoLesionsForSRError
+        The study has no lesions (e.g. a failed study).
+    SourceImagesMissingError
+        A lesion's source CT (``mask_referenced_series_uid``) has no readable image.
     """
     study_dir = Path(study_dir)
     out = Path(out_path) if out_path is not None else study_dir / SR_NAME
@@ -432,7 +484,8 @@ def read_measurements(path: Path) -> dict[str, dict]:
     dict
         ``{tracking identifier (lesion_id): {"tracking_uid", "template" ("1411" volumetric ROI
         or "1501"), "segment": (SEG SOP Instance UID, segment numbers, frame numbers) or None,
-        "source_images": [SOP Instance UID, ...], "measurements": {(concept meaning, derivation
+        "source_images": [SOP Instance UID, ...] (source images for segmentation, or the 1501
+        group's source-of-measurement images), "measurements": {(concept meaning, derivation
         meaning or ""): (value, UCUM unit code)}, "evaluations": {concept code: value code}}}``
     """
     import highdicom as hd
@@ -451,6 +504,9 @@ def read_measurements(path: Path) -> dict[str, dict]:
             for item in rs:
                 if item.ConceptNameCodeSequence[0].CodeValue == "121233":  # Source image for segmentation
                     sources.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
+        if template == "1501":
+            for item in g.source_images:  # Source of Measurement images of the group
+                sources.append(str(item.ReferencedSOPSequence[0].ReferencedSOPInstanceUID))
         meas = {}
         for m in g.get_measurements():
             deriv = m.derivation.meaning if m.derivation is not None else ""

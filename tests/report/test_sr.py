@@ -11,6 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
+from pipeline.errors import PipelineError
 from pipeline.report import sr as S
 
 UNITS = {
@@ -115,5 +116,66 @@ def test_sr_leaves_out_missing_values(results, tmp_path):
 
 
 def test_sr_of_a_failed_study_is_refused(results):
-    with pytest.raises(ValueError, match="no lesions"):
+    with pytest.raises(S.NoLesionsForSRError, match="no lesion|found none") as err:
         S.build_sr(results["bad"], results["archive"], results["results"] / "index")
+    assert isinstance(err.value, PipelineError) and err.value.hint
+    assert err.value.file.endswith("lesions.csv")
+
+
+def _series_sops(results, uid):
+    files = pd.read_csv(results["results"] / "index" / "files.csv", dtype=str)
+    return set(files.loc[files.series_uid == uid, "sop_instance_uid"])
+
+
+def _with_referenced_series(results, tmp_path, uid_of, *, source=None):
+    """Copy of the good study with mask_referenced_series_uid set per lesion (uid_of(lid))."""
+    d = tmp_path / "study"
+    shutil.copytree(results["good"], d)
+    les = pd.read_csv(d / "lesions.csv", dtype={"lesion_id": str, "tracking_uid": str})
+    les["mask_referenced_series_uid"] = [uid_of(lid) for lid in les["lesion_id"]]
+    les.to_csv(d / "lesions.csv", index=False)
+    if source:
+        prov = json.loads((d / "provenance.json").read_text())
+        prov["inputs"]["study_sheet_row"]["lesion_mask_source"] = source
+        (d / "provenance.json").write_text(json.dumps(prov))
+    return d, les
+
+
+def test_sr_takes_each_masks_source_ct_from_the_lesion_table(results, tmp_path):
+    """mask_referenced_series_uid picks the source CT per lesion: with lesions alternately on
+    the non-contrast and the contrast CT, each group's source images come from its own series."""
+    prov = json.loads((results["good"] / "provenance.json").read_text())
+    nc, ce = prov["inputs"]["series"]["ct_series_uid"], prov["inputs"]["series"]["ce_ct_series_uid"]
+    assert nc != ce
+    lids = sorted(pd.read_csv(results["good"] / "lesions.csv", dtype={"lesion_id": str})["lesion_id"])
+    want = {lid: (ce if i % 2 else nc) for i, lid in enumerate(lids)}
+    for source in ("seg", "rtstruct"):
+        d, _ = _with_referenced_series(results, tmp_path / source, want.get, source=source)
+        sr = S.build_sr(d, results["archive"], results["results"] / "index")
+        path = tmp_path / source / "x.dcm"
+        sr.save_as(path, enforce_file_format=True)
+        got = S.read_measurements(path)
+        assert sorted(got) == lids
+        for lid, g in got.items():
+            assert g["source_images"], f"{source} {lid}: no source images"
+            assert set(g["source_images"]) <= _series_sops(results, want[lid]), (source, lid)
+        ev = {s.SeriesInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence[0].ReferencedSeriesSequence}
+        assert {nc, ce} <= ev
+
+
+def test_sr_old_table_without_referenced_series_falls_back_with_warning(results, tmp_path, caplog):
+    d, _ = _with_referenced_series(results, tmp_path, lambda lid: "")
+    with caplog.at_level("WARNING", logger="pipeline.report.sr"):
+        out = S.write_sr(d, results["archive"], results["results"] / "index", tmp_path / "x.dcm")
+    assert any("mask_referenced_series_uid empty" in r.getMessage() for r in caplog.records)
+    got = S.read_measurements(out)
+    assert sorted(got) == sorted(pd.read_csv(d / "lesions.csv", dtype={"lesion_id": str})["lesion_id"])
+    assert all(g["source_images"] for g in got.values())
+
+
+def test_sr_refuses_a_source_ct_missing_from_the_archive(results, tmp_path):
+    d, les = _with_referenced_series(results, tmp_path, lambda lid: "1.2.3.4.5.999")
+    with pytest.raises(S.SourceImagesMissingError) as err:
+        S.build_sr(d, results["archive"], results["results"] / "index")
+    assert err.value.series_uid == "1.2.3.4.5.999" and err.value.hint
+    assert isinstance(err.value, PipelineError)
