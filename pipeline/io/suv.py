@@ -28,19 +28,30 @@ Rules, in the order they are applied
      (``bqml_per_unit``). With only (7053,1009) the BQML rule follows. With both, the header
      computation is compared with the vendor factor (warning beyond 2 %). Neither -> no SUV.
    * ``GML``: the values already are SUV (g/mL). SUVType (0054,1006) absent or ``BW`` -> SUVbw,
-     ``suv_per_stored_unit = 1``: never converted a second time. Any other SUVType (LBM,
-     LBM_JANMA, BSA, IBW ...) -> reported, no SUVbw.
-   * ``CM2ML`` (SUVbsa) and every other unit: reported, no SUVbw (never converted twice).
+     ``suv_per_stored_unit = 1``: never converted a second time.
+   * ``GML`` with SUVType ``LBM`` / ``LBM_JAMES128`` / ``LBM_JANMA`` / ``IBW`` / ``BSA``, and
+     ``CM2ML`` (SUVbsa, cm2/mL): a stored SUV of another kind (``suv_kind`` "lbm", "ibw",
+     "bsa"). Since ``SUVx = C X / D`` for the body-size measure X, ``SUVbw = SUVx W / X``: it
+     is converted to SUVbw (``suv_per_stored_unit = W / X``, no decay involved) when the inputs
+     of X are in the header -- LBM: PatientSex (0010,0040), PatientSize (0010,1020), PatientWeight
+     (0010,1030) by James 1976 (LBM_JAMES128) or Janmahasatian 2005 (LBM_JANMA; plain LBM names
+     no formula: ``suv.lbm_formula_assumed``, default Janmahasatian, the IBSI-recommended
+     formula; a scanner whose SUL used James needs ``james``); IBW:
+     Devine 1974 (sex, height); BSA: Du Bois 1916 (weight, height). ``suv_kind_formula`` says
+     which. Otherwise SUVbw is unavailable and the stored values are reported as they are
+     (``to_suv(..., kind="stored")``, units ``SUVlbm`` / ``SUVibw`` / ``SUVbsa``), never
+     compared with SUVbw thresholds (``suv_is_bw`` False).
+   * every other unit: no SUV.
 
 2. **Reference time** (DecayCorrection START), as QIBA: SeriesDate/SeriesTime, unless it is
    later than the earliest acquisition (series re-created after the scan); then the GE private
-   "PET scan_datetime" (0009,xx0D) of GEMS_PETD_01; then the earliest AcquisitionDate/Time;
-   then, when that acquisition time precedes the injection (not this injection's scan), the
-   time back-computed from a slice's acquisition time, FrameReferenceTime (0054,1300) and
-   ActualFrameDuration (0018,1242) (``t_acq - FRT + decay-weighted mid-frame time``).
-   When SeriesTime was not usable and the back-computed time differs from the chosen one by
-   more than 60 s, a warning says so (vendors differ in what FrameReferenceTime is relative to,
-   so it is not compared with a usable SeriesTime).
+   "PET scan_datetime" (0009,xx0D) of GEMS_PETD_01; then, when a slice has FrameReferenceTime
+   (0054,1300) and ActualFrameDuration (0018,1242), the scan start back-computed from them
+   (``t_acq - FRT + decay-weighted mid-frame time``); only without them the earliest
+   AcquisitionDate/Time. ``decay_reference_source`` says which (:class:`DecayReferenceSource`).
+   When the chosen time and the back-computed one differ by more than 60 s, a warning says so
+   (vendors differ in what FrameReferenceTime is relative to, so it is not compared with a
+   usable SeriesTime).
 
 3. **DecayCorrection** (0054,1102): ``START`` -> decay from injection to the reference time;
    ``ADMIN`` -> the images are corrected to the administration time, decay factor 1, reference
@@ -60,6 +71,17 @@ Rules, in the order they are applied
 6. **SUL** (Janmahasatian lean body mass) when PatientSex is M or F and PatientSize (height) is
    known: LBM = 9270 W / (6680 + 216 BMI) (male), 9270 W / (8780 + 244 BMI) (female), W in kg,
    BMI = W / height^2 (kg/m^2).
+
+7. **Plausibility** (:class:`SUVPlausibility`, config ``suv:``): an uptake time (reference -
+   injection) negative or above 5 half-lives, a weight outside 2-350 kg after unit repair (or
+   a value above 1000 that as grams is below 20 kg: ambiguous, e.g. the placeholder 9999), an
+   injected activity outside the nuclide's range (F-18 37-1110 MBq ...; an unknown nuclide
+   only the generic range), an acquisition or injection before 1990 or in the future (now, or
+   the header's InstanceCreationDate/Time), and an SUVmax above 300 in the converted volume
+   (:func:`check_suv_bound`) each refuse the SUV: ``suv_per_stored_unit`` None, the reason
+   naming the tag and value, one :class:`PlausibilityRefusal` each (severity "warning";
+   :func:`audit_failure_records` turns them into failure-table rows). The activity
+   concentration (Bq/mL) stays available.
 
 Missing weight, dose, times or half-life: SUV stays empty with the reason (``suv_reason``); the
 activity concentration (Bq/mL) is still available when the units allow it
@@ -343,6 +365,8 @@ class SUVAudit:
         Repairs and doubtful values.
     series_uid : str
         SeriesInstanceUID of the PET series.
+    file : str
+        The file (or folder) the audit was computed from (``file_hint``).
     """
 
     suv_per_stored_unit: float | None = None
@@ -374,6 +398,7 @@ class SUVAudit:
     plausibility_refusals: tuple[PlausibilityRefusal, ...] = ()
     warnings: tuple[str, ...] = ()
     series_uid: str = ""
+    file: str = ""
 
     @property
     def available(self) -> bool:
@@ -927,8 +952,9 @@ def _check_weight(h0: Dataset, weight_kg: float, limits: SUVPlausibility
             f"is ambiguous: as kg above {hi:g} kg, as grams {weight_kg:g} kg, below the "
             f"{limits.weight_grams_repair_min_kg:g} kg accepted for a gram repair (placeholder?)")]
     if not lo <= weight_kg <= hi:
+        repaired = f"({weight_kg:g} kg after unit repair) " if float(raw) != weight_kg else "kg "
         return [_refusal("weight", "PatientWeight", raw, f"{lo:g}-{hi:g} kg",
-                         f"({weight_kg:g} kg after unit repair) is outside {lo:g}-{hi:g} kg")]
+                         f"{repaired}is outside {lo:g}-{hi:g} kg")]
     return []
 
 
@@ -1050,7 +1076,7 @@ def audit_failure_records(audit: SUVAudit, patient_id: str, study_uid: str) -> l
         rows.append({
             "patient_id": patient_id, "study_uid": study_uid, "stage": SUVError.stage,
             "error_class": "SUVPlausibilityWarning", "message": r.message,
-            "file": "", "series_uid": audit.series_uid, "tag": r.tag,
+            "file": audit.file, "series_uid": audit.series_uid, "tag": r.tag,
             "hint": ("correct the value at the scanner or in the RIS and re-export; SUV columns "
                      "stay empty, activity concentration (Bq/mL) is still reported"),
             "severity": r.severity,
@@ -1100,7 +1126,7 @@ def suv_audit(headers: list[Dataset], *, file_hint: str = "", strict: bool = Tru
     h0 = headers[0]
     file_hint = file_hint or str(getattr(h0, "filename", "") or "")
     series_uid = str(h0.get("SeriesInstanceUID", ""))
-    info: dict = {"series_uid": series_uid, "units": str(h0.get("Units", "") or "").upper(),
+    info: dict = {"series_uid": series_uid, "file": file_hint, "units": str(h0.get("Units", "") or "").upper(),
                   "decay_correction": str(h0.get("DecayCorrection", "") or "").upper(),
                   "sex": str(h0.get("PatientSex", "") or "").strip().upper()}
     warnings: list[str] = []
@@ -1235,17 +1261,16 @@ def _fill(headers, h0, info: dict, warnings: list[str], file_hint: str, series_u
         series_day, series_dt, acq = None, None, []
     # acquisition dates: before 1990 or in the future (series, else earliest acquisition)
     if series_day is not None:
-        raw = _text(h0.SeriesDate) + (_text(h0.SeriesTime) if series_dt is not None else "")
-        refusals += _check_date("SeriesDate", raw, series_dt or series_day, limits, now, created)
+        refusals += _check_date("SeriesDate", _text(h0.SeriesDate), series_dt or series_day,
+                                limits, now, created)
     if acq and not any(r.field == "date" for r in refusals):
         first = min(acq)
         hf = next(h for h in headers if _acq_datetime(h, series_day) == first)
         if has_value(hf, "AcquisitionDateTime"):
             kw, raw = "AcquisitionDateTime", _text(hf.AcquisitionDateTime)
         else:
-            kw = "AcquisitionDate"
-            raw = (_text(hf.get("AcquisitionDate", "") or h0.get("SeriesDate", ""))
-                   + _text(hf.AcquisitionTime))
+            kw = "AcquisitionDate" if has_value(hf, "AcquisitionDate") else "SeriesDate"
+            raw = _text(hf.get(kw, ""))
         refusals += _check_date(kw, raw, first, limits, now, created)
 
     u = _unit_rule(headers, file_hint, series_uid, info)
