@@ -1126,7 +1126,8 @@ def suv_audit(headers: list[Dataset], *, file_hint: str = "", strict: bool = Tru
     h0 = headers[0]
     file_hint = file_hint or str(getattr(h0, "filename", "") or "")
     series_uid = str(h0.get("SeriesInstanceUID", ""))
-    info: dict = {"series_uid": series_uid, "file": file_hint, "units": str(h0.get("Units", "") or "").upper(),
+    info: dict = {"series_uid": series_uid, "file": file_hint,
+                  "units": str(h0.get("Units", "") or "").upper(),
                   "decay_correction": str(h0.get("DecayCorrection", "") or "").upper(),
                   "sex": str(h0.get("PatientSex", "") or "").strip().upper()}
     warnings: list[str] = []

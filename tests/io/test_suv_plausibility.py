@@ -389,3 +389,32 @@ def test_bad_time_is_a_suv_error_with_hint():
     """SeriesTime 25:60:00 is not a time: SUVError with a hint (was a bare ValueError)."""
     a = _audit(lambda h: setattr(h, "SeriesTime", "256000"))
     assert not a.available and "not a DICOM time" in a.suv_reason and "Fix:" in a.suv_reason
+
+
+@pytest.mark.parametrize("units, kind", [("SUVbw", "bw"), ("SUVlbm", "lbm"), ("SUVbsa", "bsa")])
+def test_feature_columns_carry_the_kind_and_never_fill_suvbw_from_another_kind(units, kind):
+    """A uniform 5 g/mL PET over a 5x5x5-voxel lesion: as SUVbw the columns hold 5; as a stored
+    SUVlbm / SUVbsa they stay empty (never compared with SUVbw thresholds) and suv_reason
+    reports the stored values with their kind."""
+    from pipeline.features.pet import pet_columns
+    from pipeline.geometry import Grid
+    from pipeline.records import LesionMask, MaskSource, Volume
+
+    grid = Grid((20, 20, 20), (4.0, 4.0, 4.0), (0.0, 0.0, 0.0))
+    vol = Volume(np.full(grid.shape_zyx, 5.0, np.float32), grid, units, "1.2.3")
+    mask = LesionMask("lesion", MaskSource.SEG, grid, ((8, 13), (8, 13), (8, 13)),
+                      np.ones((5, 5, 5), bool))
+    pcfg = {"peak_volume_ml": 1.0, "min_coverage": 0.5, "mtv_fraction_of_max": 0.41,
+            "mtv_absolute_suv": 2.5}
+    row = pet_columns(mask, vol, pcfg=pcfg, sul_ratio=0.8)
+    assert row["suv_kind"] == kind
+    if kind == "bw":
+        assert row["suv_max"] == pytest.approx(5.0) and row["sul_max"] == pytest.approx(4.0)
+        assert row["mtv25_ml"] == pytest.approx(125 * 0.064)  # 125 voxels x 0.064 mL
+    else:
+        assert all(row[k] is None for k in ("suv_max", "suv_peak", "suv_mean", "mtv25_ml",
+                                            "tlg41_g", "sul_max"))
+        assert f"PET stored as {units}" in row["suv_reason"]
+        assert f"{units}_max 5" in row["suv_reason"]
+        assert row["mtv41_ml"] == pytest.approx(125 * 0.064)  # relative threshold: unit-free
+    assert pet_columns(mask, None, pcfg=pcfg)["suv_kind"] == ""
