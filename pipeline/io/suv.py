@@ -33,10 +33,10 @@ Rules, in the order they are applied
      ``CM2ML`` (SUVbsa, cm2/mL): a stored SUV of another kind (``suv_kind`` "lbm", "ibw",
      "bsa"). Since ``SUVx = C X / D`` for the body-size measure X, ``SUVbw = SUVx W / X``: it
      is converted to SUVbw (``suv_per_stored_unit = W / X``, no decay involved) when the inputs
-     of X are in the header -- LBM: PatientSex (0010,0040), PatientSize (0010,1020), PatientWeight
-     (0010,1030) by James 1976 (LBM_JAMES128) or Janmahasatian 2005 (LBM_JANMA; plain LBM names
-     no formula: ``suv.lbm_formula_assumed``, default Janmahasatian, the IBSI-recommended
-     formula; a scanner whose SUL used James needs ``james``); IBW:
+     of X are in the header -- LBM: PatientSex (0010,0040), PatientSize (0010,1020) and
+     PatientWeight (0010,1030), by James 1976 (SUVType LBM_JAMES128) or Janmahasatian 2005
+     (LBM_JANMA); plain LBM names no formula: ``suv.lbm_formula_assumed``, default
+     Janmahasatian (IBSI-recommended; set ``james`` for a scanner whose SUL used James); IBW:
      Devine 1974 (sex, height); BSA: Du Bois 1916 (weight, height). ``suv_kind_formula`` says
      which. Otherwise SUVbw is unavailable and the stored values are reported as they are
      (``to_suv(..., kind="stored")``, units ``SUVlbm`` / ``SUVibw`` / ``SUVbsa``), never
@@ -346,7 +346,8 @@ class SUVAudit:
     decay_factor : float or None
         Fraction of the injected activity left at the reference time.
     lbm_kg : float or None
-        Janmahasatian lean body mass.
+        Janmahasatian lean body mass; for a stored SUVlbm converted to SUVbw, the lean body
+        mass of the formula named in ``suv_kind_formula``.
     sul_factor : float or None
         LBM [g] / decayed dose [Bq]: multiply Bq/mL by this to get SUL.
     sul_reason : str
@@ -1286,6 +1287,8 @@ def _fill(headers, h0, info: dict, warnings: list[str], file_hint: str, series_u
         )
     if u["already_suv"]:
         warnings.append(u["rule"])
+        info["sul_reason"] = (f"SUL is not derived from a stored SUV (Units {u['units']}): it needs "
+                              "the activity concentration")
         if u["kind"] == SUVKind.BW:
             factor = 1.0
         else:
@@ -1293,6 +1296,8 @@ def _fill(headers, h0, info: dict, warnings: list[str], file_hint: str, series_u
                                             info["sex"], limits, file_hint, series_uid)
             info["suv_kind_formula"] = formula
             info["units_rule"] = f"{u['rule']}; converted: {formula}"
+            if u["kind"] == SUVKind.LBM:
+                info["lbm_kg"] = info["weight_kg"] / factor
             warnings.append(f"stored SUV{u['kind'].value} converted to SUVbw: {formula}")
         _refuse(refusals, file_hint, series_uid)
         info["suv_per_stored_unit"] = factor

@@ -321,6 +321,7 @@ def test_lbm_assumption_is_configurable():
     a = _audit(_stored("GML", "LBM"), limits=lim)
     assert a.suv_per_stored_unit == pytest.approx(75 / 60.277778, rel=1e-6)
     assert "James 1976" in a.suv_kind_formula and "assumed" in a.suv_kind_formula
+    assert a.lbm_kg == pytest.approx(60.277778, rel=1e-6)
 
 
 def test_stored_kind_without_height_is_reported_never_as_suvbw(tmp_path):
