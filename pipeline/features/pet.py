@@ -26,6 +26,9 @@ Columns of :func:`pet_columns` (the feature stage's PET part)
 * ``liver_reference_suv_mean`` (+ ``liver_reference_sul_mean``, ``liver_reference_x_mm/_y_mm/
   _z_mm``, ``liver_reference_reason``) and ``lesion_to_liver_suvpeak_ratio`` = ``suv_peak`` /
   liver reference mean: see :func:`liver_reference`.
+* ``suv_kind`` -- "bw" (SUVbw), or the kind of a stored SUV that could not be converted to SUVbw
+  ("lbm", "ibw", "bsa"); then the SUV columns above stay empty and ``suv_reason`` gives the
+  stored values with their kind (never compared with SUVbw thresholds); "" without SUV.
 """
 
 from __future__ import annotations
@@ -538,4 +541,31 @@ def pet_columns(
     ref = lr.get("liver_reference_suv_mean")
     row["lesion_to_liver_suvpeak_ratio"] = (
         f.suv_peak / ref if (f.suv_peak is not None and ref) else None)
+    return _keep_suvbw_only(row, suv)
+
+
+#: Volume units -> ``suv_kind`` column (pipeline.io.suv.SUV_KIND_UNITS, inverted).
+_UNITS_KIND = {"SUVBW": "bw", "SUVLBM": "lbm", "SUVIBW": "ibw", "SUVBSA": "bsa"}
+#: Columns in SUV units (g/mL or g) that only an SUVbw volume may fill; ratios and the relative
+#: MTV41 are unit-free and stay.
+_SUVBW_ONLY = ("suv_max", "suv_mean", "suv_peak", "suv_mean41", "tlg41_g", "mtv25_ml", "sul_max",
+               "sul_peak", "liver_reference_suv_mean", "liver_reference_sul_mean")
+
+
+def _keep_suvbw_only(row: dict, suv: Volume | None) -> dict:
+    """Add ``suv_kind`` ("bw", "lbm", "ibw", "bsa"; "" without SUV). A stored SUV of another
+    kind (``suv.units`` SUVlbm / SUVibw / SUVbsa, from ``to_suv(..., kind="stored")``) is
+    reported in ``suv_reason`` with its kind and never left in the SUVbw columns, which the
+    rules compare with SUVbw thresholds."""
+    kind = _UNITS_KIND.get(suv.units.upper(), suv.units) if suv is not None else ""
+    row["suv_kind"] = kind
+    if suv is None or kind == "bw" or row.get("suv_max") is None:
+        return row
+    stored = ", ".join(f"{k.replace('suv', suv.units)} {row[k]:.4g}"
+                       for k in ("suv_max", "suv_peak", "suv_mean") if row.get(k) is not None)
+    for k in _SUVBW_ONLY:
+        row[k] = None
+    row["suv_reason"] = (f"PET stored as {suv.units} (not convertible to SUVbw): {stored}; "
+                         "not compared with SUVbw thresholds")
+    row["sul_reason"] = row["suv_reason"]
     return row

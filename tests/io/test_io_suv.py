@@ -125,7 +125,6 @@ def test_fractional_seconds_and_other_half_life():
         (lambda h: delattr(h.RadiopharmaceuticalInformationSequence[0], "RadionuclideHalfLife"),
          "RadionuclideHalfLife (0018,1075)"),
         (lambda h: setattr(h, "Units", "CNTS"), "Units (0054,1001)"),
-        (lambda h: setattr(h, "Units", "CM2ML"), "Units (0054,1001)"),
         (lambda h: setattr(h, "Units", "CPS"), "Units (0054,1001)"),
         (lambda h: setattr(h, "DecayCorrection", "WHATEVER"), "DecayCorrection (0054,1102)"),
         (lambda h: delattr(h, "DecayCorrection"), "DecayCorrection (0054,1102)"),
@@ -133,7 +132,7 @@ def test_fractional_seconds_and_other_half_life():
         (lambda h: delattr(h, "Units"), "Units (0054,1001)"),
     ],
     ids=["no-weight", "zero-weight", "no-radiopharm-seq", "no-dose", "no-half-life",
-         "cnts-without-philips-factors", "cm2ml", "cps", "bad-decay", "no-decay", "nac",
+         "cnts-without-philips-factors", "cps", "bad-decay", "no-decay", "nac",
          "no-units"],
 )
 def test_missing_or_unsupported_names_tag_and_file(mutate, tag):
@@ -295,15 +294,27 @@ def test_gml_is_never_converted_twice(tmp_path):
     assert to_activity_bqml(act, a) is None
 
 
-@pytest.mark.parametrize("suv_type, kind", [("LBM", "SUL"), ("BSA", "SUVbsa")])
-def test_other_stored_suv_kinds_reported_not_converted(suv_type, kind):
+@pytest.mark.parametrize("units, suv_type, kind, tag", [
+    ("GML", "LBM", "lbm", "PatientSize (0010,1020)"),
+    ("GML", "IBW", "ibw", "PatientSize (0010,1020)"),
+    ("GML", "BSA", "bsa", "PatientSize (0010,1020)"),
+    ("CM2ML", None, "bsa", "PatientSize (0010,1020)"),
+])
+def test_other_stored_suv_kinds_reported_not_converted(units, suv_type, kind, tag):
+    """Without height (and sex O) a stored SUVlbm / SUVibw / SUVbsa cannot become SUVbw: it is
+    reported with its kind, never as SUVbw."""
     hs = pet_headers()
     for h in hs:
-        h.Units = "GML"
-        h.SUVType = suv_type
+        h.Units = units
+        if suv_type:
+            h.SUVType = suv_type
     a = suv_audit(hs, strict=False)
     assert a.suv_per_stored_unit is None and a.suv_kind == kind
-    assert "never converted a second time" in a.suv_reason
+    assert not a.suv_is_bw and a.stored_suv_available
+    assert "never compared with SUVbw thresholds" in a.suv_reason and tag in a.suv_reason
+    with pytest.raises(SUVError) as ei:
+        suv_audit(hs, file_hint="PET/0001.dcm")
+    assert ei.value.tag == tag and ei.value.hint
 
 
 def _philips(h, suv=None, acsf=None):
@@ -413,8 +424,15 @@ def test_vendor_headers_suvbw_factor(case, expected):
     assert audit.suv_per_stored_unit == pytest.approx(expected, rel=1e-6)
     if headers[0].Units == "BQML":
         assert audit.suvbw_factor == pytest.approx(expected, rel=1e-6)
-    if "lessThan_S_DT" in case or "AC_DT_-_S_DT" in case:
+    if "lessThan_S_DT" in case:
+        # SeriesTime 12:35:15 is 5 us after the acquisition; FrameReferenceTime 59936.85 ms is
+        # the decay-weighted mid-frame time of its 120 s frame, so the back-computed scan start
+        # is the acquisition time itself and the cornerstone factor is unchanged
+        assert audit.decay_reference_source == "frame_reference_time"
+        assert audit.reference_time_iso.startswith("2020-12-17T12:35:14.99")
+    if "AC_DT_-_S_DT" in case:  # FrameReferenceTime 0: no back-computation
         assert audit.reference_time_rule == "earliest AcquisitionDate/Time"
+        assert audit.decay_reference_source == "earliest_acquisition_time"
     if case == "PHILIPS_CNTS_AND_BQML_SUV":
         assert audit.bqml_per_unit == pytest.approx(1.602563)
         assert not any("differs by" in w for w in audit.warnings)  # header agrees with vendor
