@@ -137,6 +137,9 @@ LESION_COLUMNS: tuple[Column, ...] = (
     _c("activity_max_bqml", "float", "Bq/mL", "features.pet", "suv_reason",
        "highest activity concentration of the lesion's PET voxels"),
     _c("suv_reason", "str", "", "features.pet", "", "why the SUV columns are empty"),
+    _c("suv_kind", "str", "", "features.pet", "suv_reason",
+       "kind of the PET's SUV: bw (SUVbw, compared with the rules' thresholds), or lbm / ibw / "
+       "bsa for a stored SUV that could not be converted (then the SUVbw columns stay empty)"),
     _c("mtv41_ml", "float", "mL", "features.pet", "suv_reason",
        "metabolic tumour volume: PET voxels touched by the lesion with SUV >= 41 % of SUVmax"),
     _c("suv_mean41", "float", _SUV, "features.pet", "suv_reason", "mean SUV of the MTV41 voxels"),

@@ -25,6 +25,7 @@ from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
 from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
+from pipeline.io.suv import audit_failure_records
 from pipeline.io.tables import failures_frame, write_table
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,9 @@ def run_study(
     # produced column is a bug and raises InternalError.
     lesions = lesions.reindex(columns=order_lesion_columns(list(lesions.columns)))
     write_table(lesions, out_dir / "lesions.csv")
-    write_table(failures_frame(failures), out_dir / "failures.csv")
     suv_audit = used_series.pop("suv_audit", None)
+    failures.extend(used_series.pop("suv_refusals", []))  # severity "warning": the study goes on
+    write_table(failures_frame(failures), out_dir / "failures.csv")
     feature_prov = used_series.pop("features", None)
     prov = {
         "status": status,
@@ -153,6 +155,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
             warnings.append(f"key images not written: {exc}")
     if img.suv_audit is not None:
         used["suv_audit"] = img.suv_audit.as_dict()
+        used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),
+                                                     inp.uid("study_uid"))
     used["features"] = fctx.provenance()
     warnings.extend(str(n) for n in fctx.frames.notes)
     return pd.DataFrame(rows), used, warnings

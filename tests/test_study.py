@@ -48,3 +48,41 @@ def test_lesion_rows_name_the_ct_the_mask_was_drawn_on(shifted, tmp_path, seg_fi
     assert set(les["mask_referenced_series_uid"]) == {want_ct}
     assert [s["stage"] for s in prov["stages"]] == ["load_images", "load_masks", "prepare",
                                                     "lesions", "key_images"]
+
+
+def test_implausible_injection_time_refuses_the_suv_with_a_warning_row(shifted, tmp_path):
+    """Injection 5 days before the scan: SUV refused (no rule sees it), a warning row in
+    failures.csv naming the tag, the study still done, activity concentration still reported."""
+    import shutil
+
+    import pydicom
+
+    from pipeline.io.index import scan_archive as rescan
+
+    root, truth, _, _ = shifted
+    copy = tmp_path / "archive"
+    shutil.copytree(root, copy)
+    n = 0
+    for p in copy.rglob("*.dcm"):
+        ds = pydicom.dcmread(p)
+        if ds.Modality != "PT":
+            continue
+        info = ds.RadiopharmaceuticalInformationSequence[0]
+        start = str(info.RadiopharmaceuticalStartDateTime)
+        day = int(start[6:8])
+        info.RadiopharmaceuticalStartDateTime = f"{start[:6]}{day - 5:02d}{start[8:]}"
+        ds.save_as(p)
+        n += 1
+    assert n > 0
+    index = rescan(copy)
+    row = build_study_sheet(index).iloc[0].to_dict()
+    prov = run_study(row, index.files, copy, load_config(), tmp_path / "out")
+    assert prov["status"] == "done"
+    les = read_table(tmp_path / "out" / "lesions.csv")
+    assert les["suv_max"].isna().all()
+    assert les["activity_max_bqml"].notna().all()
+    assert les["suv_reason"].str.contains("(0018,1078)", regex=False).all()
+    fails = read_table(tmp_path / "out" / "failures.csv")
+    assert len(fails) >= 1 and set(fails["severity"]) == {"warning"}
+    assert fails["tag"].str.contains("0018,1078").any()
+    assert prov["suv_audit"]["severity"] == "warning"

@@ -115,7 +115,9 @@ class StudyImages:
     pet_activity_bqml : Volume or None
         PET activity concentration in Bq/mL (None when the units do not allow it).
     pet_suv : Volume or None
-        PET in SUVbw (g/mL); None when SUV is unavailable (``suv_reason`` says why).
+        PET in SUVbw (g/mL), or an SUV of another kind exactly as stored (its ``units`` say
+        which: ``SUVlbm`` / ``SUVibw`` / ``SUVbsa``); None when SUV is unavailable or was refused
+        by a plausibility limit (``suv_reason`` says why).
     suv_audit : SUVAudit or None
         How the SUV factor was derived (:func:`pipeline.io.suv.suv_audit`); None without PET.
     suv_reason : str
@@ -195,13 +197,21 @@ def load_images(inputs: StudyInputs, cfg: dict, *, pet_required: bool = False) -
                                                    on_irregular=on_irregular)
             used["pet_series_uid"] = pet_uid
             grids[pet_uid] = raw.grid
-            audit = suv.suv_audit(headers, file_hint=str(inputs.paths(pet_uid)[0]), strict=False)
+            limits = suv.SUVPlausibility.from_config(cfg)
+            audit = suv.suv_audit(headers, file_hint=str(inputs.paths(pet_uid)[0]), strict=False,
+                                  limits=limits)
             warnings.extend(f"SUV: {w}" for w in audit.warnings)
             # Bq/mL only when the units allow it (None for GML, CM2ML, CNTS without factor)
             activity = suv.to_activity_bqml(raw, audit)
-            if audit.available:
+            if audit.suv_is_bw:
                 suv_vol = suv.to_suv(raw, audit)
-            else:
+                audit, refusal = suv.check_suv_bound(suv_vol, audit, limits)
+                if refusal is not None:  # a physically impossible SUVmax: no rule sees it
+                    suv_vol = None
+            elif audit.stored_suv_available:  # SUVlbm/ibw/bsa as stored, never compared to SUVbw
+                suv_vol = suv.to_suv(raw, audit, kind="stored")
+                suv_reason = audit.suv_reason
+            if suv_vol is None:
                 suv_reason = f"SUV unavailable: {audit.suv_reason}"
                 warnings.append(suv_reason)
         except PipelineError as exc:

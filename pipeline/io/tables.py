@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 
+#: ``severity`` is "error" (the study or file could not be used) or "warning" (the study was
+#: processed, one value was refused, e.g. an implausible SUV)
 FAILURE_COLUMNS = [
     "patient_id", "study_uid", "stage", "error_class", "message", "file", "series_uid", "tag",
-    "hint",
+    "hint", "severity",
 ]
 
 
@@ -79,4 +81,6 @@ def read_table(path: Path) -> pd.DataFrame:
 
 def failures_frame(records: list[dict]) -> pd.DataFrame:
     """Failure records as a DataFrame with the fixed column order (header only when empty)."""
-    return pd.DataFrame(records, columns=FAILURE_COLUMNS).fillna("")
+    df = pd.DataFrame(records, columns=FAILURE_COLUMNS)
+    df["severity"] = df["severity"].fillna("error").replace("", "error")
+    return df.fillna("")
