@@ -299,7 +299,7 @@ def write_pet_series(
     Parameters
     ----------
     stored : (z, y, x) int16
-        Stored values (see :func:`pipeline.testing.phantom.quantize_pet_slices`).
+        Stored values (see :func:`.render.quantize_pet_slices`).
     slopes : (z,) float
         Per-slice RescaleSlope (intercept 0).
 
@@ -396,7 +396,7 @@ def write_seg(
     Abnormal Structure, type Neoplasm, TrackingUID/TrackingID) as drawn on the contrast CT
     (shifted when the contrast CT is); ``kind="lesion_noncontrast"``: the same segments,
     unshifted, for the non-contrast CT (series ``seg_lesions_noncontrast``). ``kind="organ"``:
-    one segment per organ of :data:`pipeline.testing.phantom.ORGANS` (category Anatomical Structure).
+    one segment per organ of :data:`.design.ORGANS` (category Anatomical Structure).
     ``source`` are the CT datasets in ascending z (array order) that the SEG references.
     """
     import highdicom as hd
@@ -710,7 +710,7 @@ def write_rtstruct_organs(
 ) -> None:
     """Write the organ masks as an RT Structure Set on the non-contrast CT ``source``.
 
-    ROIs (ROIName from :data:`pipeline.testing.phantom.ORGAN_ROI_NAMES`: Liver, Spleen, Lung_L, Lung_R,
+    ROIs (ROIName from :data:`.design.ORGAN_ROI_NAMES`: Liver, Spleen, Lung_L, Lung_R,
     Aorta, Spine), RTROIInterpretedType ORGAN. Per slice, every boundary of the organ mask
     (outer outlines of each connected piece and the outlines of holes, e.g. the right lung
     around the liver dome) is a separate CLOSED_PLANAR contour (:func:`mask_contours`),
@@ -782,7 +782,7 @@ def write_labelmap(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) ->
 
 def write_totalseg(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) -> Path:
     """Write a TotalSegmentator-v2-style folder: one binary uint8 ``<structure>.nii.gz`` per
-    structure of :data:`pipeline.testing.phantom.TOTALSEG_STRUCTURES`, on the non-contrast CT grid
+    structure of :data:`.design.TOTALSEG_STRUCTURES`, on the non-contrast CT grid
     with its RAS affine (:meth:`Grid.nifti_affine_ras`), plus ``README.txt``.
     No JSON sidecars: TotalSegmentator writes none.
     """
