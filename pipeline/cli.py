@@ -149,7 +149,7 @@ def cmd_cohort(args) -> int:
 
 
 def cmd_phantom(args) -> int:
-    from pipeline.phantom import generate_cohort
+    from pipeline.testing.phantom import generate_cohort
 
     out = Path(args.outdir)
     t0 = time.perf_counter()
@@ -193,7 +193,7 @@ def cmd_demo(args) -> int:
     if rc == 0:
         import pandas as pd
 
-        from pipeline.validation import compare_with_truth
+        from pipeline.testing.validation import compare_with_truth
 
         rk = pd.read_csv(Path(args.output) / "cohort" / "ranking.csv", dtype=str,
                          keep_default_na=False)
@@ -262,7 +262,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from pipeline.ranking.train_cli import register as register_training
 
-    register_training(sub)  # hitit train, hitit synthetic
+    register_training(sub)  # hitit train
+
+    from pipeline.testing.cli import register as register_synthetic
+
+    register_synthetic(sub)  # hitit synthetic (test tooling: SYNTHETIC training data)
 
     from pipeline.io.suv_cli import register as register_suv
     from pipeline.report.cli import register as register_report

@@ -25,7 +25,6 @@ import time
 
 import numpy as np
 
-from pipeline import phantom as P
 from pipeline.anatomy import stage
 from pipeline.anatomy.access import AccessSettings, plan_access
 from pipeline.anatomy.body import SkinSurface, body_mask
@@ -33,6 +32,7 @@ from pipeline.anatomy.tissue import build_tissue_map
 from pipeline.config import load_config
 from pipeline.geometry import bbox_of
 from pipeline.records import LesionMask, MaskSource, SegmentKind, Volume
+from pipeline.testing import phantom as P
 
 
 def _mask(full, grid, name, kind):

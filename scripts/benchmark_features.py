@@ -6,7 +6,7 @@ Usage::
     .venv/bin/python scripts/benchmark_features.py [--size full|small] [--variant extended]
                                                    [--shift 3,-2,4.5] [--repeat 1]
 
-Builds the phantom in memory (``pipeline.phantom.phantom_arrays``: CT 512x512x112 at
+Builds the phantom in memory (``pipeline.testing.phantom.phantom_arrays``: CT 512x512x112 at
 0.78x0.78x1.5 mm, PET 96x96x42 at 4 mm for ``full``), hands it to
 ``pipeline.features.stage.prepare`` exactly as ``study.py`` does (lesion masks on the CT they were
 drawn on, organ masks on the non-contrast CT), then calls ``lesion_columns`` once per lesion
@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from pipeline import config as cfgmod
 from pipeline.features import stage
 from pipeline.geometry import bbox_of
-from pipeline.phantom import ORGAN_NAMES, phantom_arrays
 from pipeline.records import LesionMask, MaskSource, SegmentKind, Volume
+from pipeline.testing.phantom import ORGAN_NAMES, phantom_arrays
 
 
 def _mask(full, grid, name, kind, ref, k):

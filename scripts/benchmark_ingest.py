@@ -38,7 +38,7 @@ if str(REPO) not in sys.path:
 
 
 def _generate(archive: Path, n_small: int, full: bool) -> None:
-    from pipeline.phantom import generate_patient
+    from pipeline.testing.phantom import generate_patient
 
     t0 = time.perf_counter()
     for i in range(1, n_small + 1):

@@ -8,7 +8,7 @@ Usage::
         [--csv docs/ibsi_compliance.csv] [--md docs/ibsi_compliance.md]
 
 Runs our extraction (``configs/radiomics/ct.yaml`` through ``pipeline.features.radiomics``,
-with each IBSI configuration's overrides from ``pipeline.features.ibsi``) on the IBSI 1 digital
+with each IBSI configuration's overrides from ``pipeline.testing.ibsi``) on the IBSI 1 digital
 phantom (copied into the tests, CC BY 4.0) and, when the shared IBSI folder is present, on the
 IBSI 1 CT phantom, configurations A-D (CC BY-NC 3.0: read in place, never copied). Writes the
 compliance table (dataset, run, family, feature, IBSI tag, reference, tolerance, ours, pass,
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import pandas as pd
 
-from pipeline.features import ibsi
+from pipeline.testing import ibsi
 
 log = logging.getLogger("ibsi_check")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from pipeline.phantom import generate_cohort  # noqa: E402
+from pipeline.testing.phantom import generate_cohort  # noqa: E402
 
 
 def main() -> int:

@@ -16,7 +16,7 @@ from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.io.tables import read_table
 from pipeline.study import run_study
 
-phantom = pytest.importorskip("pipeline.phantom", reason="phantom generator not available")
+from pipeline.testing import phantom  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,8 @@ import pytest
 
 from pipeline.cli import REPO_ROOT
 from pipeline.runner import run_workflow
-from pipeline.phantom import generate_cohort
-from pipeline.validation import truth_checks
+from pipeline.testing.phantom import generate_cohort
+from pipeline.testing.validation import truth_checks
 
 pytestmark = pytest.mark.slow
 

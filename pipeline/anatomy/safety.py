@@ -38,7 +38,7 @@ Definitions
     each stands for the angular sector (seen from the centroid of its connected vessel
     section) half-way to its angular neighbours; it is in contact when a 4-neighbour is a
     lesion pixel. This is the phantom's voxelized definition
-    (:func:`pipeline.phantom.aorta_contact_angle_voxelized`) for an axial vessel.
+    (:func:`pipeline.testing.phantom.aorta_contact_angle_voxelized`) for an axial vessel.
 ``vessel_relation``
     "encasing" when the contact angle exceeds ``vessel_encasing_angle_deg`` (180 by default),
     "abutting" when there is contact or the distance is at most ``vessel_abut_distance_mm``,

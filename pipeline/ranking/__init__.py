@@ -8,6 +8,5 @@ select        ranks, injection set, itRECIST monitoring set, planned volumes (``
 sidecar       optional clinical CSV validated by configs/sidecar.schema.yaml
 longitudinal  lesion matching with an earlier study, growth, ``rank_patient``
 model         pairwise learning to rank on the team's past choices (``hitit train``)
-synthetic     synthetic lesion tables and decisions (labelled synthetic) for demo and tests
-train_cli     ``hitit train`` / ``hitit synthetic`` / ``hitit rank`` argument parsers
+train_cli     ``hitit train`` / ``hitit rank`` argument parsers
 """

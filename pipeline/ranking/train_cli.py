@@ -1,4 +1,4 @@
-"""``hitit train`` (and ``hitit synthetic``): retrain the lesion ranking on the team's choices.
+"""``hitit train``: retrain the lesion ranking on the team's choices.
 
 Wiring: in ``pipeline/cli.py``'s ``build_parser``, after the other subcommands::
 
@@ -13,9 +13,8 @@ subcommands; a :class:`~pipeline.errors.PipelineError` is reported by ``cli.main
     on all data and writes ``DIR/model.joblib``, ``DIR/model_card.json``, ``DIR/model_card.md``
     and ``DIR/cv_results.csv``. Use it with ``ranking.model: DIR/model.joblib``.
 
-``hitit synthetic --out DIR [--patients N] [--policy expert|rules] [--noise X] [--seed S]``
-    Writes a SYNTHETIC lesion table and SYNTHETIC decisions (labelled so in a ``synthetic``
-    column) for the demo: ``DIR/lesions.csv``, ``DIR/decisions.csv``.
+``hitit synthetic`` (SYNTHETIC training data for a demo of this command) is test tooling: it
+lives in :mod:`pipeline.testing.cli`, registered by :mod:`pipeline.cli`.
 
 The workflow's ranking step (``hitit rank``, one study with the patient's earlier studies) is
 :func:`pipeline.study.run_ranking`, which calls
@@ -50,27 +49,8 @@ def cmd_train(args) -> int:
     return 0
 
 
-def cmd_synthetic(args) -> int:
-    """Run ``hitit synthetic``."""
-    from pipeline.config import load_config
-    from pipeline.io.tables import write_table
-    from pipeline.ranking.synthetic import synthetic_decisions, synthetic_lesions
-
-    cfg = load_config(args.config)
-    les = synthetic_lesions(args.patients, seed=args.seed,
-                            superficial_depth_mm=cfg["anatomy"]["superficial_depth_mm"])
-    dec = synthetic_decisions(les, cfg["ranking"], policy=args.policy, noise=args.noise,
-                              seed=args.seed + 1)
-    out = Path(args.out)
-    write_table(les, out / "lesions.csv")
-    write_table(dec, out / "decisions.csv")
-    print(f"SYNTHETIC: {len(les)} lesions of {les['patient_id'].nunique()} patients and "
-          f"decisions of policy '{args.policy}' in {out}")
-    return 0
-
-
 def register(subparsers) -> None:
-    """Add ``train`` and ``synthetic`` to the ``hitit`` subcommands.
+    """Add ``train`` to the ``hitit`` subcommands.
 
     Parameters
     ----------
@@ -85,13 +65,3 @@ def register(subparsers) -> None:
     t.add_argument("--out", required=True, help="output folder for the model and its card")
     t.add_argument("--config", help="YAML file overriding configs/config.yaml")
     t.set_defaults(func=cmd_train)
-
-    s = subparsers.add_parser(
-        "synthetic", help="write SYNTHETIC lesions and decisions (demo of hitit train)")
-    s.add_argument("--out", required=True)
-    s.add_argument("--patients", type=int, default=200)
-    s.add_argument("--policy", choices=["expert", "rules"], default="expert")
-    s.add_argument("--noise", type=float, default=0.2)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--config", help="YAML file overriding configs/config.yaml")
-    s.set_defaults(func=cmd_synthetic)

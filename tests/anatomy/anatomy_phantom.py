@@ -6,11 +6,11 @@ import copy
 
 import numpy as np
 
-from pipeline import phantom as P
 from pipeline.anatomy import stage
 from pipeline.config import load_config
 from pipeline.geometry import bbox_of
 from pipeline.records import LesionMask, MaskSource, SegmentKind, Volume
+from pipeline.testing import phantom as P
 
 
 def mask_of(full: np.ndarray, grid, name: str, kind=SegmentKind.LESION) -> LesionMask:

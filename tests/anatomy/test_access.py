@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from anatomy_phantom import PhantomStudy
 
-from pipeline import phantom as P
 from pipeline.anatomy.access import (
     AccessSettings,
     band_directions,
@@ -18,6 +17,7 @@ from pipeline.anatomy.access import (
 from pipeline.anatomy.tissue import BONE, build_tissue_map
 from pipeline.geometry import Grid, bbox_of
 from pipeline.records import LesionMask, MaskSource, SegmentKind
+from pipeline.testing import phantom as P
 
 SETTINGS = AccessSettings(
     n_directions=400, max_angle_from_axial_deg=30.0, max_path_length_mm=150.0,

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from anatomy_phantom import mask_of
 
-from pipeline import phantom as P
 from pipeline.anatomy import organs as O
 from pipeline.anatomy import stage
 from pipeline.anatomy.site import organ_term
 from pipeline.config import load_config
 from pipeline.geometry import Grid
 from pipeline.records import SegmentKind, Volume
+from pipeline.testing import phantom as P
 
 
 @pytest.mark.parametrize("name,structure", [

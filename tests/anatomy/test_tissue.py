@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline import phantom as P
 from pipeline.anatomy.tissue import AIR, BODY, BONE, LARGE_VESSEL, LUNG, VESSEL
+from pipeline.testing import phantom as P
 
 
 def _full(tmap, bit):

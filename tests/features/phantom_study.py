@@ -13,8 +13,8 @@ import numpy as np
 
 from pipeline import config as cfgmod
 from pipeline.geometry import bbox_of
-from pipeline.phantom import ORGAN_NAMES, phantom_arrays
 from pipeline.records import LesionMask, MaskSource, SegmentKind, Volume
+from pipeline.testing.phantom import ORGAN_NAMES, phantom_arrays
 
 NC_UID, CE_UID, PET_UID = "1.2.826.0.1.1", "1.2.826.0.1.2", "1.2.826.0.1.3"
 FRAME, FRAME_CE = "1.2.826.0.9.1", "1.2.826.0.9.2"
@@ -70,11 +70,11 @@ def organ_masks(a) -> dict[str, LesionMask]:
 
 @lru_cache(maxsize=8)
 def _truth(a) -> tuple:
-    from pipeline.phantom import lesion_truth
+    from pipeline.testing.phantom import lesion_truth
 
     return tuple(lesion_truth(a))
 
 
 def truth_by_name(a) -> dict[str, dict]:
-    """Ground truth per lesion name (``pipeline.phantom.lesion_truth``, exact PET)."""
+    """Ground truth per lesion name (``pipeline.testing.phantom.lesion_truth``, exact PET)."""
     return {t["name"]: t for t in _truth(a)}

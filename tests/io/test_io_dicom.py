@@ -324,7 +324,7 @@ def test_compressed_series_decode(tmp_path, syntax, tol):
     JPEG baseline holds 8-bit samples: the series is requantised to 8 bits (step s8 = range/255)
     and compressed lossily; HU must stay within s8/2 + 3 x s8 (a few grey levels of JPEG error).
     """
-    from pipeline.io.corpus import COMPRESSED_SYNTAXES, compress_file
+    from pipeline.testing.corpus import COMPRESSED_SYNTAXES, compress_file
 
     s = make_series(tmp_path / "ct", order="sorted", rows=64, cols=64, n=3)
     for p in s.paths:
@@ -357,7 +357,7 @@ def test_undecodable_pixels_name_the_transfer_syntax(tmp_path):
 # ------------------------------------------------------------------ multi-frame
 def test_enhanced_ct_equals_single_frame_series(tmp_path):
     """An Enhanced CT (one file, frames in shuffled order, geometry in functional groups)."""
-    from pipeline.io.corpus import to_enhanced_ct
+    from pipeline.testing.corpus import to_enhanced_ct
 
     s = make_series(tmp_path / "ct", n=5, order="sorted", iop=tuple(np.concatenate(
         [rot_x(10)[:, 0], rot_x(10)[:, 1]])))
@@ -385,7 +385,7 @@ def test_legacy_multiframe_ct_equals_its_source_slices():
 
 
 def test_multiframe_missing_plane_position_names_frame(tmp_path):
-    from pipeline.io.corpus import to_enhanced_ct
+    from pipeline.testing.corpus import to_enhanced_ct
 
     s = make_series(tmp_path / "ct", n=3, order="sorted")
     mf = to_enhanced_ct(s.paths, tmp_path / "e.dcm")

@@ -361,7 +361,7 @@ def test_exclusions_multiframe_nrrd_and_reformats(tmp_path):
 
     import SimpleITK as sitk
 
-    from pipeline.io.corpus import to_enhanced_ct
+    from pipeline.testing.corpus import to_enhanced_ct
 
     study = generate_uid()
     root = tmp_path

@@ -17,9 +17,10 @@ from pipeline.errors import SegmentationError
 from pipeline.geometry import Grid
 from pipeline.io.dicom import load_ct, load_series_headers
 from pipeline.io.labelmap import read_labelmap, read_sidecar
-from pipeline.io.rtstruct import classify_roi, contour_volume_ml, read_rtstruct
+from pipeline.io.rtstruct import classify_roi, read_rtstruct
 from pipeline.io.seg import classify_segment, read_seg
 from pipeline.records import MaskSource, SegmentKind
+from pipeline.testing.contours import contour_volume_ml
 
 PAT = dict(lesion_name_patterns=("gtv*", "*lesion*"), organ_name_patterns=("liver", "*lung*"))
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-phantom = pytest.importorskip("pipeline.phantom", reason="phantom generator not available")
+phantom = pytest.importorskip("pipeline.testing.phantom", reason="phantom generator not available")
 
 from pipeline.io import dicom, labelmap, rtstruct, seg, suv  # noqa: E402
 from pipeline.io.index import build_study_sheet, scan_archive  # noqa: E402

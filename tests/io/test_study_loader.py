@@ -21,7 +21,7 @@ from pipeline.io import study_loader as L
 from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.records import SegmentKind
 
-phantom = pytest.importorskip("pipeline.phantom", reason="phantom generator not available")
+from pipeline.testing import phantom  # noqa: E402
 
 PACKAGE = Path(L.__file__).resolve().parents[1]
 

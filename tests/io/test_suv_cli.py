@@ -13,7 +13,7 @@ from io_synth import make_series, write_seg
 
 from pipeline.io.suv_cli import cmd_suv, register
 
-phantom = pytest.importorskip("pipeline.phantom", reason="phantom generator not available")
+phantom = pytest.importorskip("pipeline.testing.phantom", reason="phantom generator not available")
 
 # Default synthetic PET (io_synth): 75 kg, 370 MBq, 1 h of F-18 decay (see test_io_suv.py).
 EXPECTED_FACTOR = 0.0002960750161260463

@@ -1,5 +1,6 @@
-"""Retraining (pipeline/ranking/model.py, synthetic.py, train_cli.py): acceptance on synthetic
-decisions, model card, use in rank_study with the safety exclusions kept. Seeded and fast."""
+"""Retraining (pipeline/ranking/model.py, train_cli.py; pipeline/testing/decisions.py):
+acceptance on synthetic decisions, model card, use in rank_study with the safety exclusions
+kept. Seeded and fast."""
 
 import argparse
 import json
@@ -12,12 +13,13 @@ from ranking_rows import PHANTOM001, lesion
 from pipeline.errors import ConfigError
 from pipeline.ranking import model as rkmodel
 from pipeline.ranking.select import rank_study
-from pipeline.ranking.synthetic import (
+from pipeline.ranking.train_cli import register
+from pipeline.testing.cli import register as register_synthetic
+from pipeline.testing.decisions import (
     expert_utility,
     synthetic_decisions,
     synthetic_lesions,
 )
-from pipeline.ranking.train_cli import register
 
 N_PATIENTS = 250  # 5-fold GroupKFold: 50 held-out patients per fold
 
@@ -148,7 +150,9 @@ def test_metrics():
 
 def test_cli_train_and_synthetic(tmp_path, capsys):
     parser = argparse.ArgumentParser(prog="hitit")
-    register(parser.add_subparsers(dest="cmd", required=True))
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    register(sub)
+    register_synthetic(sub)
     a = parser.parse_args(["synthetic", "--out", str(tmp_path / "syn"), "--patients", "30"])
     assert a.func(a) == 0
     les = pd.read_csv(tmp_path / "syn" / "lesions.csv")

@@ -8,8 +8,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline.io import corpus
-from pipeline.io.corpus import case_names, write_corpus
+from pipeline.testing import corpus
+from pipeline.testing.corpus import case_names, write_corpus
 
 
 def _table_rows() -> dict[str, dict]:

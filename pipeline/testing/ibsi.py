@@ -575,7 +575,7 @@ def markdown_report(table: pd.DataFrame, *, notes: list[str] | None = None,
              "`.venv/bin/python scripts/ibsi_check.py`); do not edit by hand. The extraction is "
              "the pipeline's own: `configs/radiomics/ct.yaml` built by "
              "`pipeline/features/radiomics.py`, with only each IBSI configuration's settings "
-             "overridden (`pipeline/features/ibsi.py`, which also holds the pyradiomics-to-IBSI "
+             "overridden (`pipeline/testing/ibsi.py`, which also holds the pyradiomics-to-IBSI "
              "name mapping and where it comes from). A feature passes when "
              "|ours - reference| <= tolerance + half a unit of the reference's third significant "
              "digit (IBSI values are given to three significant digits).", ""]

@@ -1,4 +1,5 @@
-"""DICOM, NIfTI and JSON writers of the phantom (see :mod:`pipeline.phantom`).
+"""DICOM, NIfTI and JSON writers of the phantom (see :mod:`pipeline.testing.phantom`), and
+:func:`generate_patient` / :func:`generate_cohort`, which write whole patients.
 
 All DICOM files are Part 10, Explicit VR Little Endian. UIDs are deterministic: derived with
 ``pydicom.uid.generate_uid(entropy_srcs=...)`` from the generator name, size, seed, patient and
@@ -20,6 +21,8 @@ import datetime as dt
 import json
 import logging
 import math
+import shutil
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +38,8 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat
 
-from pipeline.phantom import (
+from pipeline.errors import ConfigError
+from pipeline.testing.phantom.design import (
     AORTA_CENTRE_XY_MM,
     AORTA_RADIUS_MM,
     CT_RESCALE_INTERCEPT,
@@ -46,10 +50,15 @@ from pipeline.phantom import (
     TOTALSEG_STRUCTURES,
     LesionDesign,
     PatientDesign,
-    PhantomArrays,
+    _check_organ_formats,
+    _check_shift,
+    _check_size,
+    _check_variant,
     grid_axes,
     grid_dict,
 )
+from pipeline.testing.phantom.render import PhantomArrays, phantom_arrays, quantize_pet_slices
+from pipeline.testing.phantom.truth import truth_dict
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +299,7 @@ def write_pet_series(
     Parameters
     ----------
     stored : (z, y, x) int16
-        Stored values (see :func:`pipeline.phantom.quantize_pet_slices`).
+        Stored values (see :func:`.render.quantize_pet_slices`).
     slopes : (z,) float
         Per-slice RescaleSlope (intercept 0).
 
@@ -387,7 +396,7 @@ def write_seg(
     Abnormal Structure, type Neoplasm, TrackingUID/TrackingID) as drawn on the contrast CT
     (shifted when the contrast CT is); ``kind="lesion_noncontrast"``: the same segments,
     unshifted, for the non-contrast CT (series ``seg_lesions_noncontrast``). ``kind="organ"``:
-    one segment per organ of :data:`pipeline.phantom.ORGANS` (category Anatomical Structure).
+    one segment per organ of :data:`.design.ORGANS` (category Anatomical Structure).
     ``source`` are the CT datasets in ascending z (array order) that the SEG references.
     """
     import highdicom as hd
@@ -701,7 +710,7 @@ def write_rtstruct_organs(
 ) -> None:
     """Write the organ masks as an RT Structure Set on the non-contrast CT ``source``.
 
-    ROIs (ROIName from :data:`pipeline.phantom.ORGAN_ROI_NAMES`: Liver, Spleen, Lung_L, Lung_R,
+    ROIs (ROIName from :data:`.design.ORGAN_ROI_NAMES`: Liver, Spleen, Lung_L, Lung_R,
     Aorta, Spine), RTROIInterpretedType ORGAN. Per slice, every boundary of the organ mask
     (outer outlines of each connected piece and the outlines of holes, e.g. the right lung
     around the liver dome) is a separate CLOSED_PLANAR contour (:func:`mask_contours`),
@@ -773,7 +782,7 @@ def write_labelmap(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) ->
 
 def write_totalseg(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) -> Path:
     """Write a TotalSegmentator-v2-style folder: one binary uint8 ``<structure>.nii.gz`` per
-    structure of :data:`pipeline.phantom.TOTALSEG_STRUCTURES`, on the non-contrast CT grid
+    structure of :data:`.design.TOTALSEG_STRUCTURES`, on the non-contrast CT grid
     with its RAS affine (:meth:`Grid.nifti_affine_ras`), plus ``README.txt``.
     No JSON sidecars: TotalSegmentator writes none.
     """
@@ -818,3 +827,133 @@ def write_totalseg(folder: Path, arrays: PhantomArrays, uids: dict[str, str]) ->
     ]
     (folder / "README.txt").write_text("\n".join(lines) + "\n")
     return folder
+
+
+# --------------------------------------------------------------------------- files
+def _prepare_folder(folder: Path) -> None:
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / "truth.json").exists():
+            raise FileExistsError(
+                f"{folder} exists, is not empty and is not a phantom folder (no truth.json); "
+                "refusing to overwrite it"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+
+
+def generate_patient(
+    outdir: Path,
+    patient_index: int = 1,
+    size: str = "small",
+    seed: int = 0,
+    variant: str = "standard",
+    organ_formats: Sequence[str] | None = None,
+    contrast_shift_mm: tuple[float, float, float] | None = None,
+) -> Path:
+    """Write one phantom patient as DICOM (+ NIfTI label map and truth.json).
+
+    Parameters
+    ----------
+    outdir : Path
+        Parent folder; the patient goes to ``outdir/PHANTOM{patient_index:03d}/`` (an existing
+        phantom folder there is replaced).
+    patient_index : int
+        1 = canonical design; others are seeded variations.
+    size : {"small", "full"}
+    seed : int
+    variant : {"standard", "extended"}
+        Lesion set (see :func:`lesion_designs`). The standard, unshifted phantom is byte for byte
+        what earlier versions wrote (same UIDs); other variants / shifts get their own UIDs.
+    organ_formats : sequence of {"seg", "rtstruct", "totalseg"}, optional
+        Organ mask formats to write: ``SEG_organs.dcm``; ``RTSTRUCT_organs.dcm`` (ROIs Liver,
+        Spleen, Lung_L, Lung_R, Aorta, Spine, RTROIInterpretedType ORGAN, on the non-contrast
+        CT); ``totalseg/`` (TotalSegmentator v2 style NIfTI files, see
+        :data:`TOTALSEG_STRUCTURES`). Default: ``("seg",)`` for the standard variant, all
+        three for the extended one.
+    contrast_shift_mm : (dx, dy, dz) mm, optional
+        Write the contrast CT in a second FrameOfReferenceUID with the patient translated by
+        this offset (its content moves by +shift in patient coordinates). ``SEG_lesions.dcm``,
+        ``RTSTRUCT_lesions.dcm`` and ``labelmap/`` follow the contrast CT (shifted lesions, its
+        frame); ``SEG_lesions_noncontrast.dcm`` is then also written: the unshifted lesions on
+        the non-contrast CT (the frame of the PET and of the organ masks).
+
+    Returns
+    -------
+    Path
+        The patient folder, containing ``CT_noncontrast/``, ``CT_contrast/``, ``PET/``
+        (``NNNN.dcm``, file names shuffled relative to z), ``SEG_lesions.dcm``,
+        ``SEG_organs.dcm``, ``RTSTRUCT_lesions.dcm``, ``labelmap/lesions.nii.gz``,
+        ``labelmap/lesions.json`` and ``truth.json`` (+ the optional files above).
+    """
+    _check_variant(variant)
+    formats = _check_organ_formats(organ_formats, variant)
+    arrays = phantom_arrays(size, patient_index, seed, variant, contrast_shift_mm)
+    folder = Path(outdir) / arrays.design.patient_id
+    _prepare_folder(folder)
+    uids = patient_uids(arrays.design)
+    rng = np.random.default_rng([int(seed), int(patient_index), 77])
+    ct_nc = write_ct_series(folder / "CT_noncontrast", arrays, uids, contrast=False, rng=rng)
+    ct_ce = write_ct_series(folder / "CT_contrast", arrays, uids, contrast=True, rng=rng)
+    stored, slopes = quantize_pet_slices(arrays.pet_activity_bqml())
+    write_pet_series(folder / "PET", arrays, uids, stored, slopes, rng=rng)
+    write_seg(folder / "SEG_lesions.dcm", arrays, uids, ct_ce, kind="lesion")
+    if "seg" in formats:
+        write_seg(folder / "SEG_organs.dcm", arrays, uids, ct_nc, kind="organ")
+    write_rtstruct(folder / "RTSTRUCT_lesions.dcm", arrays, uids, ct_ce)
+    write_labelmap(folder / "labelmap", arrays, uids)
+    if arrays.contrast_shift_mm is not None:
+        write_seg(folder / "SEG_lesions_noncontrast.dcm", arrays, uids, ct_nc,
+                    kind="lesion_noncontrast")
+    if "rtstruct" in formats:
+        write_rtstruct_organs(folder / "RTSTRUCT_organs.dcm", arrays, uids, ct_nc)
+    if "totalseg" in formats:
+        write_totalseg(folder / "totalseg", arrays, uids)
+    pet_read = (stored.astype(np.float64) * slopes[:, None, None]) * arrays.design.suvbw_factor
+    truth = truth_dict(arrays, uids, pet_read, formats)
+    (folder / "truth.json").write_text(json.dumps(truth, indent=2))
+    log.info("phantom patient %s written to %s", arrays.design.patient_id, folder)
+    return folder
+
+
+def generate_cohort(
+    outdir: Path,
+    n_patients: int = 1,
+    size: str = "small",
+    seed: int = 0,
+    progress: Callable[[int, int, Path], None] | None = None,
+    variant: str = "standard",
+    organ_formats: Sequence[str] | None = None,
+    contrast_shift_mm: tuple[float, float, float] | None = None,
+) -> list[Path]:
+    """Write ``n_patients`` phantom patients (PHANTOM001 ... ) under ``outdir``.
+
+    Parameters
+    ----------
+    outdir : Path
+    n_patients : int
+    size : {"small", "full"}
+    seed : int
+    progress : callable, optional
+        Called as ``progress(done, total, folder)`` after each patient.
+    variant, organ_formats, contrast_shift_mm
+        As for :func:`generate_patient` (the same for every patient).
+
+    Returns
+    -------
+    list of Path
+        The patient folders, in order.
+    """
+    _check_size(size)
+    _check_variant(variant)
+    _check_organ_formats(organ_formats, variant)
+    _check_shift(contrast_shift_mm)
+    if n_patients < 1:
+        raise ConfigError(f"n_patients must be >= 1, got {n_patients}")
+    out = []
+    for i in range(1, n_patients + 1):
+        folder = generate_patient(Path(outdir), i, size, seed, variant, organ_formats,
+                                  contrast_shift_mm)
+        out.append(folder)
+        if progress is not None:
+            progress(i, n_patients, folder)
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.features import ibsi
+from pipeline.testing import ibsi
 
 
 @pytest.fixture(scope="module")

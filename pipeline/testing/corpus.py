@@ -1,7 +1,7 @@
 """Malformed-input corpus: the archive damage real trials bring, generated from the phantom.
 
 :func:`write_corpus` writes one patient/study folder per case under ``outdir``, each derived
-from a single small phantom patient (:func:`pipeline.phantom.generate_patient`): by default
+from a single small phantom patient (:func:`pipeline.testing.phantom.generate_patient`): by default
 the contrast CT (``CT_contrast/``, 56 slices), the PET (``PET/``, 42 slices) and the lesion
 SEG (``SEG_lesions.dcm``, 8 lesions). Every case gets its own PatientID, StudyInstanceUID and
 every other instance UID (remapped deterministically, references inside SEG / RTSTRUCT /
@@ -10,7 +10,7 @@ kind of damage is applied. Each :class:`CorpusCase` documents the outcome the wo
 reach: a clear **error** (``failures.csv`` row with the error class and a message naming the
 tag or file), a **warning** (the study completes; the problem is said where ``where`` points),
 or a correct **load** (all lesions, and for SUV repairs the same SUV as the reference case).
-Users re-run it with ``python -c "from pipeline.io.corpus import write_corpus;
+Users re-run it with ``python -c "from pipeline.testing.corpus import write_corpus;
 write_corpus('corpus')"`` and then ``hitit run --input corpus --output results``.
 
 Cases (``where``: failures = ``cohort/failures.csv``; suv_reason = ``lesions.csv`` column,
@@ -940,7 +940,7 @@ def write_corpus(outdir: str | Path, *, seed: int = 0, only: list[str] | None = 
     """
     from pydicom.uid import generate_uid
 
-    from pipeline.phantom import generate_patient, phantom_arrays
+    from pipeline.testing.phantom import generate_patient, phantom_arrays
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)

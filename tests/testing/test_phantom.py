@@ -20,9 +20,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipeline import phantom as P
 from pipeline.errors import ConfigError
 from pipeline.geometry import Grid
+from pipeline.testing import phantom as P
 
 NAMES = [
     "soft_tissue_flank",

@@ -1,6 +1,6 @@
 """The malformed-input corpus through the whole workflow (slow: one run, about 2 minutes).
 
-Every case of :mod:`pipeline.io.corpus` must end in its documented outcome; no case may crash
+Every case of :mod:`pipeline.testing.corpus` must end in its documented outcome; no case may crash
 the batch or lose another study's results. Everything is checked in ONE test function so that
 pytest-xdist never runs the workflow twice (module fixtures are per worker); the failures of
 all cases are reported together.
@@ -14,7 +14,7 @@ import re
 import pandas as pd
 import pytest
 
-from pipeline.io.corpus import case_names, write_corpus
+from pipeline.testing.corpus import case_names, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -41,7 +41,7 @@ def _run_corpus(tmp_path_factory):
 
 
 def _check_documentation(run):
-    from pipeline.io import corpus
+    from pipeline.testing import corpus
 
     assert len(run["cases"]) >= 30
     for name in run["cases"]:
