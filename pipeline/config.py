@@ -14,17 +14,15 @@ import hashlib
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import yaml
 from jsonschema import Draft202012Validator, validators
 
 from pipeline.errors import ConfigError
+from pipeline.paths import CONFIG_DIR, REPO_ROOT, load_yaml  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = REPO_ROOT / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "config.yaml"
 SCHEMA = CONFIG_DIR / "config.schema.yaml"
 
@@ -44,21 +42,6 @@ def _with_defaults(cls):
 
 
 _FillingValidator = _with_defaults(Draft202012Validator)
-
-
-def load_yaml(path: str | Path) -> Any:
-    """Read a YAML file, raising :class:`ConfigError` with the file name on failure."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(
-            f"configuration file not found: expected a YAML file at {p}", file=p,
-            hint="check the path given with --config / --configfile",
-        )
-    try:
-        with open(p, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML: {exc}", file=p) from exc
 
 
 def deep_merge(base: dict, override: dict) -> dict:

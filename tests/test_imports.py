@@ -6,7 +6,7 @@
   the composition root that offers ``hitit phantom``, may, and only inside its commands);
 * ``pipeline.report`` reads outputs: it imports neither ``pipeline.io.dicom`` nor ``pipeline.study``;
 * the layers point downwards: ``pipeline.io`` (the edges) imports no stage, ranking or report code;
-  the foundation modules (errors, records, geometry, config, columns) import no stage.
+  the foundation modules (errors, records, geometry, paths, columns) import only each other.
 
 Run ``python tests/test_imports.py [PACKAGE_DIR]`` to print the violations of any checkout.
 """
@@ -40,7 +40,7 @@ FORBIDDEN = [
     ("pipeline.ranking", "pipeline.io.dicom", "the ranking sees tables, never images"),
     ("pipeline.ranking", "pipeline.report", "the ranking does not depend on the report"),
 ]
-FOUNDATION = ("pipeline.errors", "pipeline.records", "pipeline.geometry", "pipeline.config",
+FOUNDATION = ("pipeline.errors", "pipeline.records", "pipeline.geometry", "pipeline.paths",
               "pipeline.columns")
 
 

@@ -16,7 +16,7 @@ from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.io.tables import read_table
 from pipeline.study import run_study
 
-from pipeline.testing import phantom  # noqa: E402
+from pipeline.testing import phantom
 
 
 @pytest.fixture(scope="module")

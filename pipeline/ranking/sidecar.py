@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 from jsonschema import Draft202012Validator
 
-from pipeline.config import CONFIG_DIR, load_yaml
+from pipeline.paths import CONFIG_DIR, load_yaml
 from pipeline.errors import ConfigError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pipeline.io import study_loader as L
 from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.records import SegmentKind
 
-from pipeline.testing import phantom  # noqa: E402
+from pipeline.testing import phantom
 
 PACKAGE = Path(L.__file__).resolve().parents[1]
 
