@@ -15,7 +15,6 @@ from pipeline.config import load_config
 from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.io.tables import read_table
 from pipeline.study import run_study
-
 from pipeline.testing import phantom
 
 

@@ -7,10 +7,8 @@ TotalSegmentator folder) is read through the one dispatcher with the configured 
 
 from __future__ import annotations
 
-import ast
 import copy
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,10 +18,7 @@ from pipeline.errors import SegmentationError
 from pipeline.io import study_loader as L
 from pipeline.io.index import build_study_sheet, scan_archive
 from pipeline.records import SegmentKind
-
 from pipeline.testing import phantom
-
-PACKAGE = Path(L.__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -198,42 +193,3 @@ def test_hitit_suv_uses_the_configured_patterns(study, tmp_path):
 def test_lesion_ids_are_slugs_numbered_in_order():
     assert L.lesion_ids(["Liver deep", "liver_deep", "", "Node #1"]) == [
         "liver_deep", "liver_deep-2", "lesion", "node_1"]
-
-
-# --------------------------------------------------------------------------- layering
-def _imported_modules(path: Path) -> set[str]:
-    """Every module a file imports (module level and inside functions), absolute names."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    pkg = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
-    out: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            out.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                parts = pkg.split(".")
-                base = ".".join(parts[: len(parts) - node.level + 1] + ([base] if base else []))
-            out.add(base)
-            out.update(f"{base}.{a.name}" for a in node.names)
-    return out
-
-
-@pytest.mark.parametrize("package,forbidden", [
-    ("report", ("pipeline.study", "pipeline.io.dicom")),
-    ("io", ("pipeline.anatomy",)),
-])
-def test_package_layering(package, forbidden):
-    files = sorted((PACKAGE / package).rglob("*.py"))
-    assert files
-    bad = [(f.name, m) for f in files for m in sorted(_imported_modules(f))
-           if any(m == x or m.startswith(x + ".") for x in forbidden)]
-    assert bad == []
-
-
-def test_layering_check_sees_lazy_imports(tmp_path):
-    """The check above is not vacuous: a lazy import inside a function is found."""
-    probe = PACKAGE / "report" / "keyimages.py"
-    mods = _imported_modules(probe)
-    assert "pipeline.errors.SegmentationError" in mods  # module level
-    assert "pipeline.io.sanitize.safe_id" in mods  # inside key_image_name()
