@@ -37,8 +37,9 @@ Definitions
     each cross-section, wall pixels are vessel pixels with a 4-neighbour outside the vessel;
     each stands for the angular sector (seen from the centroid of its connected vessel
     section) half-way to its angular neighbours; it is in contact when a 4-neighbour is a
-    lesion pixel. This is the phantom's voxelized definition
-    (:func:`pipeline.testing.phantom.aorta_contact_angle_voxelized`) for an axial vessel.
+    lesion pixel. It lies between the true contact arc and the arc within one voxel of the
+    lesion (a fat plane thinner than a voxel is not resolved), up to the angular size of a wall
+    voxel at each end of the arc (tested against the phantom's analytic arcs).
 ``vessel_relation``
     "encasing" when the contact angle exceeds ``vessel_encasing_angle_deg`` (180 by default),
     "abutting" when there is contact or the distance is at most ``vessel_abut_distance_mm``,

@@ -571,7 +571,8 @@ def test_standard_patient1_is_unchanged(p1, truth):
     # the new keys exist for the standard lesions too
     by = {l["name"]: l for l in truth["lesions"]}
     assert by["node_paraaortic"]["relation_to_aorta"] == "abutting"
-    assert 0 < by["node_paraaortic"]["aorta_contact_angle_deg"] < 180
+    assert by["node_paraaortic"]["aorta_contact_angle_deg"] == 0.0  # tangent: point contact
+    assert 0 < by["node_paraaortic"]["aorta_contact_angle_deg_within_voxel"] < 180
     assert by["necrotic_mass"]["uniform"] is False and by["liver_deep"]["uniform"] is True
 
 
@@ -623,13 +624,10 @@ def test_extended_designs_are_separated_and_keep_the_standard_ones():
     assert P.structure_distance(exo, "liver@centre") == pytest.approx(
         P.EXOPHYTIC_CENTRE_DEPTH_MM, abs=1e-5)
     arr = P.phantom_arrays("small", 3, 0, "extended")  # raises on overlap / wrong host tissue
+    by3 = {l.name: l for l in d3e.lesions}
+    assert P.aorta_contact_angle_analytic(by3["aorta_encasing"]) > 180
+    assert 0 < P.aorta_contact_angle_analytic(by3["node_paraaortic"], within_mm=2.5) < 180
     label = {name: k for k, name in enumerate(arr.lesion_names, start=1)}
-
-    def angle(name):
-        return P.aorta_contact_angle_voxelized(arr.tissue_labels, arr.lesion_labels == label[name],
-                                               arr.ct_grid)
-
-    assert angle("aorta_encasing") > 180 and 0 < angle("node_paraaortic") < 180
     m = arr.lesion_labels == label["liver_exophytic"]
     assert 0.3 <= (m & ~arr.organ_mask("liver")).sum() / m.sum() <= 0.6
     assert P.exophytic_fraction_analytic(exo) == pytest.approx(0.44, abs=0.05)
@@ -646,11 +644,12 @@ def test_extended_truth(ext):
         if name == "aorta_encasing":
             assert les["relation_to_aorta"] == "encasing"
             assert les["aorta_contact_angle_deg"] > 180
-            assert les["aorta_contact_angle_deg_analytic"] > 180
+            assert les["aorta_contact_angle_deg_within_voxel"] >= les["aorta_contact_angle_deg"]
             assert les["aorta_distance_mm"] == 0.0 and les["excludes_aortic_lumen"] is True
         elif name == "node_paraaortic":
             assert les["relation_to_aorta"] == "abutting"
-            assert 0 < les["aorta_contact_angle_deg"] < 180
+            assert les["aorta_contact_angle_deg"] == 0.0
+            assert 0 < les["aorta_contact_angle_deg_within_voxel"] < 180
             assert les["aorta_distance_mm"] == pytest.approx(0.0, abs=1e-6)
         else:
             assert les["relation_to_aorta"] == "none", name

@@ -152,9 +152,10 @@ truth.json keys added for the anatomy and biomarker work (every lesion, both var
 ``mtv25_ml_voxelized`` (same with SUV >= 2.5), ``designed_enhancement_hu``,
 ``designed_core_enhancement_hu``, ``host_tissue``, ``host_hu_noncontrast``, ``host_hu_contrast``,
 ``designed_cnr_noncontrast`` / ``designed_cnr_contrast`` (|lesion HU - host HU| / 8),
-``aorta_contact_angle_deg`` (voxelized, :func:`aorta_contact_angle_voxelized`),
-``aorta_contact_angle_deg_analytic`` (:func:`aorta_contact_angle_analytic`; 0 for a tangent
-lesion), ``relation_to_aorta`` (``encasing`` / ``abutting`` / ``none``, :func:`aorta_relation`),
+``aorta_contact_angle_deg`` (analytic, :func:`aorta_contact_angle_analytic`: the arc of the
+aorta inside the lesion's widest cross-section; 0 for a tangent lesion),
+``aorta_contact_angle_deg_within_voxel`` (the arc within one in-plane CT voxel of the lesion, the
+most a voxel image can show as contact), ``relation_to_aorta`` (``encasing`` / ``abutting`` / ``none``, :func:`aorta_relation`),
 ``exophytic_fraction`` (voxelized, fraction of lesion voxels outside the liver mask) and
 ``exophytic_fraction_analytic`` (liver lesions, else null), the straight skin path to the centre
 (:func:`skin_path`): ``path_entry_lps_mm``, ``path_direction_lps``, ``path_length_analytic_mm``
@@ -236,7 +237,6 @@ from pipeline.testing.phantom.render import (  # noqa: F401
 from pipeline.testing.phantom.truth import (  # noqa: F401
     aerated_lung_length_mm,
     aorta_contact_angle_analytic,
-    aorta_contact_angle_voxelized,
     aorta_relation,
     ellipse_closest_point,
     exophytic_fraction_analytic,
@@ -313,7 +313,6 @@ __all__ = [
     "quantize_pet_slices",
     "aerated_lung_length_mm",
     "aorta_contact_angle_analytic",
-    "aorta_contact_angle_voxelized",
     "aorta_relation",
     "ellipse_closest_point",
     "exophytic_fraction_analytic",

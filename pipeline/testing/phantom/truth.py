@@ -208,21 +208,37 @@ def path_crossings(p0, p1, lesions: Sequence[LesionDesign], own: int, step_mm: f
     return names, others
 
 
-def aorta_contact_angle_analytic(les: LesionDesign, n: int = 360_000) -> float:
-    """Degrees of the aortic circumference covered by the lesion at its widest level (z = cz).
+def aorta_contact_angle_analytic(les: LesionDesign, n: int = 360_000, *,
+                                 within_mm: float = 0.0) -> float:
+    """Degrees of the aortic circumference in contact with the lesion at its widest level (z = cz).
 
     The arc of the aorta circle (radius :data:`AORTA_RADIUS_MM`) lying inside or on the lesion's
-    axial cross-section (the outer ellipse), sampled at ``n`` angles. 0 for a lesion tangent to
-    the aorta (point contact) or apart from it.
+    axial cross-section (the outer ellipse), or within ``within_mm`` of it, sampled at ``n``
+    angles. With ``within_mm=0``: 0 for a lesion tangent to the aorta (point contact) or apart
+    from it. With ``within_mm`` = the in-plane voxel size: the arc a voxel image cannot tell from
+    contact (no fat plane is resolved thinner than a voxel), the upper bound of a voxel measure.
+    Closed-form geometry only: nothing of the pipeline's own measurement is used.
     """
     (cx, cy, _), (a, b, _) = les.centre_lps_mm, les.semi_axes_mm
     ax, ay = AORTA_CENTRE_XY_MM
-    if math.hypot(cx - ax, cy - ay) > max(a, b) + AORTA_RADIUS_MM:
+    if math.hypot(cx - ax, cy - ay) > max(a, b) + AORTA_RADIUS_MM + within_mm:
         return 0.0
+    if within_mm > 0:
+        n = min(n, 36_000)
     th = (np.arange(n) + 0.5) * (2.0 * math.pi / n)
     x = ax + AORTA_RADIUS_MM * np.cos(th)
     y = ay + AORTA_RADIUS_MM * np.sin(th)
     inside = ((x - cx) / a) ** 2 + ((y - cy) / b) ** 2 <= 1.0 + 1e-12
+    if within_mm > 0:
+        # distance of the remaining arc points to the ellipse boundary (densely sampled)
+        cand = np.flatnonzero(~inside & (np.hypot(x - cx, y - cy) <= max(a, b) + within_mm))
+        phi = np.linspace(0.0, 2.0 * math.pi, 7200, endpoint=False)
+        ex, ey = cx + a * np.cos(phi), cy + b * np.sin(phi)
+        for chunk in np.array_split(cand, max(1, len(cand) // 512)):
+            if len(chunk) == 0:
+                continue
+            d2 = (x[chunk, None] - ex[None, :]) ** 2 + (y[chunk, None] - ey[None, :]) ** 2
+            inside[chunk] = d2.min(axis=1) <= within_mm ** 2
     return float(inside.sum()) * 360.0 / n
 
 
@@ -323,53 +339,6 @@ def lesion_truth(arrays: PhantomArrays, pet_suv_stored: np.ndarray | None = None
     return out
 
 
-def aorta_contact_angle_voxelized(
-    tissue_labels: np.ndarray, lesion_mask: np.ndarray, grid: Grid
-) -> float:
-    """Aortic circumference (degrees) in contact with a lesion mask, from the voxel masks.
-
-    Per axial slice: the aortic wall voxels are the aorta voxels with an in-plane 4-neighbour
-    outside the aorta; each wall voxel stands for the angular sector (seen from the aorta's
-    centroid in that slice, in mm) from half-way to its angular predecessor to half-way to its
-    successor; a wall voxel is in contact when one of its in-plane 4-neighbours is a lesion
-    voxel. The angle is the sum of the contacted sectors, and the result the largest over the
-    slices the lesion occupies (0 when it touches no wall voxel).
-
-    Caution: this is the same algorithm as the pipeline's own measurement
-    (``pipeline.anatomy.safety._slice_angle``), not an independent truth: a product test that
-    compares with ``aorta_contact_angle_deg`` only checks that both copies agree. The
-    independent value is ``aorta_contact_angle_deg_analytic``
-    (:func:`aorta_contact_angle_analytic`), which differs from the voxel definition by far
-    more than the product tests' 1 degree on the 2.5 mm grid (tangent ``node_paraaortic``: 0
-    analytic, 54 voxelized; ``aorta_encasing``: 258 analytic, 243 voxelized).
-    """
-    aorta = tissue_labels == int(Tissue.AORTA)
-    sx, sy, _ = grid.spacing_xyz_mm
-    best = 0.0
-    for kz in np.flatnonzero(lesion_mask.any(axis=(1, 2))):
-        a2, l2 = aorta[kz], lesion_mask[kz]
-        if not a2.any():
-            continue
-        pa = np.pad(a2, 1)
-        interior = pa[1:-1, 1:-1] & pa[:-2, 1:-1] & pa[2:, 1:-1] & pa[1:-1, :-2] & pa[1:-1, 2:]
-        wall = a2 & ~interior
-        pl = np.pad(l2, 1)
-        near = pl[:-2, 1:-1] | pl[2:, 1:-1] | pl[1:-1, :-2] | pl[1:-1, 2:]
-        contact = wall & near
-        if not contact.any():
-            continue
-        jj, ii = np.nonzero(a2)
-        cj, ci = jj.mean(), ii.mean()
-        wj, wi = np.nonzero(wall)
-        ang = np.arctan2((wj - cj) * sy, (wi - ci) * sx)
-        order = np.argsort(ang)
-        ang, hit = ang[order], contact[wj, wi][order]
-        gaps = np.diff(np.concatenate([ang, ang[:1] + 2.0 * math.pi]))
-        sector = 0.5 * (gaps + np.roll(gaps, 1))
-        best = max(best, math.degrees(float(sector[hit].sum())))
-    return min(best, 360.0)
-
-
 def _host_tissue(les: LesionDesign) -> Tissue:
     """The tissue a lesion's conspicuity is designed against: its first host tissue."""
     return Tissue[les.host_tissues[0]]
@@ -396,8 +365,6 @@ def _more_truth(arrays: PhantomArrays, k: int, pet: np.ndarray) -> dict:
     # CT design
     host = _host_tissue(les)
     host_nc, host_ce, _ = TISSUE_VALUES[host]
-    # vessels
-    angle_vox = aorta_contact_angle_voxelized(arrays.tissue_labels, mask, cg)
     # liver
     if les.organ == "liver":
         liver = arrays.tissue_labels == int(Tissue.LIVER)
@@ -431,8 +398,9 @@ def _more_truth(arrays: PhantomArrays, k: int, pet: np.ndarray) -> dict:
         "host_hu_contrast": host_ce,
         "designed_cnr_noncontrast": abs(les.hu_noncontrast - host_nc) / CT_NOISE_SIGMA_HU,
         "designed_cnr_contrast": abs(les.hu_contrast - host_ce) / CT_NOISE_SIGMA_HU,
-        "aorta_contact_angle_deg": angle_vox,
-        "aorta_contact_angle_deg_analytic": aorta_contact_angle_analytic(les),
+        "aorta_contact_angle_deg": aorta_contact_angle_analytic(les),
+        "aorta_contact_angle_deg_within_voxel": aorta_contact_angle_analytic(
+            les, within_mm=float(max(cg.spacing_xyz_mm[:2]))),
         "relation_to_aorta": aorta_relation(les),
         "exophytic_fraction": exo_vox,
         "exophytic_fraction_analytic": exo_an,
