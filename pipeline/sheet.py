@@ -281,6 +281,9 @@ def build_study_sheet(
     Choice rules
     ------------
     Series with an ``excluded_reason`` (localizers, secondary captures, reports) are never chosen.
+    The CT phase is the index's, from headers only: the pixel check
+    :func:`pipeline.io.classify.refine_ct_phase` is not applied here (it needs every candidate
+    CT's pixels and an aorta mask; see :mod:`pipeline.io.classify`).
 
     * ``ct_series_uid``: the non-contrast CT with the most slices (frames of multi-frame objects
       count); if there is none, the CT of unknown phase with the most slices (noted). Ties:

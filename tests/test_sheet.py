@@ -1,4 +1,4 @@
-"""The study sheet: building, validation, atomic write, reading, per-study queries (pipeline.sheet)."""
+"""The study sheet (pipeline.sheet): building, validation, atomic write, reading, queries."""
 
 from __future__ import annotations
 
@@ -185,7 +185,8 @@ def test_sheet_for_index_automatic_and_user_sheet(index, archive, tmp_path):
 def test_round_trip_keeps_empty_values_and_strings(tmp_path):
     sheet = pd.DataFrame({
         "patient_id": ["007", "NA", ""], "study_uid": ["1.2.3", "1.2.4", "1.2.5"],
-        "pet_series_uid": ["", None, float("nan")], "notes": ["a, \"quoted\"; b", "nan", "line1\nline2"],
+        "pet_series_uid": ["", None, float("nan")],
+        "notes": ["a, \"quoted\"; b", "nan", "line1\nline2"],
         "study_date": ["20240101", "", "20230101"],
     })
     path = write_study_sheet(sheet, tmp_path / "cohort" / "studies.csv")

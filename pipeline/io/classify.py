@@ -91,8 +91,8 @@ def file_extra(ds, dm: str, lesion_patterns, organ_patterns) -> SeriesExtra:
         seq = ds.get("ContrastBolusAgentSequence", None) or []
         agent = next((str(it.get("CodeMeaning", "") or it.get("CodeValue", "")) for it in seq
                       if it.get("CodeMeaning", "") or it.get("CodeValue", "")), "")
-    ex = SeriesExtra(contrast_agent=agent,
-                corrected_image=header_str(ds, "CorrectedImage"), study_date=header_str(ds, "StudyDate"))
+    ex = SeriesExtra(contrast_agent=agent, corrected_image=header_str(ds, "CorrectedImage"),
+                     study_date=header_str(ds, "StudyDate"))
     if dm == "SEG":
         for d in segment_descriptions(ds):
             kind = classify_segment(name=d["label"], category_code=d["category_code"],

@@ -327,7 +327,8 @@ def scan_archive(
     def problem(p: Path, reason: str, cls: str, ds=None) -> None:
         rec = {"path": p.relative_to(root).as_posix(), "reason": reason, "error_class": cls}
         if ds is not None:
-            rec.update(patient_id=header_str(ds, "PatientID"), study_uid=header_str(ds, "StudyInstanceUID"),
+            rec.update(patient_id=header_str(ds, "PatientID"),
+                       study_uid=header_str(ds, "StudyInstanceUID"),
                        series_uid=header_str(ds, "SeriesInstanceUID"))
         problems.append(rec)
 

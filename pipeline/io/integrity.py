@@ -222,7 +222,7 @@ def sniff_dicom(path: str | Path) -> tuple[bool, bool]:
 
 
 def header_str(ds, kw: str) -> str:
-    """A header attribute as a stripped string (multi-values joined with a backslash; "" if absent)."""
+    """A header attribute as a stripped string ("" if absent; multi-values joined by "\\")."""
     v = ds.get(kw, "")
     if v is None:
         return ""
