@@ -8,11 +8,11 @@
 import sys
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from pipeline.config import load_config
 from pipeline.report import CAPTIONS as _CAPTIONS
+from pipeline.sheet import earlier_studies, read_study_sheet
 
 CFG = load_config(overrides=config)  # raises ConfigError naming the key on a bad config
 if not CFG["input"]:
@@ -34,7 +34,7 @@ wildcard_constraints:
 
 
 def _sheet():
-    return pd.read_csv(checkpoints.index.get().output.sheet, dtype=str, keep_default_na=False)
+    return read_study_sheet(checkpoints.index.get().output.sheet)
 
 
 def study_outputs(wildcards):
@@ -42,13 +42,13 @@ def study_outputs(wildcards):
 
 
 def rank_inputs(wildcards):
-    """This study's lesion table and those of the patient's earlier studies (growth)."""
-    sheet = _sheet()
-    me = sheet[(sheet.patient_dir == wildcards.patient) & (sheet.study_dir == wildcards.study)]
-    date = me.study_date.iloc[0] if "study_date" in sheet and len(me) else ""
-    mine = sheet[sheet.patient_dir == wildcards.patient]
-    return [f"{OUT}/studies/{r.patient_dir}/{r.study_dir}/lesions.csv" for r in mine.itertuples()
-            if r.study_dir == wildcards.study or (date and getattr(r, "study_date", "") and r.study_date < date)]
+    """This study's lesion table and those of the patient's earlier studies (growth).
+
+    The earlier studies are pipeline.sheet.earlier_studies, the same list the rank step reads.
+    """
+    earlier = earlier_studies(_sheet(), wildcards.patient, wildcards.study)
+    return [f"{OUT}/studies/{r['patient_dir']}/{r['study_dir']}/lesions.csv" for r in earlier] + [
+        f"{OUT}/studies/{wildcards.patient}/{wildcards.study}/lesions.csv"]
 
 
 rule all:

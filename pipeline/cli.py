@@ -38,10 +38,8 @@ def _setup_logging(verbose: bool = False) -> None:
 
 # --------------------------------------------------------------------------- steps
 def cmd_index(args) -> int:
-    import pandas as pd
-
     from pipeline import config as cfgmod
-    from pipeline.cohort import study_dirs
+    from pipeline import sheet as sheetmod
     from pipeline.io import index as idx
 
     cfg = cfgmod.load_config(args.settings)
@@ -63,21 +61,10 @@ def cmd_index(args) -> int:
                              lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
                              organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]))
     idx.write_index(index, results / "index")
-    if cfg.get("studies"):
-        sheet = pd.read_csv(cfg["studies"], dtype=str, keep_default_na=False)
-        idx.validate_study_sheet(sheet, cfgmod.CONFIG_DIR / "studies.schema.yaml", index=index)
-        source = f"user study sheet {cfg['studies']}"
-    else:
-        sheet = idx.build_study_sheet(index, mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
-        source = "automatic series choice"
-    if "study_date" not in sheet.columns:
-        dates = (index.files.groupby("study_uid")["study_date"].first()
-                 if "study_date" in index.files.columns else pd.Series(dtype=str))
-        sheet["study_date"] = [str(dates.get(u, "") or "") for u in sheet["study_uid"]]
-    sheet = study_dirs(sheet)
-    out = results / "cohort" / "studies.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.to_csv(out, index=False)
+    sheet, source = sheetmod.sheet_for_index(
+        index, user_sheet=cfg.get("studies") or None,
+        mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
+    out = sheetmod.write_study_sheet(sheet, sheetmod.sheet_path(results))
     print(f"index: {len(index.files)} files in {index.series.shape[0]} series, "
           f"{len(index.problems)} problem files, {len(sheet)} studies ({source}) -> {out}",
           file=sys.stderr)
@@ -85,9 +72,9 @@ def cmd_index(args) -> int:
 
 
 def _load_sheet(results: Path):
-    import pandas as pd
+    from pipeline.sheet import read_study_sheet, sheet_path
 
-    return pd.read_csv(results / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
+    return read_study_sheet(sheet_path(results))
 
 
 def _load_sheet_and_files(results: Path):
@@ -96,26 +83,16 @@ def _load_sheet_and_files(results: Path):
     return _load_sheet(results), idx.read_index(results / "index")
 
 
-def _sheet_row(sheet, patient_dir: str, study_dir: str) -> dict:
-    """The study-sheet row of one study folder (ConfigError unless exactly one matches)."""
-    from pipeline.errors import ConfigError
-
-    sel = sheet[(sheet["patient_dir"] == patient_dir) & (sheet["study_dir"] == study_dir)]
-    if len(sel) != 1:
-        raise ConfigError(f"study {patient_dir}/{study_dir} found {len(sel)} times in the study "
-                          "sheet, expected once", hint="re-run the index step")
-    return sel.iloc[0].to_dict()
-
-
 def cmd_study(args) -> int:
     from pipeline import config as cfgmod
     from pipeline.cohort import study_output_dir
+    from pipeline.sheet import study_row
     from pipeline.study import run_study
 
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
     sheet, index = _load_sheet_and_files(results)
-    row = _sheet_row(sheet, args.patient_dir, args.study_dir)
+    row = study_row(sheet, args.patient_dir, args.study_dir)
     out = study_output_dir(results, row)
     prov = run_study(row, index.files, index.root, cfg, out)
     print(f"study {args.patient_dir}/{args.study_dir}: {prov['status']}, {prov['n_lesions']} lesions, "
@@ -126,12 +103,13 @@ def cmd_study(args) -> int:
 def cmd_rank(args) -> int:
     from pipeline import config as cfgmod
     from pipeline.cohort import study_output_dir
+    from pipeline.sheet import study_row
     from pipeline.study import run_ranking
 
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
     sheet = _load_sheet(results)  # ranking reads tables only, not the archive index
-    row = _sheet_row(sheet, args.patient_dir, args.study_dir)
+    row = study_row(sheet, args.patient_dir, args.study_dir)
     prov = run_ranking(results, row, sheet, cfg, study_output_dir(results, row))
     print(f"ranked {prov['n_lesions']} lesions of {args.patient_dir}/{args.study_dir} "
           f"(prior studies: {len(prov['inputs']['prior_studies'])})", file=sys.stderr)

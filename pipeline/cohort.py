@@ -1,4 +1,7 @@
-"""Batch bookkeeping: the study sheet with sanitized output folders, and the cohort tables.
+"""Batch bookkeeping: per-study output folders and the cohort tables.
+
+The study sheet itself (with its sanitized ``patient_dir`` / ``study_dir``) is owned by
+:mod:`pipeline.sheet`.
 
 The cohort step only concatenates per-study tables; it computes nothing new.
 """
@@ -11,34 +14,45 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import PipelineError
 from pipeline.io.provenance import write_json
 from pipeline.io.tables import FAILURE_COLUMNS, failures_frame, read_table, write_table
 
 log = logging.getLogger(__name__)
 
 
-def study_dirs(sheet: pd.DataFrame) -> pd.DataFrame:
-    """Add ``patient_dir`` and ``study_dir``: sanitized, collision-free folder names."""
-    from pipeline.io.sanitize import safe_id
+class OutputPathError(PipelineError):
+    """A study's output folder would lie outside the results folder."""
 
-    df = sheet.copy()
-    df["patient_dir"] = [safe_id(str(p)) for p in df["patient_id"].fillna("")]
-    df["study_dir"] = [safe_id(str(s)) for s in df["study_uid"].fillna("")]
-    return df
+    stage = "workflow"
 
 
 def study_output_dir(results: Path, row: dict) -> Path:
-    """``RESULTS/studies/<patient_dir>/<study_dir>``; never outside ``RESULTS``."""
+    """``RESULTS/studies/<patient_dir>/<study_dir>``; never outside ``RESULTS``.
+
+    Raises
+    ------
+    OutputPathError
+        When ``patient_dir`` / ``study_dir`` lead outside ``RESULTS/studies`` (e.g. ``..`` or an
+        absolute path in an edited sheet).
+    """
     results = Path(results).resolve()
-    out = (results / "studies" / str(row["patient_dir"]) / str(row["study_dir"])).resolve()
-    if results not in out.parents:
-        raise ValueError(f"refusing to write outside the results folder: {out}")
+    pdir, sdir = str(row["patient_dir"]), str(row["study_dir"])
+    out = (results / "studies" / pdir / sdir).resolve()
+    if (results / "studies") not in out.parents:
+        raise OutputPathError(
+            f"refusing to write outside the results folder: study folder {pdir}/{sdir} "
+            f"resolves to {out}, expected a folder under {results / 'studies'}",
+            tag="patient_dir/study_dir",
+            hint="patient_dir and study_dir must be plain folder names; they are recomputed from "
+            "patient_id and study_uid when the index step writes cohort/studies.csv, so re-run "
+            "the index step rather than editing them")
     return out
 
 
 def index_failures(problems: pd.DataFrame) -> list[dict]:
     """Index problems (unreadable, truncated, non-DICOM files) as failure records."""
-    from pipeline.io.index import NOT_DICOM
+    from pipeline.io.integrity import NOT_DICOM
 
     recs = []
     for p in problems.to_dict(orient="records"):

@@ -295,15 +295,17 @@ def _run_locked(cfg: dict, input_dir: Path, output_dir: Path, *, cores: int,
 
 def _watch_progress(results: Path, stop: threading.Event, t0: float) -> None:
     """Print studies done / total and an estimate of the time left while Snakemake runs."""
-    sheet = results / "cohort" / "studies.csv"
+    from pipeline.sheet import read_study_sheet, sheet_path
+
+    sheet = sheet_path(results)
     start = time.time()
     last = -1
     while not stop.wait(3.0):
         if not sheet.exists():
             continue
         try:
-            total = max(sum(1 for _ in open(sheet, encoding="utf-8")) - 1, 0)
-        except OSError:
+            total = len(read_study_sheet(sheet))
+        except PipelineError:
             continue
         done = sum(1 for p in (results / "studies").glob("*/*/provenance.json")
                    if p.stat().st_mtime >= start)

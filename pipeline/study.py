@@ -173,7 +173,8 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     ----------
     results : RESULTS folder.
     row : this study's study-sheet row.
-    sheet : the whole study sheet (to find the patient's earlier studies).
+    sheet : the whole study sheet; the patient's earlier studies are
+        :func:`pipeline.sheet.earlier_studies` (the list the Snakefile's rank inputs wait for).
     cfg : validated configuration.
     out_dir : ``RESULTS/studies/<patient_dir>/<study_dir>``.
     """
@@ -184,20 +185,18 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     from pipeline.io.tables import read_table
     from pipeline.ranking.longitudinal import rank_patient
     from pipeline.ranking.select import RANKING_COLUMNS
+    from pipeline.sheet import earlier_studies
 
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
     lesions_path = out_dir / "lesions.csv"
     lesions = read_table(lesions_path)
     prior = []
-    same = sheet[(sheet["patient_dir"] == row["patient_dir"]) & (sheet["study_dir"] != row["study_dir"])]
     date = str(row.get("study_date", "") or "")
-    for r in same.to_dict(orient="records"):
-        d = str(r.get("study_date", "") or "")
-        if date and d and d < date:
-            p = study_output_dir(results, r) / "lesions.csv"
-            if p.exists():
-                prior.append((str(r["study_uid"]), d, read_table(p)))
+    for r in earlier_studies(sheet, str(row["patient_dir"]), str(row["study_dir"])):
+        p = study_output_dir(results, r) / "lesions.csv"
+        if p.exists():
+            prior.append((r["study_uid"], r["study_date"], read_table(p)))
     warnings: list[str] = []
     if lesions.empty or "volume_ml" not in lesions.columns:
         ranking = pd.DataFrame(columns=RANKING_COLUMNS)

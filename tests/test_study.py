@@ -12,8 +12,9 @@ import json
 import pytest
 
 from pipeline.config import load_config
-from pipeline.io.index import build_study_sheet, scan_archive
+from pipeline.io.index import scan_archive
 from pipeline.io.tables import read_table
+from pipeline.sheet import build_study_sheet
 from pipeline.study import run_study
 from pipeline.testing import phantom
 

@@ -44,6 +44,14 @@ def _csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
+def _study_sheet(results: Path) -> pd.DataFrame:
+    """The study sheet (all strings, "" when empty); empty when the index step has not run."""
+    from pipeline.sheet import read_study_sheet, sheet_path
+
+    path = sheet_path(results)
+    return read_study_sheet(path) if path.exists() else pd.DataFrame()
+
+
 def _s(v) -> str:
     return "" if F.is_missing(v) else str(v)
 
@@ -121,7 +129,7 @@ def dashboard_context(results: Path) -> dict:
 
     results = Path(results)
     cohort = results / "cohort"
-    sheet, status = _csv(cohort / "studies.csv"), _csv(cohort / "status.csv")
+    sheet, status = _study_sheet(results), _csv(cohort / "status.csv")
     failures, lesions, ranking = (_csv(cohort / "failures.csv"), _csv(cohort / "lesions.csv"),
                                   _csv(cohort / "ranking.csv"))
     out_dir = results / REPORT_DIR

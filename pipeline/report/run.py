@@ -26,7 +26,9 @@ STATUS_NAME = "report.json"
 
 
 def _sheet(results: Path) -> pd.DataFrame:
-    return pd.read_csv(Path(results) / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
+    from pipeline.sheet import read_study_sheet, sheet_path
+
+    return read_study_sheet(sheet_path(results))
 
 
 def _index(results: Path):

@@ -70,7 +70,8 @@ def test_logs_carry_no_patient_names(tmp_path, caplog):
     from io_synth import make_series, write_seg
 
     from pipeline.io.dicom import load_ct, load_pet_activity
-    from pipeline.io.index import build_study_sheet, scan_archive
+    from pipeline.io.index import scan_archive
+    from pipeline.sheet import build_study_sheet
     from pipeline.io.seg import read_seg
     from pipeline.io.suv import suv_audit
 

@@ -9,7 +9,8 @@ import pytest
 phantom = pytest.importorskip("pipeline.testing.phantom", reason="phantom generator not available")
 
 from pipeline.io import dicom, labelmap, rtstruct, seg, suv  # noqa: E402
-from pipeline.io.index import build_study_sheet, scan_archive  # noqa: E402
+from pipeline.io.index import scan_archive  # noqa: E402
+from pipeline.sheet import build_study_sheet  # noqa: E402
 from pipeline.records import SegmentKind  # noqa: E402
 
 
@@ -107,7 +108,7 @@ def test_suv_factor_equals_truth(loaded):
 def test_refine_ct_phase_on_phantom_aorta(ingest):
     """The phantom's aorta is 40 HU without contrast and 250 HU with (truth): the aortic HU
     confirm both header phases."""
-    from pipeline.io.index import refine_ct_phase
+    from pipeline.io.classify import refine_ct_phase
     from pipeline.records import CTPhase
 
     _, _, index, sheet = ingest

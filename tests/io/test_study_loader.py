@@ -16,8 +16,9 @@ import pytest
 from pipeline.config import load_config
 from pipeline.errors import SegmentationError
 from pipeline.io import study_loader as L
-from pipeline.io.index import build_study_sheet, scan_archive
+from pipeline.io.index import scan_archive
 from pipeline.records import SegmentKind
+from pipeline.sheet import build_study_sheet
 from pipeline.testing import phantom
 
 

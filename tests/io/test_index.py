@@ -1,0 +1,182 @@
+"""Header-only archive index: scan, problems, persistence (pipeline.io.index)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from index_archive import build_messy_archive
+from io_synth import make_series, write_seg
+
+from pipeline.errors import ConfigError
+from pipeline.geometry import Grid
+from pipeline.io.index import read_index, scan_archive, write_index
+from pipeline.sheet import build_study_sheet
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """See :func:`index_archive.build_messy_archive`."""
+    return build_messy_archive(tmp_path_factory.mktemp("archive"))
+
+
+@pytest.fixture(scope="module")
+def index(archive):
+    calls = []
+    ix = scan_archive(archive["root"], progress=lambda d, t: calls.append((d, t)))
+    ix.meta["_calls"] = calls
+    return ix
+
+
+def test_problems_listed_with_reasons(index):
+    pr = index.problems.set_index("path")
+    assert "not a DICOM file" in pr.loc["notes.txt", "reason"]
+    assert "not a DICOM file" in pr.loc["empty.dcm", "reason"]
+    assert "truncated" in pr.loc["cut_in_pixels.dcm", "reason"]
+    assert "remain" in pr.loc["cut_in_pixels.dcm", "reason"]
+    assert pr.loc["cut_in_header.dcm", "error_class"] == "DicomReadError"
+    assert "sidecar" in pr.loc["p1/orphan.nii.gz", "reason"]
+    assert "DICOMDIR" not in pr.index
+    assert "DICOMDIR" not in set(index.files["path"])
+    assert len(pr) == 5
+
+
+def test_progress_reported(index):
+    calls = index.meta["_calls"]
+    assert calls[-1][0] == calls[-1][1] and len(calls) == calls[-1][1]
+
+
+def test_files_recognised_by_content(index, archive):
+    paths = set(index.files["path"])
+    assert {p.relative_to(archive["root"]).as_posix() for p in archive["nc"].paths} <= paths
+    assert "p1/rt" in paths  # RTSTRUCT without extension
+    raw_rows = index.files[index.files["patient_id"] == "P002"]
+    assert len(raw_rows) == 2  # files without preamble
+
+
+def test_index_round_trip(index, tmp_path):
+    write_index(index, tmp_path / "ix")
+    assert {p.name for p in (tmp_path / "ix").iterdir()} == {
+        "files.csv", "series.csv", "problems.csv", "index.json"}
+    back = read_index(tmp_path / "ix")
+    pd.testing.assert_frame_equal(back.files, index.files)
+    pd.testing.assert_frame_equal(back.series, index.series)
+    pd.testing.assert_frame_equal(back.problems, index.problems)
+    assert back.root == index.root.resolve()
+    assert back.series_paths(index.series.iloc[0]["series_uid"])[0].exists()
+
+
+def test_empty_archive(tmp_path):
+    ix = scan_archive(tmp_path)
+    assert ix.files.empty and ix.series.empty and ix.problems.empty
+
+
+def test_missing_root_is_config_error(tmp_path):
+    with pytest.raises(ConfigError):
+        scan_archive(tmp_path / "nope")
+
+
+def test_index_carries_no_patient_names(index):
+    assert "PatientName" not in index.files.columns
+    assert not any("Test^Patient" in str(v) for v in index.series.to_numpy().ravel())
+
+
+def test_truncated_file_reported_with_its_study(index, archive):
+    pr = index.problems.set_index("path")
+    nc = archive["nc"]
+    row = pr.loc["cut_in_pixels.dcm"]
+    assert (row["study_uid"], row["series_uid"]) == (archive["study"], nc.series_uid)
+
+
+def test_labelmap_sidecar_without_ids_inherits_from_series(tmp_path):
+    import json
+
+    import nibabel as nib
+
+    s = make_series(tmp_path / "ct", n=3, patient_id="PX")
+    grid = Grid((3, 8, 10), (0.7, 0.8, 2.5), tuple(s.positions[0]))
+    lab = np.zeros((10, 8, 3), np.uint8)
+    lab[1:3, 1:3, 1] = 1
+    nib.save(nib.Nifti1Image(lab, grid.nifti_affine_ras()), tmp_path / "m.nii.gz")
+    (tmp_path / "m.json").write_text(json.dumps({"referenced_series_uid": s.series_uid,
+                                                 "names": {"1": "tumour"}}))
+    ix = scan_archive(tmp_path)
+    lm = ix.series[ix.series["modality"] == "LABELMAP"].iloc[0]
+    assert (lm["patient_id"], lm["study_uid"]) == ("PX", s.study_uid)
+    assert lm["segment_kind"] == "lesion"  # "tumour" matches the default lesion patterns
+    sheet = build_study_sheet(ix)
+    assert len(sheet) == 1 and sheet.iloc[0]["lesion_mask_ref"] == "m.nii.gz"
+
+
+def test_symlinked_folders_followed_once(tmp_path):
+    s = make_series(tmp_path / "real" / "ct", n=3)
+    arch = tmp_path / "arch"
+    arch.mkdir()
+    (arch / "link").symlink_to(tmp_path / "real", target_is_directory=True)
+    (arch / "link2").symlink_to(tmp_path / "real", target_is_directory=True)
+    (tmp_path / "real" / "loop").symlink_to(arch, target_is_directory=True)
+    ix = scan_archive(arch)
+    assert len(ix.files) == 3 and ix.series.iloc[0]["series_uid"] == s.series_uid
+    assert ix.series_paths(s.series_uid)[0].exists()
+
+
+def test_series_refs_records(index, archive):
+    from pipeline.records import CTPhase, Modality, SegmentKind
+
+    refs = {r.series_uid: r for r in index.series_refs()}
+    assert refs[archive["ce"].series_uid].ct_phase is CTPhase.CONTRAST
+    assert refs[archive["seg_les"]].modality is Modality.SEG
+    assert refs[archive["seg_les"]].segment_kind is SegmentKind.LESION
+    assert refs[archive["seg_les"]].referenced_series_uids == (archive["nc"].series_uid,)
+
+
+def test_index_reads_no_pixel_data(tmp_path, monkeypatch):
+    """Indexing never decodes pixels: pixel access is patched to fail, and the bytes read from
+    the image files stay a small fraction of their size (pixel data is skipped by seeking)."""
+    import builtins
+
+    from pydicom.dataset import Dataset as PydDataset
+
+    s = make_series(tmp_path / "ct", n=4, rows=128, cols=128)
+    write_seg(tmp_path / "seg.dcm", ref=s, masks={1: np.ones((4, 128, 128), bool)},
+              labels={1: "lesion"})
+
+    def boom(self, *a, **k):  # pragma: no cover - must not be called
+        raise AssertionError("pixel data decoded during indexing")
+
+    monkeypatch.setattr(PydDataset, "pixel_array", property(boom))
+    monkeypatch.setattr(PydDataset, "convert_pixel_data", boom)
+    read = {"bytes": 0}
+    real_open = builtins.open
+
+    class Counting:
+        def __init__(self, f):
+            self._f = f
+
+        def read(self, n=-1):
+            data = self._f.read(n)
+            read["bytes"] += len(data)
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def __iter__(self):
+            return iter(self._f)
+
+    def counting_open(file, mode="r", *a, **k):
+        f = real_open(file, mode, *a, **k)
+        return Counting(f) if "b" in mode and str(file).startswith(str(tmp_path)) else f
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    ix = scan_archive(tmp_path)
+    monkeypatch.setattr(builtins, "open", real_open)
+    total = sum((tmp_path / p).stat().st_size for p in ix.files["path"])
+    assert len(ix.files) == 5
+    assert read["bytes"] < 0.25 * total, (read["bytes"], total)
