@@ -72,12 +72,17 @@ NO_PET = dict(suv_max=None, suv_peak=None, suv_peak_x_mm=None, suv_peak_y_mm=Non
 CASES = [
     ("SIZE_SMALL", dict(longest_diameter_mm=8, short_axis_mm=7), dict(longest_diameter_mm=12, short_axis_mm=11),
      set_leaf("longest_diameter_mm", value=15.0), "silent", True),
+    ("SIZE_SMALL_DEEP", dict(longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=80),
+     dict(longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=10, us_window=False),
+     set_leaf("needle_hit_probability", value=0.7), "silent", True),
     ("SIZE_LARGE", dict(longest_diameter_mm=60, short_axis_mm=55), dict(longest_diameter_mm=40),
      set_leaf("longest_diameter_mm", value=35.0), "silent", True),
     ("SIZE_DEPTH", dict(short_axis_mm=8, skin_depth_mm=100), dict(short_axis_mm=22, skin_depth_mm=30),
      set_leaf("needle_hit_probability", value=0.999), "silent", True),
     ("VIABLE_PET", dict(suv_max=6), dict(suv_max=2), set_leaf("suv_max", value=1.5), "silent", True),
     ("LOW_UPTAKE", dict(suv_max=2), dict(suv_max=6), set_leaf("suv_max", value=7.0), "silent", True),
+    ("PET_NOT_INFORMATIVE", dict(histology_fdg_avid=False), dict(histology_fdg_avid=True),
+     set_leaf("histology_fdg_avid", value=True), "silent", True),
     ("VIABLE_ENH", dict(NO_PET, enhancement_hu=40), dict(NO_PET, enhancement_hu=15),
      set_leaf("enhancement_hu", value=10.0), "silent", True),
     ("LOW_ENHANCEMENT", dict(NO_PET, enhancement_hu=5), dict(NO_PET, enhancement_hu=15),
@@ -223,6 +228,72 @@ def test_lung_depth_uses_aerated_lung_on_the_path(cfg):
     o = outcome(lesion("a", organ="lung", site="visceral:lung", lung_pleura_distance_mm=30.0,
                        aerated_lung_path_mm=8.0), cfg)
     assert "LUNG_DEPTH" not in o.fired and "LUNG_SUBPLEURAL" in o.fired
+
+
+def test_small_lesion_is_board_review_when_superficial_with_ultrasound_window(cfg):
+    # 8 mm nodule 10 mm under the skin with an ultrasound window: penalty and board, injectable
+    sup = lesion("a", longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=10, us_window=True)
+    o = outcome(sup, cfg)
+    assert "SIZE_SMALL" in o.fired and "SIZE_SMALL_DEEP" not in o.fired
+    assert o.tier.value == "board_review" and not o.hard_excluded
+    # same nodule 80 mm deep: low hit probability (r 4 mm, sigma 5.2 mm -> 0.26): not suitable,
+    # an ultrasound window does not make a deep target superficial
+    deep = lesion("b", longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=80, us_window=True)
+    o = outcome(deep, cfg)
+    assert o.needle_hit_probability == pytest.approx(1 - math.exp(-3.5**2 / (2 * 5.2**2)), rel=1e-9)
+    assert "SIZE_SMALL_DEEP" in o.fired and o.tier.value == "not_suitable" and o.hard_excluded
+    # the superficial window exempts it even when the probability threshold is strict ...
+    set_leaf("needle_hit_probability", value=0.99)(cfg, "SIZE_SMALL_DEEP")
+    assert "SIZE_SMALL_DEEP" not in outcome(sup, cfg).fired
+    assert "SIZE_SMALL_DEEP" in outcome(dict(sup, us_window=False), cfg).fired
+    assert "SIZE_SMALL_DEEP" in outcome(dict(sup, us_window=None), cfg).fired  # unknown window: no credit
+    # ... and the superficial depth is configuration
+    set_leaf("skin_depth_mm", value=5.0)(cfg, "SIZE_SMALL_DEEP")
+    assert "SIZE_SMALL_DEEP" in outcome(sup, cfg).fired
+
+
+LIVER_REF = dict(liver_reference_suv_mean=2.0)
+
+
+def test_pet_viability_is_relative_to_the_liver(cfg):
+    # SUVmax 3.5 passes the absolute 2.5, but SUVpeak 2.8 < 1.5 x liver mean 2.0 = 3.0
+    row = lesion("a", **LIVER, suv_max=3.5, suv_peak=2.8, **LIVER_REF)
+    o = outcome(row, cfg)
+    assert "LOW_UPTAKE" in o.fired and "VIABLE_PET" not in o.fired
+    msg = dict((c, m) for c, _, m in o.messages)["LOW_UPTAKE"]
+    assert "SUVpeak 2.8 = 0.93 x the liver threshold 3.0" in msg
+    df = derive_columns(pd.DataFrame([row]), cfg)
+    assert df.loc[0, "pet_liver_threshold_suv"] == pytest.approx(3.0, abs=1e-12)
+    assert df.loc[0, "pet_viability_ratio"] == pytest.approx(2.8 / 3.0, abs=1e-12)
+    # with the liver SD: threshold 1.5 x 2.0 + 2 x 0.3 = 3.6; SUVpeak 3.3 is below it
+    o = outcome(dict(row, suv_peak=3.3, liver_reference_suv_sd=0.3), cfg)
+    assert "LOW_UPTAKE" in o.fired
+    assert "VIABLE_PET" in outcome(dict(row, suv_peak=3.3), cfg).fired  # 3.3 >= 3.0 without SD
+    # SUVpeak from the ratio column when suv_peak is empty
+    o = outcome(dict(row, suv_peak=None, lesion_to_liver_suvpeak_ratio=2.0), cfg)
+    assert "VIABLE_PET" in o.fired
+    # without a liver reference the absolute SUVmax decides (3.5 >= 2.5)
+    o = outcome(dict(row, liver_reference_suv_mean=None), cfg)
+    assert "VIABLE_PET" in o.fired
+    assert "SUVmax 3.5, no liver reference" in dict((c, m) for c, _, m in o.messages)["VIABLE_PET"]
+    # the factor is configuration
+    cfg["pet_viability"]["liver_mean_factor"] = 1.0
+    o = outcome(row, cfg)
+    assert "VIABLE_PET" in o.fired and "LOW_UPTAKE" not in o.fired
+
+
+def test_non_avid_histology_lets_enhancement_decide(cfg):
+    row = lesion("a", suv_max=1.5, suv_peak=1.2, enhancement_hu=40.0, **LIVER_REF)
+    o = outcome(row, cfg)
+    assert "LOW_UPTAKE" in o.fired and "VIABLE_ENH" in o.fired
+    o2 = outcome(dict(row, histology_fdg_avid=False), cfg)
+    assert "LOW_UPTAKE" not in o2.fired and "LOW_UPTAKE" not in o2.not_evaluated
+    assert {"VIABLE_ENH", "PET_NOT_INFORMATIVE"} <= set(o2.fired)
+    assert o2.stage_scores["characterization"] == pytest.approx(
+        o.stage_scores["characterization"] + 0.3, abs=1e-9)
+    # an avid uptake does not count either: enhancement decides (little enhancement -> penalty)
+    o3 = outcome(dict(row, suv_max=9.0, suv_peak=8.0, enhancement_hu=5.0, histology_fdg_avid=False), cfg)
+    assert "VIABLE_PET" not in o3.fired and "LOW_ENHANCEMENT" in o3.fired
 
 
 def test_needle_hit_probability_model():
