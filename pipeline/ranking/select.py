@@ -12,11 +12,15 @@
   ``organ_diversity`` a lesion in an organ not yet chosen is preferred (the paper: injecting
   several organs may induce a broader immune response); when no other organ is left, the next in
   rank order.
-* **Monitoring set** (itRECIST / RECIST 1.1): measurable (non-nodal longest diameter >=
-  ``nonnodal_min_longest_mm``, nodal short axis >= ``nodal_min_short_axis_mm``), not injected,
+* **Monitoring set** (itRECIST / RECIST 1.1): measurable (:func:`recist_measurability`:
+  non-nodal longest diameter >= max(``nonnodal_min_longest_mm``, ``nonnodal_min_slice_multiple``
+  x slice thickness); nodal short axis >= ``nodal_min_short_axis_mm``; nodes of
+  ``nodal_pathological_min_short_axis_mm`` up to that are pathological non-targets), not injected,
   not previously treated locally (``exclude_prior_locoregional``), at most ``max_per_organ``
   per organ, up to ``max_noninjected`` and ``max_total_targets`` minus the injected ones; lesions
-  in an organ without an injected target come first, then the larger ones, then lesion_id.
+  in an organ without an injected target come first, then the larger ones, then lesion_id. A
+  monitoring lesion's explanation says why it was chosen to monitor (measurable, organ, size
+  order), not the injection tier's wording.
 * **Planned injection volume**: from the longest-diameter bands of the configuration (T-VEC-like
   bands), clipped to the paper's 0.5-10 mL; a warning when the lesion is smaller than the planned
   volume (in particular when it is too small for the 0.5 mL minimum). A syringe note follows the
@@ -57,16 +61,65 @@ RANKING_COLUMNS = [
     "path_length_source", "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source",
     "measurable", "planned_volume_ml", "volume_warning", "syringe_note", "new_or_growing",
     "prior_study_uid", "prior_lesion_id", "longest_diameter_change_pct", "rules_not_evaluated",
+    "recist_category", "measurable_min_mm",
 ]
+
+#: Lesion-table columns giving the CT slice thickness (mm) for RECIST measurability, first known
+#: wins: the DICOM SliceThickness of the CT series, else the CT grid's slice spacing.
+SLICE_THICKNESS_COLUMNS = ("slice_thickness_mm", "ct_slice_spacing_mm")
+
+
+def recist_measurability(row: dict, mon: dict) -> tuple[str, float | None, str]:
+    """RECIST 1.1 category of a lesion row.
+
+    Non-nodal lesions: measurable (``target``) when the longest diameter is at least
+    max(``nonnodal_min_longest_mm``, ``nonnodal_min_slice_multiple`` x slice thickness), the
+    slice thickness from the first known of :data:`SLICE_THICKNESS_COLUMNS` (mm; without it the
+    fixed minimum applies). Lymph nodes by short axis: >= ``nodal_min_short_axis_mm`` target;
+    >= ``nodal_pathological_min_short_axis_mm`` pathological non-target; below, not pathological.
+
+    Returns
+    -------
+    (category, minimum_mm, text)
+        category in ``target``, ``non_target`` (non-measurable lesion), ``pathological_node``
+        (nodal non-target), ``normal_node``, ``unknown`` (diameter missing); the minimum
+        diameter (mm) that applied; a sentence for the explanation.
+    """
+    if row.get("organ") == "lymph_node":
+        sa = row.get("short_axis_mm")
+        tmin = float(mon["nodal_min_short_axis_mm"])
+        pmin = float(mon["nodal_pathological_min_short_axis_mm"])
+        if is_missing(sa):
+            return "unknown", tmin, "node short axis unknown: measurability not assessed"
+        sa = float(sa)
+        if sa >= tmin:
+            return "target", tmin, f"node short axis {sa:.1f} mm >= {tmin:g} mm (RECIST 1.1 target)"
+        if sa >= pmin:
+            return ("pathological_node", tmin, f"pathological node, short axis {sa:.1f} mm "
+                    f"({pmin:g}-{tmin:g} mm): RECIST 1.1 non-target")
+        return "normal_node", tmin, f"node short axis {sa:.1f} mm < {pmin:g} mm: not pathological"
+    fixed = float(mon["nonnodal_min_longest_mm"])
+    thick = next((float(row[c]) for c in SLICE_THICKNESS_COLUMNS
+                  if c in row and not is_missing(row[c]) and float(row[c]) > 0), None)
+    mult = float(mon["nonnodal_min_slice_multiple"])
+    if thick is None:
+        tmin, how = fixed, f"{fixed:g} mm; slice thickness unknown"
+    else:
+        tmin = max(fixed, mult * thick)
+        how = f"max of {fixed:g} mm and {mult:g} x {thick:g} mm slice thickness"
+    ld = row.get("longest_diameter_mm")
+    if is_missing(ld):
+        return "unknown", tmin, "longest diameter unknown: measurability not assessed"
+    ld = float(ld)
+    if ld >= tmin:
+        return "target", tmin, f"longest diameter {ld:.1f} mm >= {tmin:g} mm ({how})"
+    return ("non_target", tmin, f"not measurable: longest diameter {ld:.1f} mm < {tmin:g} mm "
+            f"({how})")
 
 
 def is_measurable(row: dict, mon: dict) -> bool:
-    """RECIST 1.1 measurability of a lesion row (nodes by short axis, others by long axis)."""
-    if row.get("organ") == "lymph_node":
-        sa = row.get("short_axis_mm")
-        return not is_missing(sa) and float(sa) >= mon["nodal_min_short_axis_mm"]
-    ld = row.get("longest_diameter_mm")
-    return not is_missing(ld) and float(ld) >= mon["nonnodal_min_longest_mm"]
+    """RECIST 1.1 measurability of a lesion row (:func:`recist_measurability` is ``target``)."""
+    return recist_measurability(row, mon)[0] == "target"
 
 
 def planned_volume_ml(longest_diameter_mm: float, volume_ml: float | None,
@@ -167,6 +220,38 @@ def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: 
     return chosen
 
 
+def monitoring_explanation(lid: str, by_id: dict, injected: list[str], monitored: list[str],
+                           recist_text: str, outcome: RuleOutcome) -> str:
+    """Why a lesion was chosen to monitor (itRECIST non-injected target), in one sentence.
+
+    Says that it is measurable (with the RECIST 1.1 measure), whether its organ has an injected
+    lesion, its place by size among the monitoring lesions of its organ, and what kept it from
+    injection (the rules' decisive and negative messages, else the session's slots being taken);
+    no injection-tier wording.
+    """
+    row = by_id[lid]
+    organ = row.get("organ") or "unknown organ"
+    organs_inj = {by_id[i].get("organ") for i in injected}
+    parts = [f"measurable, {recist_text}"]
+    if organ in organs_inj:
+        parts.append(f"{organ} also has an injected lesion; no measurable lesion left in an "
+                     f"organ without an injected target")
+    else:
+        parts.append(f"{organ} has no injected lesion, so its response is seen without a "
+                     f"direct injection effect")
+    same = [m for m in monitored if by_id[m].get("organ") == row.get("organ")]
+    if len(same) > 1:
+        parts.append(f"#{same.index(lid) + 1} of {len(same)} in this organ by size")
+    against = [m for want in ("decisive", "negative") for _, kind, m in outcome.messages
+               if kind == want]
+    if against:
+        parts.append("not injected: " + "; ".join(against))
+    else:
+        parts.append("not injected: the session's injection slots went to higher-ranked lesions")
+    text = "; ".join(parts).rstrip(".")
+    return f"Monitoring (itRECIST non-injected target): {text}."
+
+
 def _model_scores(model, df: pd.DataFrame, outcomes: dict, cfg_ranking: dict) -> dict[str, float]:
     """Softmax of the model's utilities over the eligible lesions (lesion_id -> probability)."""
     elig = [lid for lid, o in outcomes.items() if o.tier is not Tier.NOT_SUITABLE]
@@ -246,7 +331,8 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
 
     # ---- monitoring set
     mon = cfg_ranking["monitoring"]
-    measurable = {lid: is_measurable(r, mon) for lid, r in by_id.items()}
+    recist = {lid: recist_measurability(r, mon) for lid, r in by_id.items()}
+    measurable = {lid: rc[0] == "target" for lid, rc in recist.items()}
     monitored = _choose_monitoring(by_id, measurable, injected, mon)
     if not monitored:
         warnings.append("no measurable noninjected lesion for itRECIST monitoring")
@@ -262,9 +348,10 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             extra.append(f"selected for injection (#{injected.index(lid) + 1} of {len(injected)})")
         elif role is Role.MONITOR:
             codes.append("SELECTED_MONITORING")
-            extra.append("kept uninjected as a measurable monitoring lesion")
         elif not measurable[lid]:
             codes.append("NOT_MEASURABLE")
+            if recist[lid][0] != "unknown":
+                extra.append(recist[lid][2])
         else:
             codes.append("NOT_SELECTED")
         pv, warn, note = None, "", ""
@@ -293,7 +380,8 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "rank": rank_of.get(lid),
             "score": score if model is None or lid in rank_of else None,
             "reasons": ";".join(codes),
-            "explanation": explanation(o, extra=extra),
+            "explanation": (monitoring_explanation(lid, by_id, injected, monitored, recist[lid][2], o)
+                            if role is Role.MONITOR else explanation(o, extra=extra)),
             "organ": row.get("organ", ""),
             "rule_score": o.score,
             "score_source": source,
@@ -316,6 +404,8 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "prior_lesion_id": row.get("prior_lesion_id", ""),
             "longest_diameter_change_pct": row.get("longest_diameter_change_pct"),
             "rules_not_evaluated": ";".join(o.not_evaluated),
+            "recist_category": recist[lid][0],
+            "measurable_min_mm": recist[lid][1],
         })
     res = pd.DataFrame(out, columns=RANKING_COLUMNS)
     res["rank"] = res["rank"].astype("Int64")

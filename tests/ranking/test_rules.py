@@ -349,15 +349,77 @@ def test_target_point_is_suv_peak_centre_or_centroid_never_the_rim(cfg):
 
 
 def test_explanation_is_a_plain_sentence(cfg):
-    r = rank_study(pd.DataFrame([lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))]), cfg)
-    text = r.loc[0, "explanation"]
+    from pipeline.ranking.rules import explanation
+
+    row = lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))
+    text = explanation(outcome(row, cfg))
     assert text.startswith(
         "Not suitable: subcapsular liver lesion (3 mm from capsule); rupture, bleeding and "
         "seeding risk;")
     assert text.endswith(".") and ".." not in text
-    assert "LIVER_SUBCAPSULAR" in r.loc[0, "reasons"].split(";")
+    r = rank_study(pd.DataFrame([row, lesion("b", **dict(LIVER, liver_capsule_distance_mm=3.0),
+                                             longest_diameter_mm=8.0, short_axis_mm=7.0)]), cfg)
+    r = r.set_index("lesion_id")
+    assert "LIVER_SUBCAPSULAR" in r.loc["a", "reasons"].split(";")
+    assert r.loc["b", "role"] == "none"
+    assert r.loc["b", "explanation"].startswith("Not suitable: ")
+    assert "subcapsular liver lesion (3 mm from capsule)" in r.loc["b", "explanation"]
+    assert "not measurable: longest diameter 8.0 mm < 10 mm" in r.loc["b", "explanation"]
     assert format_message("{a|b:.0f} mm", {"a": None, "b": 7.2}) == "7 mm"
     assert format_message("{a:.1f}", {"a": None}) == "n/a"
+
+
+def test_monitoring_explanation_speaks_of_monitoring(cfg):
+    row = lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))
+    r = rank_study(pd.DataFrame([row]), cfg).iloc[0]
+    assert r["role"] == "monitor" and r["tier"] == "not_suitable"
+    text = r["explanation"]
+    assert text.startswith("Monitoring (itRECIST non-injected target): measurable, longest "
+                           "diameter 25.0 mm >= 10 mm")
+    assert "liver has no injected lesion" in text
+    assert "not injected: subcapsular liver lesion (3 mm from capsule)" in text
+    assert "Not suitable" not in text and "Recommended" not in text and "Discuss" not in text
+    assert text.endswith(".") and ".." not in text
+    # an eligible lesion left out only because the session is full says so
+    cfg["injections_per_session"] = 1
+    rows = [lesion("best", suv_max=12.0), lesion("second", suv_max=6.0)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert r.loc["second", "role"] == "monitor"
+    assert "injection slots went to higher-ranked lesions" in r.loc["second", "explanation"]
+
+
+def test_measurability_follows_recist_and_slice_thickness(cfg):
+    from pipeline.ranking.select import recist_measurability
+
+    mon = cfg["monitoring"]
+    # 12 mm lesion: measurable on 5 mm slices (min 10 mm), not on 7 mm slices (min 14 mm)
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=5.0),
+                                mon)[:2] == ("target", 10.0)
+    cat, mn, text = recist_measurability(lesion("a", longest_diameter_mm=12.0,
+                                                slice_thickness_mm=7.0), mon)
+    assert (cat, mn) == ("non_target", 14.0)
+    assert "max of 10 mm and 2 x 7 mm slice thickness" in text
+    # the CT grid's slice spacing stands in for a missing SliceThickness
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, ct_slice_spacing_mm=7.0),
+                                mon)[0] == "non_target"
+    assert "slice thickness unknown" in recist_measurability(lesion("a", longest_diameter_mm=12.0), mon)[2]
+    # nodes by short axis: >= 15 target, 10-15 pathological non-target, < 10 normal
+    node = dict(organ="lymph_node", site="deep_node")
+    assert recist_measurability(lesion("n", short_axis_mm=15.0, **node), mon)[0] == "target"
+    assert recist_measurability(lesion("n", short_axis_mm=12.0, **node), mon)[0] == "pathological_node"
+    assert recist_measurability(lesion("n", short_axis_mm=9.0, **node), mon)[0] == "normal_node"
+    # thresholds are configuration
+    mon["nonnodal_min_slice_multiple"] = 1.0
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=7.0),
+                                mon)[0] == "target"
+    mon["nodal_pathological_min_short_axis_mm"] = 13.0
+    assert recist_measurability(lesion("n", short_axis_mm=12.0, **node), mon)[0] == "normal_node"
+    mon["nonnodal_min_slice_multiple"] = 2.0
+    # in the ranking: the 12 mm lesion on 7 mm slices is not a monitoring target
+    r = rank_study(pd.DataFrame([lesion("thick", longest_diameter_mm=12.0, short_axis_mm=11.0,
+                                        slice_thickness_mm=7.0, **LIVER)]), cfg).iloc[0]
+    assert r["recist_category"] == "non_target" and r["measurable_min_mm"] == 14.0
+    assert r["role"] != "monitor" and not r["measurable"]
 
 
 def test_phantom_acceptance(cfg):

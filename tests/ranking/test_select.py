@@ -150,3 +150,17 @@ def test_syringe_note(cfg):
     r = rank_study(pd.DataFrame([good("big", longest_diameter_mm=45, volume_ml=40)]), cfg)
     assert "2 Luer-lock syringes" in r.loc[0, "syringe_note"]
     assert r.loc[r.role != "inject", "syringe_note"].eq("").all()
+
+
+def test_worksheet_reasons_column_wraps_instead_of_clipping():
+    """The reasons/explanation cell wraps long text (long rule codes included) in the worksheet."""
+    import re
+
+    from pipeline.report.templates import CSS
+
+    rules = {m.group(1).strip(): m.group(2) for m in re.finditer(r"([^{}]+)\{([^{}]*)\}", CSS)}
+    cell = rules["td.expl > div"]
+    assert "white-space: normal" in cell and "overflow-wrap: anywhere" in cell
+    assert "nowrap" not in cell and "overflow: hidden" not in cell and "ellipsis" not in cell
+    codes = rules["td.expl .codes, td.codes"]
+    assert "white-space: normal" in codes and "overflow-wrap: anywhere" in codes
