@@ -116,6 +116,12 @@ CASES = [
      set_leaf("liver_capsule_distance_mm", value=25.0), "silent", True),
     ("LIVER_EXOPHYTIC", dict(LIVER, exophytic_fraction=0.3), dict(LIVER, exophytic_fraction=0.05),
      set_leaf("exophytic_fraction", value=0.01), "silent", True),
+    ("LUNG_PATH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=15),
+     dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
+     set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
+    ("LUNG_FISSURE", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=1),
+     dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=0),
+     set_leaf("fissure_crossings", value=-1), "silent", True),
     ("LUNG_DEPTH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=30),
      dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
      set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
@@ -294,6 +300,34 @@ def test_non_avid_histology_lets_enhancement_decide(cfg):
     # an avid uptake does not count either: enhancement decides (little enhancement -> penalty)
     o3 = outcome(dict(row, suv_max=9.0, suv_peak=8.0, enhancement_hu=5.0, histology_fdg_avid=False), cfg)
     assert "VIABLE_PET" not in o3.fired and "LOW_ENHANCEMENT" in o3.fired
+
+
+def test_lung_rules_are_one_ladder(cfg):
+    lung = dict(organ="lung", site="visceral:lung")
+    fired = {}
+    for d in (2.0, 15.0, 40.0):
+        o = outcome(lesion("a", **lung, lung_pleura_distance_mm=d), cfg)
+        lung_codes = [c for c in o.fired if c.startswith("LUNG_") or c == "DEEP_VISCERAL"]
+        assert len(lung_codes) == 1, (d, lung_codes)  # one rung, never DEEP_VISCERAL too
+        fired[d] = (lung_codes[0], o.stage_scores["safety"], o.tier.value)
+    assert [fired[d][0] for d in (2.0, 15.0, 40.0)] == ["LUNG_SUBPLEURAL", "LUNG_PATH", "LUNG_DEPTH"]
+    # the penalty grows with the aerated lung crossed
+    assert fired[2.0][1] > fired[15.0][1] > fired[40.0][1]
+    msg = dict((c, m) for c, _, m in outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0), cfg).messages)
+    assert "subpleural" in msg["LUNG_SUBPLEURAL"] and "deep visceral" not in " ".join(msg.values())
+    # a non-lung lesion without a planned path is not judged by the lung ladder, nor left unevaluated
+    o = outcome(lesion("a", **LIVER), cfg)
+    assert not {"LUNG_PATH", "LUNG_DEPTH", "LUNG_FISSURE"} & set(o.fired + o.not_evaluated)
+    # fissure: only for lung paths, and only evaluated when the lobes (fissure_crossings) are known
+    o = outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0, fissure_crossings=2), cfg)
+    assert "LUNG_FISSURE" in o.fired and "2 interlobar fissure(s)" in dict(
+        (c, m) for c, _, m in o.messages)["LUNG_FISSURE"]
+    assert "LUNG_FISSURE" in outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0), cfg).not_evaluated
+    # the rung thresholds are configuration: 15 mm becomes subpleural with a 20 mm limit
+    set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_SUBPLEURAL")
+    set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_PATH")
+    o = outcome(lesion("a", **lung, lung_pleura_distance_mm=15.0), cfg)
+    assert "LUNG_SUBPLEURAL" in o.fired and "LUNG_PATH" not in o.fired
 
 
 def test_needle_hit_probability_model():
