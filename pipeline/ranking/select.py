@@ -21,6 +21,10 @@
   in an organ without an injected target come first, then the larger ones, then lesion_id. A
   monitoring lesion's explanation says why it was chosen to monitor (measurable, organ, size
   order), not the injection tier's wording.
+* **Session limits** (``ranking.session``, :func:`session_limits`): the injection set's total
+  planned volume and the number of organs punctured for visceral targets stay within the
+  configured caps; a lesion left out by a cap gets ``SESSION_LIMIT`` and a message saying which
+  cap, and the next fitting lesion in rank order takes its place.
 * **Planned injection volume**: from the longest-diameter bands of the configuration (T-VEC-like
   bands), clipped to the paper's 0.5-10 mL; a warning when the lesion is smaller than the planned
   volume (in particular when it is too small for the 0.5 mL minimum). A syringe note follows the
@@ -174,18 +178,68 @@ def _patient_max_injections(df: pd.DataFrame) -> int | None:
     return int(vals.min()) if len(vals) else None
 
 
-def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool) -> list[str]:
+def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool,
+                      limits=None) -> tuple[list[str], dict[str, str]]:
+    """Injection set in rank order with organ diversity and the session limits.
+
+    ``limits(chosen, lid)`` returns "" when ``lid`` may join ``chosen``, else why not (a session
+    limit). Returns the chosen lesion ids and, for candidates left out by a limit, the reason.
+    """
     chosen: list[str] = []
+    refused: dict[str, str] = {}
     used: set = set()
     pool = list(candidates)
     while pool and len(chosen) < n:
-        pick = pool[0]
+        fitting = []
+        for lid in pool:
+            why = limits(chosen, lid) if limits is not None else ""
+            if why:
+                refused[lid] = why
+            else:
+                fitting.append(lid)
+        if not fitting:
+            break
+        pick = fitting[0]
         if diversity:
-            pick = next((lid for lid in pool if organ_of[lid] not in used), pool[0])
+            pick = next((lid for lid in fitting if organ_of[lid] not in used), fitting[0])
         chosen.append(pick)
+        refused.pop(pick, None)
         used.add(organ_of[pick])
         pool.remove(pick)
-    return chosen
+    return chosen, {lid: why for lid, why in refused.items() if lid not in chosen}
+
+
+def session_limits(by_id: dict, planned_ml: dict, cfg_session: dict):
+    """The per-session limits of ``ranking.session`` as a check for :func:`_choose_injection`.
+
+    * ``max_total_volume_ml``: the planned volumes (mL) of the injected lesions add up to at most
+      this (null: no limit);
+    * ``max_organs_punctured``: distinct organs punctured for visceral targets (site
+      ``visceral:<organ>``) at most this (null: no limit). Superficial soft tissue and nodes
+      puncture no organ.
+    """
+    vmax = cfg_session.get("max_total_volume_ml")
+    omax = cfg_session.get("max_organs_punctured")
+
+    def punctured(lid: str) -> str | None:
+        site = str(by_id[lid].get("site") or "")
+        return by_id[lid].get("organ") or site.split(":", 1)[1] if site.startswith("visceral:") else None
+
+    def check(chosen: list[str], lid: str) -> str:
+        if vmax is not None:
+            total = sum(planned_ml[c] for c in chosen) + planned_ml[lid]
+            if total > float(vmax) + 1e-9:
+                return (f"session volume limit: planned {planned_ml[lid]:g} mL would bring the "
+                        f"session to {total:g} mL, over the {float(vmax):g} mL per session")
+        if omax is not None and (organ := punctured(lid)) is not None:
+            organs = {o for o in (punctured(c) for c in chosen) if o is not None}
+            if organ not in organs and len(organs) + 1 > int(omax):
+                return (f"session organ limit: a puncture of the {organ} would make "
+                        f"{len(organs) + 1} organs punctured, over the {int(omax)} per session "
+                        f"({', '.join(sorted(organs))} already)")
+        return ""
+
+    return check
 
 
 def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: dict) -> list[str]:
@@ -221,7 +275,7 @@ def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: 
 
 
 def monitoring_explanation(lid: str, by_id: dict, injected: list[str], monitored: list[str],
-                           recist_text: str, outcome: RuleOutcome) -> str:
+                           recist_text: str, outcome: RuleOutcome, session_note: str = "") -> str:
     """Why a lesion was chosen to monitor (itRECIST non-injected target), in one sentence.
 
     Says that it is measurable (with the RECIST 1.1 measure), whether its organ has an injected
@@ -244,9 +298,12 @@ def monitoring_explanation(lid: str, by_id: dict, injected: list[str], monitored
         parts.append(f"#{same.index(lid) + 1} of {len(same)} in this organ by size")
     against = [m for want in ("decisive", "negative") for _, kind, m in outcome.messages
                if kind == want]
+    if session_note:
+        parts.append(f"not injected this session; {session_note}")
     if against:
-        parts.append("not injected: " + "; ".join(against))
-    else:
+        parts.append(("ranking lowered by: " if session_note else "not injected: ")
+                     + "; ".join(against))
+    elif not session_note:
         parts.append("not injected: the session's injection slots went to higher-ranked lesions")
     text = "; ".join(parts).rstrip(".")
     return f"Monitoring (itRECIST non-injected target): {text}."
@@ -324,8 +381,16 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
         n_inject = max(limit, 0)
     candidates = [o.lesion_id for o in ranked if o.tier in inject_tiers and not o.hard_excluded]
     organ_of = {lid: r.get("organ") for lid, r in by_id.items()}
-    injected = _choose_injection(candidates, organ_of, n_inject,
-                                 bool(cfg_ranking.get("organ_diversity", True)))
+    planned = {}
+    for lid in candidates:
+        ld = by_id[lid].get("longest_diameter_mm")
+        planned[lid] = planned_volume_ml(0.0 if is_missing(ld) else float(ld),
+                                         by_id[lid].get("volume_ml"), cfg_ranking["volume"])[0]
+    injected, refused = _choose_injection(
+        candidates, organ_of, n_inject, bool(cfg_ranking.get("organ_diversity", True)),
+        session_limits(by_id, planned, cfg_ranking["session"]))
+    for lid, why in refused.items():
+        warnings.append(f"{lid}: not injected this session; {why}")
     if not injected and n_inject > 0:
         warnings.append("no lesion is suitable for injection in this study")
 
@@ -348,12 +413,17 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             extra.append(f"selected for injection (#{injected.index(lid) + 1} of {len(injected)})")
         elif role is Role.MONITOR:
             codes.append("SELECTED_MONITORING")
+            if lid in refused:
+                codes.append("SESSION_LIMIT")
         elif not measurable[lid]:
             codes.append("NOT_MEASURABLE")
             if recist[lid][0] != "unknown":
                 extra.append(recist[lid][2])
         else:
             codes.append("NOT_SELECTED")
+        if lid in refused and role is not Role.MONITOR:
+            codes.append("SESSION_LIMIT")
+            extra.append(f"not injected this session; {refused[lid]}")
         pv, warn, note = None, "", ""
         if role is Role.INJECT:
             ld = row.get("longest_diameter_mm")
@@ -380,7 +450,8 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "rank": rank_of.get(lid),
             "score": score if model is None or lid in rank_of else None,
             "reasons": ";".join(codes),
-            "explanation": (monitoring_explanation(lid, by_id, injected, monitored, recist[lid][2], o)
+            "explanation": (monitoring_explanation(lid, by_id, injected, monitored, recist[lid][2], o,
+                                                   refused.get(lid, ""))
                             if role is Role.MONITOR else explanation(o, extra=extra)),
             "organ": row.get("organ", ""),
             "rule_score": o.score,

@@ -1,6 +1,7 @@
 """Injection and monitoring sets, planned volumes, output columns (pipeline/ranking/select.py)."""
 
 import pandas as pd
+import pytest
 from ranking_rows import lesion
 
 from pipeline.ranking.select import (
@@ -164,3 +165,45 @@ def test_worksheet_reasons_column_wraps_instead_of_clipping():
     assert "nowrap" not in cell and "overflow: hidden" not in cell and "ellipsis" not in cell
     codes = rules["td.expl .codes, td.codes"]
     assert "white-space: normal" in codes and "overflow-wrap: anywhere" in codes
+
+
+def test_session_volume_cap_applies_to_the_injection_set(cfg):
+    # three superficial lesions; planned volumes by longest diameter: 45 and 40 mm -> 2 mL, 20 -> 1
+    rows = [good("big", longest_diameter_mm=45, short_axis_mm=40, volume_ml=40, suv_max=12),
+            good("mid", longest_diameter_mm=40, short_axis_mm=35, volume_ml=30, suv_max=11),
+            good("small", longest_diameter_mm=20, short_axis_mm=18, volume_ml=4, suv_max=10)]
+    cfg["injections_per_session"] = 2
+    cfg["session"]["max_total_volume_ml"] = None
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"big", "mid"}
+    assert r.loc[r.role == "inject", "planned_volume_ml"].sum() == pytest.approx(4.0)
+    # a 3 mL cap: big (2 mL) + mid (2 mL) = 4 mL is too much; the next fitting lesion (1 mL) joins
+    cfg["session"]["max_total_volume_ml"] = 3.0
+    res = rank_study(pd.DataFrame(rows), cfg)
+    r = res.set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"big", "small"}
+    assert r.loc[r.role == "inject", "planned_volume_ml"].sum() <= 3.0
+    assert "SESSION_LIMIT" in r.loc["mid", "reasons"].split(";")
+    msg = "session volume limit: planned 2 mL would bring the session to 4 mL, over the 3 mL per session"
+    assert msg in r.loc["mid", "explanation"]
+    assert any(w.startswith("mid: not injected this session; session volume limit") for w in res.attrs["warnings"])
+    assert "SESSION_LIMIT" not in r.loc["small", "reasons"]
+
+
+def test_session_organ_cap_counts_visceral_punctures(cfg):
+    rows = [good("liver_a", organ="liver", longest_diameter_mm=30, suv_max=12, skin_depth_mm=20),
+            good("kidney_a", organ="kidney", longest_diameter_mm=30, suv_max=12, skin_depth_mm=20),
+            good("skin_a", longest_diameter_mm=30, suv_max=1.5, skin_depth_mm=20)]
+    cfg["injections_per_session"] = 2
+    cfg["session"]["max_organs_punctured"] = 2
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    inj = set(r.index[r.role == "inject"])
+    assert inj == {"liver_a", "kidney_a"}, r[["role", "tier", "score"]]
+    cfg["session"]["max_organs_punctured"] = 1
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    inj = set(r.index[r.role == "inject"])
+    # one visceral organ; the (weaker) superficial lesion punctures none and takes the second slot
+    assert "skin_a" in inj and len(inj & {"liver_a", "kidney_a"}) == 1
+    left = ({"liver_a", "kidney_a"} - inj).pop()
+    assert "SESSION_LIMIT" in r.loc[left, "reasons"]
+    assert "session organ limit" in r.loc[left, "explanation"]
