@@ -89,6 +89,8 @@ CASES = [
      set_leaf("enhancement_hu", value=20.0), "silent", True),
     ("NECROTIC", dict(necrosis_fraction=0.7), dict(necrosis_fraction=0.3),
      set_leaf("necrosis_fraction", value=0.2), "silent", True),
+    ("NECROSIS_PARTIAL", dict(necrosis_fraction=0.26), dict(necrosis_fraction=0.1),
+     set_leaf("necrosis_fraction", value=0.05), "silent", True),
     ("NEW_OR_GROWING", dict(new_or_growing=True), dict(new_or_growing=False),
      set_leaf("new_or_growing", value=False), "silent", True),
     ("PRIOR_LOCOREGIONAL", dict(prior_locoregional_therapy=True), dict(prior_locoregional_therapy=False),
@@ -328,6 +330,19 @@ def test_lung_rules_are_one_ladder(cfg):
     set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_PATH")
     o = outcome(lesion("a", **lung, lung_pleura_distance_mm=15.0), cfg)
     assert "LUNG_SUBPLEURAL" in o.fired and "LUNG_PATH" not in o.fired
+
+
+def test_necrosis_penalty_is_graded_and_mentioned(cfg):
+    pen = {}
+    for f in (0.0, 0.26, 0.7):
+        o = outcome(lesion("a", necrosis_fraction=f), cfg)
+        pen[f] = o.stage_scores["characterization"]
+        text = " ".join(m for _, _, m in o.messages)
+        if f == 0.26:
+            assert "partly necrotic (26% non-viable)" in text and "NECROTIC" not in o.fired
+        if f == 0.7:
+            assert "NECROTIC" in o.fired and "NECROSIS_PARTIAL" not in o.fired
+    assert pen[0.0] > pen[0.26] > pen[0.7]
 
 
 def test_needle_hit_probability_model():
