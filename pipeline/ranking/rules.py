@@ -94,7 +94,7 @@ STAGES = ("characterization", "access", "safety")
 DERIVED_COLUMNS = (
     "path_length_mm", "path_length_source", "needle_hit_probability", "is_nodal",
     "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source", "target_point_label",
-    "pet_liver_threshold_suv", "pet_viability_ratio", "pet_uptake_text",
+    "pet_liver_threshold_suv", "pet_viability_ratio", "pet_uptake_text", "vessel_gap_text",
 )
 
 #: Lesion-table columns :func:`derive_columns` reads (besides those the rules read).
@@ -103,6 +103,7 @@ DERIVATION_INPUTS = (
     "suv_peak", "suv_peak_x_mm", "suv_peak_y_mm", "suv_peak_z_mm",
     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
     "liver_reference_suv_mean", "liver_reference_suv_sd", "lesion_to_liver_suvpeak_ratio",
+    "vessel_distance_mm", "vessel_abut_basis",
 )
 
 _TARGET_LABELS = {
@@ -450,6 +451,8 @@ def derive_columns(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
     * ``is_nodal``: organ is lymph_node.
     * target point: :func:`target_points`.
     * PET uptake relative to the liver: :func:`pet_viability`.
+    * ``vessel_gap_text``: the measured lesion-vessel gap and, when the anatomy stage gave it,
+      the scan resolution that makes it contact (``vessel_abut_basis``), for VESSEL_ABUT.
     """
     df = table.copy()
     planned = _num(df, "path_length_mm")
@@ -478,6 +481,12 @@ def derive_columns(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
     pv = pet_viability(df, cfg_ranking["pet_viability"])
     for c in pv.columns:
         df[c] = pv[c]
+    gap = _num(df, "vessel_distance_mm")
+    basis = (df["vessel_abut_basis"] if "vessel_abut_basis" in df.columns
+             else pd.Series("", index=df.index)).map(lambda v: "" if _is_missing(v) else str(v))
+    df["vessel_gap_text"] = [
+        "" if math.isnan(g) else f"measured gap {g:.1f} mm" + (f", {b}" if b else "")
+        for g, b in zip(gap, basis)]
     return df
 
 

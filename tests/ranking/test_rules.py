@@ -551,3 +551,19 @@ def test_rule_frame_matches_rank_study(cfg):
     pd.testing.assert_series_equal(fr["rule_rank"].astype("Int64"), r.loc[fr.index, "rank"],
                                    check_names=False)
     assert (fr["rule_score"] == r.loc[fr.index, "score"]).all()
+
+
+def test_vessel_abut_message_gives_gap_and_voxel(cfg):
+    row = lesion("a", organ="lymph_node", site="deep_node", vessel_distance_mm=1.5,
+                 vessel_name="aorta", vessel_relation="abutting", vessel_caliber_mm=25.0,
+                 vessel_abut_basis="under the voxel diagonal 2.9 mm (voxel 1.00 x 1.00 x 2.50 mm), "
+                                   "no fat plane visible")
+    o = outcome(row, cfg)
+    assert "VESSEL_ABUT" in o.fired and o.tier.value == "board_review"
+    msg = dict((c, m) for c, _, m in o.messages)["VESSEL_ABUT"]
+    assert msg.startswith("abuts the aorta (measured gap 1.5 mm, under the voxel diagonal 2.9 mm "
+                          "(voxel 1.00 x 1.00 x 2.50 mm), no fat plane visible), a major vessel")
+    # proxy rows without the basis still read well
+    o = outcome(lesion("a", vessel_distance_mm=0.0, vessel_name="aorta"), cfg)
+    assert "abuts the aorta (measured gap 0.0 mm), a major vessel" in dict(
+        (c, m) for c, _, m in o.messages)["VESSEL_ABUT"]
