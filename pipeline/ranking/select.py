@@ -9,9 +9,12 @@
   the study, and ``rule_score`` keeps the rules' score.
 * **Injection set**: up to ``injections_per_session`` lesions (fewer when the clinical sidecar
   gives a per-trial ``max_injections`` for the patient) from ``inject_tiers`` in rank order. With
-  ``organ_diversity`` a lesion in an organ not yet chosen is preferred (the paper: injecting
-  several organs may induce a broader immune response); when no other organ is left, the next in
-  rank order.
+  ``organ_diversity`` a lesion in a site not yet chosen is preferred (the paper: injecting
+  several organs may induce a broader immune response), but only when its rule score is within
+  ``diversity_max_score_drop`` of the best remaining candidate: diversity never picks a much
+  weaker lesion. The site (:func:`diversity_site`) is the organ, and for lymph nodes (all one
+  organ ``lymph_node``) the nodal station named in the lesion label (axillary, inguinal ...,
+  :func:`pipeline.anatomy.site.nodal_station`) when known.
 * **Monitoring set** (itRECIST / RECIST 1.1): measurable (:func:`recist_measurability`:
   non-nodal longest diameter >= max(``nonnodal_min_longest_mm``, ``nonnodal_min_slice_multiple``
   x slice thickness); nodal short axis >= ``nodal_min_short_axis_mm``; nodes of
@@ -43,6 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.anatomy.site import nodal_station
 from pipeline.ranking.rules import (
     RuleOutcome,
     add_rule_columns,
@@ -65,7 +69,7 @@ RANKING_COLUMNS = [
     "path_length_source", "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source",
     "measurable", "planned_volume_ml", "volume_warning", "syringe_note", "new_or_growing",
     "prior_study_uid", "prior_lesion_id", "longest_diameter_change_pct", "rules_not_evaluated",
-    "recist_category", "measurable_min_mm",
+    "recist_category", "measurable_min_mm", "diversity_site",
 ]
 
 #: Lesion-table columns giving the CT slice thickness (mm) for RECIST measurability, first known
@@ -178,12 +182,30 @@ def _patient_max_injections(df: pd.DataFrame) -> int | None:
     return int(vals.min()) if len(vals) else None
 
 
-def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool,
-                      limits=None) -> tuple[list[str], dict[str, str]]:
-    """Injection set in rank order with organ diversity and the session limits.
+def diversity_site(row: dict) -> str:
+    """Site of a lesion for injection diversity: the organ; for lymph nodes
+    ``lymph_node:<station>`` when the label (else the lesion id) names a station, else
+    ``lymph_node``."""
+    organ = "" if is_missing(row.get("organ")) else str(row.get("organ"))
+    if organ != "lymph_node":
+        return organ
+    for key in ("lesion_label", "lesion_id"):
+        v = row.get(key)
+        if not is_missing(v) and (st := nodal_station(str(v))):
+            return f"lymph_node:{st}"
+    return "lymph_node"
 
-    ``limits(chosen, lid)`` returns "" when ``lid`` may join ``chosen``, else why not (a session
-    limit). Returns the chosen lesion ids and, for candidates left out by a limit, the reason.
+
+def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool,
+                      limits=None, score_of: dict | None = None,
+                      max_drop: float = math.inf) -> tuple[list[str], dict[str, str]]:
+    """Injection set in rank order with site diversity and the session limits.
+
+    ``organ_of`` maps a lesion to its diversity site. ``limits(chosen, lid)`` returns "" when
+    ``lid`` may join ``chosen``, else why not (a session limit). With ``diversity`` a lesion in
+    a new site is preferred when its score (``score_of``) is at least the best fitting
+    candidate's minus ``max_drop``. Returns the chosen lesion ids and, for candidates left out by
+    a limit, the reason.
     """
     chosen: list[str] = []
     refused: dict[str, str] = {}
@@ -201,7 +223,9 @@ def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: 
             break
         pick = fitting[0]
         if diversity:
-            pick = next((lid for lid in fitting if organ_of[lid] not in used), fitting[0])
+            floor = (score_of[pick] - max_drop) if score_of is not None else -math.inf
+            pick = next((lid for lid in fitting if organ_of[lid] not in used
+                         and (score_of is None or score_of[lid] >= floor - 1e-9)), fitting[0])
         chosen.append(pick)
         refused.pop(pick, None)
         used.add(organ_of[pick])
@@ -380,15 +404,17 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
         warnings.append(f"per-trial limit from the clinical sidecar: at most {limit} injection(s)")
         n_inject = max(limit, 0)
     candidates = [o.lesion_id for o in ranked if o.tier in inject_tiers and not o.hard_excluded]
-    organ_of = {lid: r.get("organ") for lid, r in by_id.items()}
+    site_of = {lid: diversity_site(r) for lid, r in by_id.items()}
     planned = {}
     for lid in candidates:
         ld = by_id[lid].get("longest_diameter_mm")
         planned[lid] = planned_volume_ml(0.0 if is_missing(ld) else float(ld),
                                          by_id[lid].get("volume_ml"), cfg_ranking["volume"])[0]
     injected, refused = _choose_injection(
-        candidates, organ_of, n_inject, bool(cfg_ranking.get("organ_diversity", True)),
-        session_limits(by_id, planned, cfg_ranking["session"]))
+        candidates, site_of, n_inject, bool(cfg_ranking.get("organ_diversity", True)),
+        session_limits(by_id, planned, cfg_ranking["session"]),
+        score_of={lid: outcomes[lid].score for lid in candidates},
+        max_drop=float(cfg_ranking["diversity_max_score_drop"]))
     for lid, why in refused.items():
         warnings.append(f"{lid}: not injected this session; {why}")
     if not injected and n_inject > 0:
@@ -477,6 +503,7 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "rules_not_evaluated": ";".join(o.not_evaluated),
             "recist_category": recist[lid][0],
             "measurable_min_mm": recist[lid][1],
+            "diversity_site": site_of[lid],
         })
     res = pd.DataFrame(out, columns=RANKING_COLUMNS)
     res["rank"] = res["rank"].astype("Int64")

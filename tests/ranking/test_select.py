@@ -207,3 +207,34 @@ def test_session_organ_cap_counts_visceral_punctures(cfg):
     left = ({"liver_a", "kidney_a"} - inj).pop()
     assert "SESSION_LIMIT" in r.loc[left, "reasons"]
     assert "session organ limit" in r.loc[left, "explanation"]
+
+
+def test_nodal_stations_are_sites_and_diversity_has_a_score_margin(cfg):
+    from pipeline.ranking.select import diversity_site
+
+    node = dict(organ="lymph_node", site="superficial_node", skin_depth_mm=10.0)
+    assert diversity_site(lesion("n1", lesion_label="node_axillary_R", **node)) == "lymph_node:axillary"
+    assert diversity_site(lesion("n_inguinal_2", lesion_label="", **node)) == "lymph_node:inguinal"
+    assert diversity_site(lesion("n7", lesion_label="node 7", **node)) == "lymph_node"
+    assert diversity_site(lesion("s", organ="soft_tissue")) == "soft_tissue"
+    rows = [lesion("ax1", lesion_label="node_axillary_R", suv_max=12, **node),
+            lesion("ax2", lesion_label="node_axillary_L", suv_max=11, **node),
+            lesion("ing", lesion_label="node_inguinal_L", suv_max=10, **node)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    # a second axillary node would be the next by rank; the inguinal station (same score) wins
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ing"}
+    assert r.loc["ing", "diversity_site"] == "lymph_node:inguinal"
+    # all nodal stations stay one organ for the monitoring limit per organ
+    assert set(r["organ"]) == {"lymph_node"}
+    # a much weaker lesion in a new site is not preferred over a strong one
+    rows = [lesion("ax1", lesion_label="node_axillary_R", suv_max=12, **node),
+            lesion("ax2", lesion_label="node_axillary_L", suv_max=11, **node),
+            lesion("ing", lesion_label="node_inguinal_L", suv_max=10, necrosis_fraction=0.7,
+                   **node)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    drop = r.loc["ax2", "score"] - r.loc["ing", "score"]
+    assert drop > cfg["diversity_max_score_drop"]
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ax2"}
+    cfg["diversity_max_score_drop"] = drop + 0.01  # a looser margin lets diversity pick it
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ing"}
