@@ -118,6 +118,8 @@ CASES = [
      set_leaf("liver_capsule_distance_mm", value=25.0), "silent", True),
     ("LIVER_EXOPHYTIC", dict(LIVER, exophytic_fraction=0.3), dict(LIVER, exophytic_fraction=0.05),
      set_leaf("exophytic_fraction", value=0.01), "silent", True),
+    ("LIVER_NO_PARENCHYMA", dict(LIVER, liver_parenchyma_path_mm=4.0), dict(LIVER, liver_parenchyma_path_mm=25.0),
+     set_leaf("liver_parenchyma_path_mm", value=30.0), "silent", True),
     ("LUNG_PATH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=15),
      dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
      set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
