@@ -111,10 +111,10 @@ def recist_measurability(row: dict, mon: dict) -> tuple[str, float | None, str]:
                   if c in row and not is_missing(row[c]) and float(row[c]) > 0), None)
     mult = float(mon["nonnodal_min_slice_multiple"])
     if thick is None:
-        tmin, how = fixed, f"{fixed:g} mm; slice thickness unknown"
+        tmin, how = fixed, f"minimum {fixed:g} mm; slice thickness unknown"
     else:
         tmin = max(fixed, mult * thick)
-        how = f"max of {fixed:g} mm and {mult:g} x {thick:g} mm slice thickness"
+        how = f"minimum = max of {fixed:g} mm and {mult:g} x {thick:g} mm slice thickness"
     ld = row.get("longest_diameter_mm")
     if is_missing(ld):
         return "unknown", tmin, "longest diameter unknown: measurability not assessed"
@@ -312,8 +312,8 @@ def monitoring_explanation(lid: str, by_id: dict, injected: list[str], monitored
     organs_inj = {by_id[i].get("organ") for i in injected}
     parts = [f"measurable, {recist_text}"]
     if organ in organs_inj:
-        parts.append(f"{organ} also has an injected lesion; no measurable lesion left in an "
-                     f"organ without an injected target")
+        parts.append(f"{organ} also has an injected lesion; no other usable measurable lesion "
+                     f"in an organ without an injected target")
     else:
         parts.append(f"{organ} has no injected lesion, so its response is seen without a "
                      f"direct injection effect")
