@@ -25,7 +25,13 @@ Method
    the one with the largest clearance to the vessel masks. The chosen direction is then refined
    locally (``refine_levels`` rounds of 5 x 5 directions on a shrinking angular grid) to the
    shortest safe path near it.
-6. **Ultrasound window.** True when some safe direction (coarse or refined) has no gas and no
+6. **Normal parenchyma before the lesion** (organs of ``parenchyma_terms``, the liver by
+   default): the length of path inside the target organ between its capsule and the lesion
+   surface is reported (``liver_parenchyma_path_mm``). A cuff of normal liver tamponades the
+   track (less bleeding, leakage and seeding than a direct capsule-to-tumour puncture), so when
+   some safe path within ``parenchyma_length_allowance_mm`` of the shortest crosses at least
+   ``min_parenchyma_mm``, only such paths are chosen (steps 5 and the refinement).
+7. **Ultrasound window.** True when some safe direction (coarse or refined) has no gas and no
    bone on its path outside the lesion and a length at most ``us_max_depth_mm``.
 
 Columns (see :func:`plan_access`): the entry point (LPS mm), the unit needle direction from
@@ -80,6 +86,9 @@ class AccessSettings:
     refine_levels: int = 3
     us_max_depth_mm: float = 100.0
     clearance_cap_mm: float = 50.0
+    min_parenchyma_mm: float = 0.0
+    parenchyma_length_allowance_mm: float = 0.0
+    parenchyma_terms: tuple[str, ...] = ("liver",)
 
     @classmethod
     def from_config(cls, a: dict) -> AccessSettings:
@@ -95,6 +104,9 @@ class AccessSettings:
             refine_levels=int(a["refine_levels"]),
             us_max_depth_mm=float(a["us_max_depth_mm"]),
             clearance_cap_mm=float(a["clearance_cap_mm"]),
+            min_parenchyma_mm=float(a.get("min_parenchyma_mm", 0.0)),
+            parenchyma_length_allowance_mm=float(a.get("parenchyma_length_allowance_mm", 0.0)),
+            parenchyma_terms=tuple(a.get("parenchyma_terms", ("liver",))),
         )
 
 
@@ -204,6 +216,7 @@ class RayEval:
     pleura: np.ndarray
     organ_entries: np.ndarray
     gas_free: np.ndarray
+    organ_mm: np.ndarray
     blockers: list
 
 
@@ -281,6 +294,8 @@ def evaluate_rays(
     unsafe[(ext & ((flags & BODY) != 0)).any(axis=1)] |= R_EXTERNAL
     lung_mm = (np.where(outer & lung_gas, seglen, 0.0)).sum(axis=1)
     gas_free = ~gas.any(axis=1)
+    # target-organ tissue (not lesion) between the lesion surface and the skin
+    organ_mm = (np.where(outer & org_in & ~les, seglen, 0.0)).sum(axis=1)
 
     blockers = []
     for r in range(n):
@@ -293,13 +308,14 @@ def evaluate_rays(
         blockers.append(sorted(names))
     return RayEval(dirs=np.asarray(dirs, float), unsafe=unsafe, entry_t=entry_t,
                    surface_t=surface_t, lung_mm=lung_mm, pleura=pleura, organ_entries=entries,
-                   gas_free=gas_free, blockers=blockers)
+                   gas_free=gas_free, organ_mm=organ_mm, blockers=blockers)
 
 
 def _concat(a: RayEval, b: RayEval) -> RayEval:
     return RayEval(*(np.concatenate([getattr(a, f), getattr(b, f)])
                      for f in ("dirs", "unsafe", "entry_t", "surface_t", "lung_mm", "pleura",
-                               "organ_entries", "gas_free")), blockers=a.blockers + b.blockers)
+                               "organ_entries", "gas_free", "organ_mm")),
+                   blockers=a.blockers + b.blockers)
 
 
 def path_clearance_mm(tmap: TissueMap, entry: np.ndarray, target: np.ndarray,
@@ -411,8 +427,10 @@ def plan_access(
     dict of columns: ``safe_path_found``, ``path_length_mm``, ``path_length_to_surface_mm``,
     ``entry_x_mm``/``_y_mm``/``_z_mm``, ``path_direction_x``/``_y``/``_z`` (unit, entry ->
     target), ``path_angle_from_axial_deg``, ``aerated_lung_path_mm``, ``pleura_crossings``,
-    ``target_organ_entries``, ``vessel_clearance_mm`` (+ ``vessel_clearance_reason``),
-    ``us_window``, ``safe_direction_fraction``, ``access_reason``.
+    ``target_organ_entries``, ``liver_parenchyma_path_mm`` (liver targets: normal liver
+    crossed between the capsule and the lesion, mm; None otherwise), ``vessel_clearance_mm``
+    (+ ``vessel_clearance_reason``), ``us_window``, ``safe_direction_fraction``,
+    ``access_reason``.
     """
     s = settings
     target = np.asarray(target_lps, dtype=float)
@@ -435,6 +453,16 @@ def plan_access(
         return out
     vox = float(max(tmap.grid.spacing_xyz_mm))
     radius = 2.0 * vox
+    us_ev = ev  # every safe direction counts for the ultrasound window
+    # prefer paths through normal parenchyma (liver) when one is available at a modest detour
+    cuff = (target_term in s.parenchyma_terms and s.min_parenchyma_mm > 0.0)
+    if cuff:
+        thick = safe & (ev.organ_mm >= s.min_parenchyma_mm)
+        shortest = float(ev.entry_t[safe].min())
+        if (thick & (ev.entry_t <= shortest + s.parenchyma_length_allowance_mm)).any():
+            safe = thick
+        else:
+            cuff = False
 
     def refined_lengths(e: RayEval, ok: np.ndarray, limit: float) -> np.ndarray:
         """Entry distances, sub-voxel for the safe rays up to ``limit`` (inf elsewhere)."""
@@ -455,7 +483,6 @@ def plan_access(
         r_best = max(cand, key=lambda r: (round(clear[r], 1), -length[r]))
     else:
         r_best = int(cand[np.argmin(length[cand])])
-    all_ev = ev
     # local refinement to the shortest safe path near the chosen direction
     half = _spacing_rad(s.n_directions, s.max_angle_from_axial_deg)
     best = (float(length[r_best]), ev.dirs[r_best], r_best, ev)
@@ -464,8 +491,10 @@ def plan_access(
         if len(loc) == 0:
             break
         lev = evaluate_rays(tmap, lesion, target, loc, target_term=target_term, settings=s)
-        all_ev = _concat(all_ev, lev)
+        us_ev = _concat(us_ev, lev)
         ok = lev.unsafe == 0
+        if cuff:
+            ok &= lev.organ_mm >= s.min_parenchyma_mm
         if ok.any():
             ln = refined_lengths(lev, ok, best[0] + 2.0 * vox)
             r = int(np.argmin(ln))
@@ -488,6 +517,7 @@ def plan_access(
         "pleura_crossings": int(e.pleura[r]),
         "target_organ_entries": (int(e.organ_entries[r]) if target_term not in NO_CAPSULE_TERMS
                                  else None),
+        "liver_parenchyma_path_mm": float(e.organ_mm[r]) if target_term == "liver" else None,
         "access_reason": "",
     })
     clr = path_clearance_mm(tmap, entry, target)
@@ -495,7 +525,7 @@ def plan_access(
         out["vessel_clearance_reason"] = "no vessel masks for this study"
     else:
         out["vessel_clearance_mm"] = clr
-    us = (all_ev.unsafe == 0) & all_ev.gas_free & (all_ev.entry_t <= s.us_max_depth_mm)
+    us = (us_ev.unsafe == 0) & us_ev.gas_free & (us_ev.entry_t <= s.us_max_depth_mm)
     out["us_window"] = bool(us.any())
     if not target_term:
         out["access_reason"] = "organ unknown: target organ capsule not checked"
@@ -507,7 +537,7 @@ def empty_access_columns() -> dict:
     keys = ("path_length_mm", "path_length_to_surface_mm", "entry_x_mm", "entry_y_mm",
             "entry_z_mm", "path_direction_x", "path_direction_y", "path_direction_z",
             "path_angle_from_axial_deg", "aerated_lung_path_mm", "pleura_crossings",
-            "target_organ_entries", "vessel_clearance_mm", "us_window",
+            "target_organ_entries", "liver_parenchyma_path_mm", "vessel_clearance_mm", "us_window",
             "safe_direction_fraction")
     out = {k: None for k in keys}
     out.update({"safe_path_found": None, "vessel_clearance_reason": "", "access_reason": ""})

@@ -42,8 +42,14 @@ Definitions
     voxel at each end of the arc (tested against the phantom's analytic arcs).
 ``vessel_relation``
     "encasing" when the contact angle exceeds ``vessel_encasing_angle_deg`` (180 by default),
-    "abutting" when there is contact or the distance is at most ``vessel_abut_distance_mm``,
+    "abutting" when there is contact or the distance is at most ``vessel_abut_threshold_mm``,
     else "none". None (with ``vessel_reason``) without vessel masks.
+``vessel_abut_threshold_mm`` / ``vessel_abut_basis``
+    Contact at the resolution of the scan: a surface gap smaller than one voxel cannot show a
+    fat plane, yet the voxelized surfaces of two touching structures are measured up to about a
+    voxel apart. The threshold is the larger of ``vessel_abut_distance_mm`` (the fat-plane width
+    counted as contact) and the voxel diagonal ``sqrt(sx^2 + sy^2 + sz^2)`` of the lesion grid;
+    ``vessel_abut_basis`` states the voxel size and which of the two applied (for the message).
 ``intravascular_fraction``
     Fraction of the lesion's voxels inside any vessel mask (tumour in a lumen; 0 when the
     lesion only touches vessels).
@@ -269,6 +275,25 @@ def _intravascular_fraction(lesion: LesionMask, vessels: dict[str, LesionMask]) 
     return float(np.count_nonzero(crop & inside)) / max(int(crop.sum()), 1)
 
 
+def abut_threshold_mm(grid: Grid, fat_plane_mm: float) -> tuple[float, str]:
+    """Surface gap (mm) up to which a lesion counts as abutting a vessel, and why.
+
+    The larger of ``fat_plane_mm`` (the configured fat-plane width) and the voxel diagonal of
+    ``grid`` (mm): a gap under one voxel shows no fat plane at this resolution.
+
+    Returns
+    -------
+    (threshold_mm, basis) where basis reads e.g. "under the voxel diagonal 2.7 mm (voxel 0.78 x
+    0.78 x 2.50 mm), no fat plane visible".
+    """
+    sx, sy, sz = (float(v) for v in grid.spacing_xyz_mm)
+    diag = math.sqrt(sx * sx + sy * sy + sz * sz)
+    vox = f"voxel {sx:.2f} x {sy:.2f} x {sz:.2f} mm"
+    if diag >= fat_plane_mm:
+        return diag, f"under the voxel diagonal {diag:.1f} mm ({vox}), no fat plane visible"
+    return float(fat_plane_mm), f"under the {fat_plane_mm:g} mm fat plane ({vox})"
+
+
 def vessel_columns(
     lesion: LesionMask,
     surf: LesionSurface,
@@ -283,12 +308,16 @@ def vessel_columns(
     """Vessel columns of one lesion (see the module doc)."""
     out = {"vessel_distance_mm": None, "vessel_name": "", "vessel_caliber_mm": None,
            "vessel_contact_angle_deg": None, "vessel_relation": None,
-           "intravascular_fraction": None, "vessel_reason": ""}
+           "intravascular_fraction": None, "vessel_abut_threshold_mm": None,
+           "vessel_abut_basis": "", "vessel_reason": ""}
     vessels = {n: m for n, m in organs.items() if organ_term(n) == "vessel"}
     if not vessels:
         out["vessel_reason"] = "no vessel masks for this study"
         return out
     grid = lesion.grid
+    thr, basis = abut_threshold_mm(grid, abut_distance_mm)
+    out["vessel_abut_threshold_mm"], out["vessel_abut_basis"] = thr, basis
+    abut_distance_mm = thr
     region = expand_bbox(lesion.bbox_zyx, grid, margin_mm)
     dists = {}
     for name, m in vessels.items():

@@ -47,6 +47,16 @@ multiplies the access score (so deeper lesions need to be larger to score the sa
 SIZE_DEPTH rule (penalty below a configured probability). The short axis (not the longest
 diameter) is used because the needle may come in along any in-plane direction.
 
+PET viability relative to the patient (VIABLE_PET, LOW_UPTAKE)
+--------------------------------------------------------------
+An absolute SUVmax of 2.5 lies below normal liver uptake, so it calls nearly every liver lesion
+viable. :func:`pet_viability` compares the lesion's SUVpeak with the PERCIST-style liver
+threshold ``liver_mean_factor x liver_reference_suv_mean + liver_sd_factor x
+liver_reference_suv_sd`` (``ranking.pet_viability``; the SD term is left out when the table has
+no liver SD) and writes ``pet_viability_ratio`` = SUVpeak / threshold (>= 1: viable). The rules
+use that ratio first and the absolute SUVmax only when there is no liver reference
+(``first_known``). ``pet_uptake_text`` states which measure was used.
+
 Target point (NO_RIM_BIAS)
 --------------------------
 The paper: viable cells are not more frequent at the periphery, so nothing here prefers the rim.
@@ -84,6 +94,7 @@ STAGES = ("characterization", "access", "safety")
 DERIVED_COLUMNS = (
     "path_length_mm", "path_length_source", "needle_hit_probability", "is_nodal",
     "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source", "target_point_label",
+    "pet_liver_threshold_suv", "pet_viability_ratio", "pet_uptake_text", "vessel_gap_text",
 )
 
 #: Lesion-table columns :func:`derive_columns` reads (besides those the rules read).
@@ -91,6 +102,8 @@ DERIVATION_INPUTS = (
     "path_length_mm", "skin_depth_mm", "short_axis_mm", "organ", "suv_max",
     "suv_peak", "suv_peak_x_mm", "suv_peak_y_mm", "suv_peak_z_mm",
     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "liver_reference_suv_mean", "liver_reference_suv_sd", "lesion_to_liver_suvpeak_ratio",
+    "vessel_distance_mm", "vessel_abut_basis",
 )
 
 _TARGET_LABELS = {
@@ -403,6 +416,49 @@ def target_points(df: pd.DataFrame, cfg_target: dict) -> pd.DataFrame:
     return out
 
 
+def pet_viability(df: pd.DataFrame, cfg_pet: dict) -> pd.DataFrame:
+    """Lesion uptake relative to the patient's liver (PERCIST-style threshold).
+
+    Parameters
+    ----------
+    df : DataFrame
+        Lesion rows; reads ``suv_peak``, ``suv_max``, ``liver_reference_suv_mean``,
+        ``liver_reference_suv_sd`` (optional) and ``lesion_to_liver_suvpeak_ratio`` (used for
+        SUVpeak when ``suv_peak`` itself is empty). SUV in g/mL.
+    cfg_pet : dict
+        ``ranking.pet_viability`` (``liver_mean_factor``, ``liver_sd_factor``).
+
+    Returns
+    -------
+    DataFrame with ``pet_liver_threshold_suv`` (g/mL, NaN without a liver reference),
+    ``pet_viability_ratio`` (SUVpeak / threshold, NaN without a liver reference or SUVpeak) and
+    ``pet_uptake_text`` (the measure used, for messages).
+    """
+    mean = _num(df, "liver_reference_suv_mean")
+    mean = mean.where(mean > 0)
+    sd = _num(df, "liver_reference_suv_sd")
+    thr = float(cfg_pet["liver_mean_factor"]) * mean + float(cfg_pet["liver_sd_factor"]) * sd.fillna(0.0)
+    peak = _num(df, "suv_peak").fillna(_num(df, "lesion_to_liver_suvpeak_ratio") * mean)
+    ratio = peak / thr
+    out = pd.DataFrame(index=df.index)
+    out["pet_liver_threshold_suv"] = thr
+    out["pet_viability_ratio"] = ratio
+    suv_max = _num(df, "suv_max")
+    fm, fs = float(cfg_pet["liver_mean_factor"]), float(cfg_pet["liver_sd_factor"])
+    texts = []
+    for p, t, r, m, s_, mx in zip(peak, thr, ratio, mean, sd, suv_max):
+        if not math.isnan(r):
+            how = (f"{fm:g} x liver mean {m:.1f} + {fs:g} SD {s_:.1f}" if not math.isnan(s_)
+                   else f"{fm:g} x liver mean {m:.1f}, liver SD unknown")
+            texts.append(f"SUVpeak {p:.1f} = {r:.2f} x the liver threshold {t:.1f} ({how})")
+        elif not math.isnan(mx):
+            texts.append(f"SUVmax {mx:.1f}, no liver reference")
+        else:
+            texts.append("")
+    out["pet_uptake_text"] = texts
+    return out
+
+
 def derive_columns(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
     """Add the columns the rules read that are computed from other columns.
 
@@ -412,6 +468,9 @@ def derive_columns(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
     * ``needle_hit_probability``: :func:`needle_hit_probability` of the short axis and path.
     * ``is_nodal``: organ is lymph_node.
     * target point: :func:`target_points`.
+    * PET uptake relative to the liver: :func:`pet_viability`.
+    * ``vessel_gap_text``: the measured lesion-vessel gap and, when the anatomy stage gave it,
+      the scan resolution that makes it contact (``vessel_abut_basis``), for VESSEL_ABUT.
     """
     df = table.copy()
     planned = _num(df, "path_length_mm")
@@ -437,6 +496,15 @@ def derive_columns(table: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
     tp = target_points(df, cfg_ranking["target_point"])
     for c in tp.columns:
         df[c] = tp[c]
+    pv = pet_viability(df, cfg_ranking["pet_viability"])
+    for c in pv.columns:
+        df[c] = pv[c]
+    gap = _num(df, "vessel_distance_mm")
+    basis = (df["vessel_abut_basis"] if "vessel_abut_basis" in df.columns
+             else pd.Series("", index=df.index)).map(lambda v: "" if _is_missing(v) else str(v))
+    df["vessel_gap_text"] = [
+        "" if math.isnan(g) else f"measured gap {g:.1f} mm" + (f", {b}" if b else "")
+        for g, b in zip(gap, basis)]
     return df
 
 

@@ -9,14 +9,25 @@
   the study, and ``rule_score`` keeps the rules' score.
 * **Injection set**: up to ``injections_per_session`` lesions (fewer when the clinical sidecar
   gives a per-trial ``max_injections`` for the patient) from ``inject_tiers`` in rank order. With
-  ``organ_diversity`` a lesion in an organ not yet chosen is preferred (the paper: injecting
-  several organs may induce a broader immune response); when no other organ is left, the next in
-  rank order.
-* **Monitoring set** (itRECIST / RECIST 1.1): measurable (non-nodal longest diameter >=
-  ``nonnodal_min_longest_mm``, nodal short axis >= ``nodal_min_short_axis_mm``), not injected,
+  ``organ_diversity`` a lesion in a site not yet chosen is preferred (the paper: injecting
+  several organs may induce a broader immune response), but only when its rule score is within
+  ``diversity_max_score_drop`` of the best remaining candidate: diversity never picks a much
+  weaker lesion. The site (:func:`diversity_site`) is the organ, and for lymph nodes (all one
+  organ ``lymph_node``) the nodal station named in the lesion label (axillary, inguinal ...,
+  :func:`pipeline.anatomy.site.nodal_station`) when known.
+* **Monitoring set** (itRECIST / RECIST 1.1): measurable (:func:`recist_measurability`:
+  non-nodal longest diameter >= max(``nonnodal_min_longest_mm``, ``nonnodal_min_slice_multiple``
+  x slice thickness); nodal short axis >= ``nodal_min_short_axis_mm``; nodes of
+  ``nodal_pathological_min_short_axis_mm`` up to that are pathological non-targets), not injected,
   not previously treated locally (``exclude_prior_locoregional``), at most ``max_per_organ``
   per organ, up to ``max_noninjected`` and ``max_total_targets`` minus the injected ones; lesions
-  in an organ without an injected target come first, then the larger ones, then lesion_id.
+  in an organ without an injected target come first, then the larger ones, then lesion_id. A
+  monitoring lesion's explanation says why it was chosen to monitor (measurable, organ, size
+  order), not the injection tier's wording.
+* **Session limits** (``ranking.session``, :func:`session_limits`): the injection set's total
+  planned volume and the number of organs punctured for visceral targets stay within the
+  configured caps; a lesion left out by a cap gets ``SESSION_LIMIT`` and a message saying which
+  cap, and the next fitting lesion in rank order takes its place.
 * **Planned injection volume**: from the longest-diameter bands of the configuration (T-VEC-like
   bands), clipped to the paper's 0.5-10 mL; a warning when the lesion is smaller than the planned
   volume (in particular when it is too small for the 0.5 mL minimum). A syringe note follows the
@@ -35,6 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
+from pipeline.anatomy.site import nodal_station
 from pipeline.ranking.rules import (
     RuleOutcome,
     add_rule_columns,
@@ -57,16 +69,65 @@ RANKING_COLUMNS = [
     "path_length_source", "target_x_mm", "target_y_mm", "target_z_mm", "target_point_source",
     "measurable", "planned_volume_ml", "volume_warning", "syringe_note", "new_or_growing",
     "prior_study_uid", "prior_lesion_id", "longest_diameter_change_pct", "rules_not_evaluated",
+    "recist_category", "measurable_min_mm", "diversity_site",
 ]
+
+#: Lesion-table columns giving the CT slice thickness (mm) for RECIST measurability, first known
+#: wins: the DICOM SliceThickness of the CT series, else the CT grid's slice spacing.
+SLICE_THICKNESS_COLUMNS = ("slice_thickness_mm", "ct_slice_spacing_mm")
+
+
+def recist_measurability(row: dict, mon: dict) -> tuple[str, float | None, str]:
+    """RECIST 1.1 category of a lesion row.
+
+    Non-nodal lesions: measurable (``target``) when the longest diameter is at least
+    max(``nonnodal_min_longest_mm``, ``nonnodal_min_slice_multiple`` x slice thickness), the
+    slice thickness from the first known of :data:`SLICE_THICKNESS_COLUMNS` (mm; without it the
+    fixed minimum applies). Lymph nodes by short axis: >= ``nodal_min_short_axis_mm`` target;
+    >= ``nodal_pathological_min_short_axis_mm`` pathological non-target; below, not pathological.
+
+    Returns
+    -------
+    (category, minimum_mm, text)
+        category in ``target``, ``non_target`` (non-measurable lesion), ``pathological_node``
+        (nodal non-target), ``normal_node``, ``unknown`` (diameter missing); the minimum
+        diameter (mm) that applied; a sentence for the explanation.
+    """
+    if row.get("organ") == "lymph_node":
+        sa = row.get("short_axis_mm")
+        tmin = float(mon["nodal_min_short_axis_mm"])
+        pmin = float(mon["nodal_pathological_min_short_axis_mm"])
+        if is_missing(sa):
+            return "unknown", tmin, "node short axis unknown: measurability not assessed"
+        sa = float(sa)
+        if sa >= tmin:
+            return "target", tmin, f"node short axis {sa:.1f} mm >= {tmin:g} mm (RECIST 1.1 target)"
+        if sa >= pmin:
+            return ("pathological_node", tmin, f"pathological node, short axis {sa:.1f} mm "
+                    f"({pmin:g}-{tmin:g} mm): RECIST 1.1 non-target")
+        return "normal_node", tmin, f"node short axis {sa:.1f} mm < {pmin:g} mm: not pathological"
+    fixed = float(mon["nonnodal_min_longest_mm"])
+    thick = next((float(row[c]) for c in SLICE_THICKNESS_COLUMNS
+                  if c in row and not is_missing(row[c]) and float(row[c]) > 0), None)
+    mult = float(mon["nonnodal_min_slice_multiple"])
+    if thick is None:
+        tmin, how = fixed, f"minimum {fixed:g} mm; slice thickness unknown"
+    else:
+        tmin = max(fixed, mult * thick)
+        how = f"minimum = max of {fixed:g} mm and {mult:g} x {thick:g} mm slice thickness"
+    ld = row.get("longest_diameter_mm")
+    if is_missing(ld):
+        return "unknown", tmin, "longest diameter unknown: measurability not assessed"
+    ld = float(ld)
+    if ld >= tmin:
+        return "target", tmin, f"longest diameter {ld:.1f} mm >= {tmin:g} mm ({how})"
+    return ("non_target", tmin, f"not measurable: longest diameter {ld:.1f} mm < {tmin:g} mm "
+            f"({how})")
 
 
 def is_measurable(row: dict, mon: dict) -> bool:
-    """RECIST 1.1 measurability of a lesion row (nodes by short axis, others by long axis)."""
-    if row.get("organ") == "lymph_node":
-        sa = row.get("short_axis_mm")
-        return not is_missing(sa) and float(sa) >= mon["nodal_min_short_axis_mm"]
-    ld = row.get("longest_diameter_mm")
-    return not is_missing(ld) and float(ld) >= mon["nonnodal_min_longest_mm"]
+    """RECIST 1.1 measurability of a lesion row (:func:`recist_measurability` is ``target``)."""
+    return recist_measurability(row, mon)[0] == "target"
 
 
 def planned_volume_ml(longest_diameter_mm: float, volume_ml: float | None,
@@ -121,18 +182,88 @@ def _patient_max_injections(df: pd.DataFrame) -> int | None:
     return int(vals.min()) if len(vals) else None
 
 
-def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool) -> list[str]:
+def diversity_site(row: dict) -> str:
+    """Site of a lesion for injection diversity: the organ; for lymph nodes
+    ``lymph_node:<station>`` when the label (else the lesion id) names a station, else
+    ``lymph_node``."""
+    organ = "" if is_missing(row.get("organ")) else str(row.get("organ"))
+    if organ != "lymph_node":
+        return organ
+    for key in ("lesion_label", "lesion_id"):
+        v = row.get(key)
+        if not is_missing(v) and (st := nodal_station(str(v))):
+            return f"lymph_node:{st}"
+    return "lymph_node"
+
+
+def _choose_injection(candidates: list[str], organ_of: dict, n: int, diversity: bool,
+                      limits=None, score_of: dict | None = None,
+                      max_drop: float = math.inf) -> tuple[list[str], dict[str, str]]:
+    """Injection set in rank order with site diversity and the session limits.
+
+    ``organ_of`` maps a lesion to its diversity site. ``limits(chosen, lid)`` returns "" when
+    ``lid`` may join ``chosen``, else why not (a session limit). With ``diversity`` a lesion in
+    a new site is preferred when its score (``score_of``) is at least the best fitting
+    candidate's minus ``max_drop``. Returns the chosen lesion ids and, for candidates left out by
+    a limit, the reason.
+    """
     chosen: list[str] = []
+    refused: dict[str, str] = {}
     used: set = set()
     pool = list(candidates)
     while pool and len(chosen) < n:
-        pick = pool[0]
+        fitting = []
+        for lid in pool:
+            why = limits(chosen, lid) if limits is not None else ""
+            if why:
+                refused[lid] = why
+            else:
+                fitting.append(lid)
+        if not fitting:
+            break
+        pick = fitting[0]
         if diversity:
-            pick = next((lid for lid in pool if organ_of[lid] not in used), pool[0])
+            floor = (score_of[pick] - max_drop) if score_of is not None else -math.inf
+            pick = next((lid for lid in fitting if organ_of[lid] not in used
+                         and (score_of is None or score_of[lid] >= floor - 1e-9)), fitting[0])
         chosen.append(pick)
+        refused.pop(pick, None)
         used.add(organ_of[pick])
         pool.remove(pick)
-    return chosen
+    return chosen, {lid: why for lid, why in refused.items() if lid not in chosen}
+
+
+def session_limits(by_id: dict, planned_ml: dict, cfg_session: dict):
+    """The per-session limits of ``ranking.session`` as a check for :func:`_choose_injection`.
+
+    * ``max_total_volume_ml``: the planned volumes (mL) of the injected lesions add up to at most
+      this (null: no limit);
+    * ``max_organs_punctured``: distinct organs punctured for visceral targets (site
+      ``visceral:<organ>``) at most this (null: no limit). Superficial soft tissue and nodes
+      puncture no organ.
+    """
+    vmax = cfg_session.get("max_total_volume_ml")
+    omax = cfg_session.get("max_organs_punctured")
+
+    def punctured(lid: str) -> str | None:
+        site = str(by_id[lid].get("site") or "")
+        return by_id[lid].get("organ") or site.split(":", 1)[1] if site.startswith("visceral:") else None
+
+    def check(chosen: list[str], lid: str) -> str:
+        if vmax is not None:
+            total = sum(planned_ml[c] for c in chosen) + planned_ml[lid]
+            if total > float(vmax) + 1e-9:
+                return (f"session volume limit: planned {planned_ml[lid]:g} mL would bring the "
+                        f"session to {total:g} mL, over the {float(vmax):g} mL per session")
+        if omax is not None and (organ := punctured(lid)) is not None:
+            organs = {o for o in (punctured(c) for c in chosen) if o is not None}
+            if organ not in organs and len(organs) + 1 > int(omax):
+                return (f"session organ limit: a puncture of the {organ} would make "
+                        f"{len(organs) + 1} organs punctured, over the {int(omax)} per session "
+                        f"({', '.join(sorted(organs))} already)")
+        return ""
+
+    return check
 
 
 def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: dict) -> list[str]:
@@ -165,6 +296,41 @@ def _choose_monitoring(by_id: dict, measurable: dict, injected: list[str], mon: 
         chosen.append(lid)
         per_organ[organ] = per_organ.get(organ, 0) + 1
     return chosen
+
+
+def monitoring_explanation(lid: str, by_id: dict, injected: list[str], monitored: list[str],
+                           recist_text: str, outcome: RuleOutcome, session_note: str = "") -> str:
+    """Why a lesion was chosen to monitor (itRECIST non-injected target), in one sentence.
+
+    Says that it is measurable (with the RECIST 1.1 measure), whether its organ has an injected
+    lesion, its place by size among the monitoring lesions of its organ, and what kept it from
+    injection (the rules' decisive and negative messages, else the session's slots being taken);
+    no injection-tier wording.
+    """
+    row = by_id[lid]
+    organ = row.get("organ") or "unknown organ"
+    organs_inj = {by_id[i].get("organ") for i in injected}
+    parts = [f"measurable, {recist_text}"]
+    if organ in organs_inj:
+        parts.append(f"{organ} also has an injected lesion; no other usable measurable lesion "
+                     f"in an organ without an injected target")
+    else:
+        parts.append(f"{organ} has no injected lesion, so its response is seen without a "
+                     f"direct injection effect")
+    same = [m for m in monitored if by_id[m].get("organ") == row.get("organ")]
+    if len(same) > 1:
+        parts.append(f"#{same.index(lid) + 1} of {len(same)} in this organ by size")
+    against = [m for want in ("decisive", "negative") for _, kind, m in outcome.messages
+               if kind == want]
+    if session_note:
+        parts.append(f"not injected this session; {session_note}")
+    if against:
+        parts.append(("ranking lowered by: " if session_note else "not injected: ")
+                     + "; ".join(against))
+    elif not session_note:
+        parts.append("not injected: the session's injection slots went to higher-ranked lesions")
+    text = "; ".join(parts).rstrip(".")
+    return f"Monitoring (itRECIST non-injected target): {text}."
 
 
 def _model_scores(model, df: pd.DataFrame, outcomes: dict, cfg_ranking: dict) -> dict[str, float]:
@@ -238,15 +404,26 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
         warnings.append(f"per-trial limit from the clinical sidecar: at most {limit} injection(s)")
         n_inject = max(limit, 0)
     candidates = [o.lesion_id for o in ranked if o.tier in inject_tiers and not o.hard_excluded]
-    organ_of = {lid: r.get("organ") for lid, r in by_id.items()}
-    injected = _choose_injection(candidates, organ_of, n_inject,
-                                 bool(cfg_ranking.get("organ_diversity", True)))
+    site_of = {lid: diversity_site(r) for lid, r in by_id.items()}
+    planned = {}
+    for lid in candidates:
+        ld = by_id[lid].get("longest_diameter_mm")
+        planned[lid] = planned_volume_ml(0.0 if is_missing(ld) else float(ld),
+                                         by_id[lid].get("volume_ml"), cfg_ranking["volume"])[0]
+    injected, refused = _choose_injection(
+        candidates, site_of, n_inject, bool(cfg_ranking.get("organ_diversity", True)),
+        session_limits(by_id, planned, cfg_ranking["session"]),
+        score_of={lid: outcomes[lid].score for lid in candidates},
+        max_drop=float(cfg_ranking["diversity_max_score_drop"]))
+    for lid, why in refused.items():
+        warnings.append(f"{lid}: not injected this session; {why}")
     if not injected and n_inject > 0:
         warnings.append("no lesion is suitable for injection in this study")
 
     # ---- monitoring set
     mon = cfg_ranking["monitoring"]
-    measurable = {lid: is_measurable(r, mon) for lid, r in by_id.items()}
+    recist = {lid: recist_measurability(r, mon) for lid, r in by_id.items()}
+    measurable = {lid: rc[0] == "target" for lid, rc in recist.items()}
     monitored = _choose_monitoring(by_id, measurable, injected, mon)
     if not monitored:
         warnings.append("no measurable noninjected lesion for itRECIST monitoring")
@@ -262,11 +439,17 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             extra.append(f"selected for injection (#{injected.index(lid) + 1} of {len(injected)})")
         elif role is Role.MONITOR:
             codes.append("SELECTED_MONITORING")
-            extra.append("kept uninjected as a measurable monitoring lesion")
+            if lid in refused:
+                codes.append("SESSION_LIMIT")
         elif not measurable[lid]:
             codes.append("NOT_MEASURABLE")
+            if recist[lid][0] != "unknown":
+                extra.append(recist[lid][2])
         else:
             codes.append("NOT_SELECTED")
+        if lid in refused and role is not Role.MONITOR:
+            codes.append("SESSION_LIMIT")
+            extra.append(f"not injected this session; {refused[lid]}")
         pv, warn, note = None, "", ""
         if role is Role.INJECT:
             ld = row.get("longest_diameter_mm")
@@ -293,7 +476,9 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "rank": rank_of.get(lid),
             "score": score if model is None or lid in rank_of else None,
             "reasons": ";".join(codes),
-            "explanation": explanation(o, extra=extra),
+            "explanation": (monitoring_explanation(lid, by_id, injected, monitored, recist[lid][2], o,
+                                                   refused.get(lid, ""))
+                            if role is Role.MONITOR else explanation(o, extra=extra)),
             "organ": row.get("organ", ""),
             "rule_score": o.score,
             "score_source": source,
@@ -316,6 +501,9 @@ def rank_study(table: pd.DataFrame, cfg_ranking: dict, *, model=None) -> pd.Data
             "prior_lesion_id": row.get("prior_lesion_id", ""),
             "longest_diameter_change_pct": row.get("longest_diameter_change_pct"),
             "rules_not_evaluated": ";".join(o.not_evaluated),
+            "recist_category": recist[lid][0],
+            "measurable_min_mm": recist[lid][1],
+            "diversity_site": site_of[lid],
         })
     res = pd.DataFrame(out, columns=RANKING_COLUMNS)
     res["rank"] = res["rank"].astype("Int64")

@@ -1,5 +1,6 @@
 """Clinical sidecar: what the images cannot tell (prior local therapy, growth status, biopsy,
-critical-structure compression, per-trial limits), as an optional CSV.
+critical-structure compression, whether the tumour type is FDG-avid, per-trial limits), as an
+optional CSV.
 
 The CSV is validated row by row against ``configs/sidecar.schema.yaml``; an error names the CSV
 line and the column. Empty cells are "unknown" and never override a value. The configuration key
@@ -8,7 +9,8 @@ line and the column. Empty cells are "unknown" and never override a value. The c
 Matching (:func:`merge_sidecar`): a row applies to the lesions of its ``patient_id`` (and of its
 ``study_uid`` when given) whose ``lesion_id`` equals the row's ``lesion_id``, else whose
 ``lesion_label`` equals the row's ``lesion_label`` (compared after stripping blanks,
-case-insensitively). Rows naming no lesion apply to the patient (``max_injections``). Sidecar
+case-insensitively). Rows naming no lesion apply to the patient (``max_injections``,
+``histology_fdg_avid``; a lesion row's value overrides the patient row's). Sidecar
 values override values already in the lesion table (for example a computed ``new_or_growing``);
 ``<column>_source`` says "sidecar" for the values taken from it.
 """
@@ -29,9 +31,11 @@ log = logging.getLogger(__name__)
 SIDECAR_SCHEMA = CONFIG_DIR / "sidecar.schema.yaml"
 #: Lesion-level boolean columns of the sidecar.
 BOOL_COLUMNS = ("prior_locoregional_therapy", "new_or_growing", "biopsy_required",
-                "critical_compression")
+                "critical_compression", "histology_fdg_avid")
 #: Columns a row that names no lesion may carry.
-PATIENT_COLUMNS = ("patient_id", "study_uid", "max_injections", "notes")
+PATIENT_COLUMNS = ("patient_id", "study_uid", "max_injections", "histology_fdg_avid", "notes")
+#: Boolean columns a row that names no lesion may set for every lesion of the patient.
+PATIENT_BOOL_COLUMNS = ("histology_fdg_avid",)
 _TRUE = {"true", "yes", "1", "y", "t"}
 _FALSE = {"false", "no", "0", "n", "f"}
 
@@ -207,7 +211,8 @@ def merge_sidecar(lesions: pd.DataFrame, sidecar: pd.DataFrame | None) -> pd.Dat
     -------
     DataFrame
         A copy of ``lesions`` with the sidecar columns (``prior_locoregional_therapy``,
-        ``new_or_growing``, ``biopsy_required``, ``critical_compression``, ``max_injections``,
+        ``new_or_growing``, ``biopsy_required``, ``critical_compression``, ``histology_fdg_avid``,
+        ``max_injections``,
         ``sidecar_notes``) set where the sidecar says so, ``<column>_source`` = "sidecar" for
         the booleans taken from it, and ``attrs["warnings"]`` naming sidecar lines of this
         table's patients that matched no lesion.
@@ -233,7 +238,10 @@ def merge_sidecar(lesions: pd.DataFrame, sidecar: pd.DataFrame | None) -> pd.Dat
     lab = df["lesion_label"].map(_norm) if "lesion_label" in df.columns else pd.Series("", index=df.index)
     warnings = list(df.attrs.get("warnings", []))
     patients = set(pid)
-    for rec in sidecar.to_dict(orient="records"):
+    recs = sidecar.to_dict(orient="records")
+    # patient rows first, so that a lesion row overrides them
+    recs.sort(key=lambda r: bool(r.get("lesion_id") or r.get("lesion_label")))
+    for rec in recs:
         if rec["patient_id"] not in patients:
             continue
         sel = pid.eq(rec["patient_id"])
@@ -246,6 +254,11 @@ def merge_sidecar(lesions: pd.DataFrame, sidecar: pd.DataFrame | None) -> pd.Dat
         elif rec.get("lesion_label"):
             sel &= lab.eq(_norm(rec["lesion_label"]))
         else:  # patient-level row
+            for c in PATIENT_BOOL_COLUMNS:
+                v = rec.get(c)
+                if v is not None and not (isinstance(v, float) and pd.isna(v)):
+                    df.loc[sel, c] = bool(v)
+                    df.loc[sel, f"{c}_source"] = "sidecar"
             mi = rec.get("max_injections")
             if mi is not None and not pd.isna(mi):
                 cur = pd.to_numeric(df.loc[sel, "max_injections"], errors="coerce")

@@ -52,7 +52,8 @@ tr.sum td { font-weight: 700; background: var(--soft); }
 .status-failed, .status-missing, .status-unknown { background: #fbe3d3; border-color: var(--inject); }
 .wide { overflow-x: auto; }
 .nowrap { white-space: nowrap; }
-td.expl > div { min-width: 24rem; }
+td.expl > div { min-width: 18rem; max-width: 48rem; white-space: normal; overflow-wrap: anywhere; }
+td.expl .codes, td.codes { white-space: normal; overflow-wrap: anywhere; word-break: break-word; }
 .codes { font-family: ui-monospace, "DejaVu Sans Mono", monospace; font-size: .75rem; color: var(--muted); }
 .filters { display: flex; flex-wrap: wrap; gap: .6rem; align-items: center; margin: .3rem 0; }
 .filters input, .filters select { font-size: .9rem; padding: .2rem .3rem; }

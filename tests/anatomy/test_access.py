@@ -312,3 +312,31 @@ def test_without_organ_masks_body_bone_and_lung_still_come_from_hu():
             target = np.array([row["target_x_mm"], row["target_y_mm"], row["target_z_mm"]])
             tissue, _ = _tissue_along(s.arrays, _entry(row), target)
             assert P.Tissue.VERTEBRAL_COLUMN not in set(tissue.tolist()), name
+
+
+def test_liver_path_prefers_a_cuff_of_normal_parenchyma():
+    """Lesion 3 mm under the capsule (liver x in [-40, 35]); the skin is 5 mm beyond the capsule
+    on +x: the shortest path crosses no liver, one with a cuff comes from -y/+y or -x."""
+    body = (np.abs(X) <= 50) & (np.abs(Y) <= 50)
+    liver = (X > -40) & (X < 35) & (np.abs(Y) < 30)
+    organs = {"liver": _mask(liver & body, "liver")}
+    tmap = _study(body, organs=organs)
+    target = np.array([28.0, 0.0, 0.0])
+    les = _lesion(target, 4.0)
+    plain = plan_access(tmap, les, target, target_term="liver", settings=SETTINGS)
+    assert plain["path_length_mm"] == pytest.approx(22.5, abs=1.0)  # straight to +x skin
+    assert plain["liver_parenchyma_path_mm"] == pytest.approx(3.0, abs=1.5)
+    cuffed = AccessSettings(**{**SETTINGS.__dict__, "min_parenchyma_mm": 10.0,
+                               "parenchyma_length_allowance_mm": 40.0})
+    row = plan_access(tmap, les, target, target_term="liver", settings=cuffed)
+    assert row["safe_path_found"] is True
+    assert row["liver_parenchyma_path_mm"] >= 10.0
+    assert row["path_length_mm"] > plain["path_length_mm"]
+    assert row["target_organ_entries"] == 1
+    # the detour allowance is configuration: too small a detour keeps the direct path
+    strict = AccessSettings(**{**cuffed.__dict__, "parenchyma_length_allowance_mm": 5.0})
+    row = plan_access(tmap, les, target, target_term="liver", settings=strict)
+    assert row["path_length_mm"] == pytest.approx(plain["path_length_mm"], abs=0.5)
+    # only reported for liver targets
+    assert plan_access(tmap, les, target, target_term="soft_tissue",
+                       settings=cuffed)["liver_parenchyma_path_mm"] is None

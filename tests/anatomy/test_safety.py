@@ -211,3 +211,34 @@ def test_no_value_is_a_zero_stand_in(extended):
         for col, reason in pairs.items():
             if row[col] is None:
                 assert row[reason], (name, col)
+
+
+def test_a_gap_under_one_voxel_is_abutting():
+    """A node 1.5 mm from a 25 mm aorta on a 1 x 1 x 2.5 mm grid shows no fat plane: abutting."""
+    from pipeline.anatomy.safety import abut_threshold_mm, vessel_columns
+    from pipeline.anatomy.site import lesion_surface
+
+    g = Grid((24, 60, 60), (1.0, 1.0, 2.5), (-30.0, -30.0, -30.0))
+    nz, ny, nx = g.shape_zyx
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in (nz, ny, nx)], indexing="ij"), -1)
+    p = g.zyx_to_lps(idx.reshape(-1, 3)).reshape(nz, ny, nx, 3)
+    aorta = np.hypot(p[..., 0] + 12.5, p[..., 1]) <= 12.5          # x in [-25, 0]
+    node = np.linalg.norm(p - [9.5, 0.0, 0.0], axis=-1) <= 8.0  # x from 1.5 mm
+    vessels = {"aorta": mask_of(aorta, g, "aorta", SegmentKind.ORGAN)}
+    les = mask_of(node, g, "node")
+    cols = vessel_columns(les, lesion_surface(les), vessels, None, margin_mm=20.0,
+                          abut_distance_mm=1.0, encasing_angle_deg=180.0, organ_sigma_mm=1.0)
+    diag = float(np.sqrt(1 + 1 + 2.5 ** 2))
+    assert 0.5 < cols["vessel_distance_mm"] < diag
+    assert cols["vessel_relation"] == "abutting"
+    assert cols["vessel_abut_threshold_mm"] == pytest.approx(diag, abs=1e-9)
+    assert "voxel diagonal 2.9 mm (voxel 1.00 x 1.00 x 2.50 mm)" in cols["vessel_abut_basis"]
+    # a configured fat plane wider than the voxel diagonal takes over; a narrower one does not
+    assert abut_threshold_mm(g, 4.0) == (4.0, "under the 4 mm fat plane (voxel 1.00 x 1.00 x 2.50 mm)")
+    assert abut_threshold_mm(g, 1.0)[0] == pytest.approx(diag)
+    # a 6 mm gap keeps its fat plane
+    far = np.linalg.norm(p - [14.0, 0.0, 0.0], axis=-1) <= 8.0
+    les2 = mask_of(far, g, "node2")
+    cols2 = vessel_columns(les2, lesion_surface(les2), vessels, None, margin_mm=20.0,
+                           abut_distance_mm=1.0, encasing_angle_deg=180.0, organ_sigma_mm=1.0)
+    assert cols2["vessel_distance_mm"] > diag and cols2["vessel_relation"] == "none"

@@ -226,3 +226,15 @@ def test_organ_vocabulary():
     assert organ_term("kidney_left") == "kidney"
     assert organ_term("Liver") == "liver"
     assert organ_term("mystery organ") == "mystery_organ"
+
+
+@pytest.mark.parametrize("name,station", [
+    ("node_axillary_R", "axillary"), ("LN Axilla left", "axillary"), ("inguinal_node_L", "inguinal"),
+    ("Groin-LN", "inguinal"), ("node_paraaortic", "paraaortic"), ("LN_retroperitoneal", "paraaortic"),
+    ("supraclavicular_LN_R", "supraclavicular"), ("LN_neck_level2", "cervical"),
+    ("LN_subcarinal", "mediastinal"), ("ext_iliac_node", "iliac"), ("node_7", ""), ("lesion1", ""),
+])
+def test_nodal_station_from_the_name(name, station):
+    from pipeline.anatomy.site import nodal_station
+
+    assert nodal_station(name) == station

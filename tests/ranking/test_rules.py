@@ -72,18 +72,25 @@ NO_PET = dict(suv_max=None, suv_peak=None, suv_peak_x_mm=None, suv_peak_y_mm=Non
 CASES = [
     ("SIZE_SMALL", dict(longest_diameter_mm=8, short_axis_mm=7), dict(longest_diameter_mm=12, short_axis_mm=11),
      set_leaf("longest_diameter_mm", value=15.0), "silent", True),
+    ("SIZE_SMALL_DEEP", dict(longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=80),
+     dict(longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=10, us_window=False),
+     set_leaf("needle_hit_probability", value=0.7), "silent", True),
     ("SIZE_LARGE", dict(longest_diameter_mm=60, short_axis_mm=55), dict(longest_diameter_mm=40),
      set_leaf("longest_diameter_mm", value=35.0), "silent", True),
     ("SIZE_DEPTH", dict(short_axis_mm=8, skin_depth_mm=100), dict(short_axis_mm=22, skin_depth_mm=30),
      set_leaf("needle_hit_probability", value=0.999), "silent", True),
     ("VIABLE_PET", dict(suv_max=6), dict(suv_max=2), set_leaf("suv_max", value=1.5), "silent", True),
     ("LOW_UPTAKE", dict(suv_max=2), dict(suv_max=6), set_leaf("suv_max", value=7.0), "silent", True),
+    ("PET_NOT_INFORMATIVE", dict(histology_fdg_avid=False), dict(histology_fdg_avid=True),
+     set_leaf("histology_fdg_avid", value=True), "silent", True),
     ("VIABLE_ENH", dict(NO_PET, enhancement_hu=40), dict(NO_PET, enhancement_hu=15),
      set_leaf("enhancement_hu", value=10.0), "silent", True),
     ("LOW_ENHANCEMENT", dict(NO_PET, enhancement_hu=5), dict(NO_PET, enhancement_hu=15),
      set_leaf("enhancement_hu", value=20.0), "silent", True),
     ("NECROTIC", dict(necrosis_fraction=0.7), dict(necrosis_fraction=0.3),
      set_leaf("necrosis_fraction", value=0.2), "silent", True),
+    ("NECROSIS_PARTIAL", dict(necrosis_fraction=0.26), dict(necrosis_fraction=0.1),
+     set_leaf("necrosis_fraction", value=0.05), "silent", True),
     ("NEW_OR_GROWING", dict(new_or_growing=True), dict(new_or_growing=False),
      set_leaf("new_or_growing", value=False), "silent", True),
     ("PRIOR_LOCOREGIONAL", dict(prior_locoregional_therapy=True), dict(prior_locoregional_therapy=False),
@@ -111,6 +118,14 @@ CASES = [
      set_leaf("liver_capsule_distance_mm", value=25.0), "silent", True),
     ("LIVER_EXOPHYTIC", dict(LIVER, exophytic_fraction=0.3), dict(LIVER, exophytic_fraction=0.05),
      set_leaf("exophytic_fraction", value=0.01), "silent", True),
+    ("LIVER_NO_PARENCHYMA", dict(LIVER, liver_parenchyma_path_mm=4.0), dict(LIVER, liver_parenchyma_path_mm=25.0),
+     set_leaf("liver_parenchyma_path_mm", value=30.0), "silent", True),
+    ("LUNG_PATH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=15),
+     dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
+     set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
+    ("LUNG_FISSURE", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=1),
+     dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=0),
+     set_leaf("fissure_crossings", value=-1), "silent", True),
     ("LUNG_DEPTH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=30),
      dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
      set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
@@ -225,6 +240,113 @@ def test_lung_depth_uses_aerated_lung_on_the_path(cfg):
     assert "LUNG_DEPTH" not in o.fired and "LUNG_SUBPLEURAL" in o.fired
 
 
+def test_small_lesion_is_board_review_when_superficial_with_ultrasound_window(cfg):
+    # 8 mm nodule 10 mm under the skin with an ultrasound window: penalty and board, injectable
+    sup = lesion("a", longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=10, us_window=True)
+    o = outcome(sup, cfg)
+    assert "SIZE_SMALL" in o.fired and "SIZE_SMALL_DEEP" not in o.fired
+    assert o.tier.value == "board_review" and not o.hard_excluded
+    # same nodule 80 mm deep: low hit probability (r 4 mm, sigma 5.2 mm -> 0.26): not suitable,
+    # an ultrasound window does not make a deep target superficial
+    deep = lesion("b", longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=80, us_window=True)
+    o = outcome(deep, cfg)
+    assert o.needle_hit_probability == pytest.approx(1 - math.exp(-3.5**2 / (2 * 5.2**2)), rel=1e-9)
+    assert "SIZE_SMALL_DEEP" in o.fired and o.tier.value == "not_suitable" and o.hard_excluded
+    # the superficial window exempts it even when the probability threshold is strict ...
+    set_leaf("needle_hit_probability", value=0.99)(cfg, "SIZE_SMALL_DEEP")
+    assert "SIZE_SMALL_DEEP" not in outcome(sup, cfg).fired
+    assert "SIZE_SMALL_DEEP" in outcome(dict(sup, us_window=False), cfg).fired
+    assert "SIZE_SMALL_DEEP" in outcome(dict(sup, us_window=None), cfg).fired  # unknown window: no credit
+    # ... and the superficial depth is configuration
+    set_leaf("skin_depth_mm", value=5.0)(cfg, "SIZE_SMALL_DEEP")
+    assert "SIZE_SMALL_DEEP" in outcome(sup, cfg).fired
+
+
+LIVER_REF = dict(liver_reference_suv_mean=2.0)
+
+
+def test_pet_viability_is_relative_to_the_liver(cfg):
+    # SUVmax 3.5 passes the absolute 2.5, but SUVpeak 2.8 < 1.5 x liver mean 2.0 = 3.0
+    row = lesion("a", **LIVER, suv_max=3.5, suv_peak=2.8, **LIVER_REF)
+    o = outcome(row, cfg)
+    assert "LOW_UPTAKE" in o.fired and "VIABLE_PET" not in o.fired
+    msg = dict((c, m) for c, _, m in o.messages)["LOW_UPTAKE"]
+    assert "SUVpeak 2.8 = 0.93 x the liver threshold 3.0" in msg
+    df = derive_columns(pd.DataFrame([row]), cfg)
+    assert df.loc[0, "pet_liver_threshold_suv"] == pytest.approx(3.0, abs=1e-12)
+    assert df.loc[0, "pet_viability_ratio"] == pytest.approx(2.8 / 3.0, abs=1e-12)
+    # with the liver SD: threshold 1.5 x 2.0 + 2 x 0.3 = 3.6; SUVpeak 3.3 is below it
+    o = outcome(dict(row, suv_peak=3.3, liver_reference_suv_sd=0.3), cfg)
+    assert "LOW_UPTAKE" in o.fired
+    assert "VIABLE_PET" in outcome(dict(row, suv_peak=3.3), cfg).fired  # 3.3 >= 3.0 without SD
+    # SUVpeak from the ratio column when suv_peak is empty
+    o = outcome(dict(row, suv_peak=None, lesion_to_liver_suvpeak_ratio=2.0), cfg)
+    assert "VIABLE_PET" in o.fired
+    # without a liver reference the absolute SUVmax decides (3.5 >= 2.5)
+    o = outcome(dict(row, liver_reference_suv_mean=None), cfg)
+    assert "VIABLE_PET" in o.fired
+    assert "SUVmax 3.5, no liver reference" in dict((c, m) for c, _, m in o.messages)["VIABLE_PET"]
+    # the factor is configuration
+    cfg["pet_viability"]["liver_mean_factor"] = 1.0
+    o = outcome(row, cfg)
+    assert "VIABLE_PET" in o.fired and "LOW_UPTAKE" not in o.fired
+
+
+def test_non_avid_histology_lets_enhancement_decide(cfg):
+    row = lesion("a", suv_max=1.5, suv_peak=1.2, enhancement_hu=40.0, **LIVER_REF)
+    o = outcome(row, cfg)
+    assert "LOW_UPTAKE" in o.fired and "VIABLE_ENH" in o.fired
+    o2 = outcome(dict(row, histology_fdg_avid=False), cfg)
+    assert "LOW_UPTAKE" not in o2.fired and "LOW_UPTAKE" not in o2.not_evaluated
+    assert {"VIABLE_ENH", "PET_NOT_INFORMATIVE"} <= set(o2.fired)
+    assert o2.stage_scores["characterization"] == pytest.approx(
+        o.stage_scores["characterization"] + 0.3, abs=1e-9)
+    # an avid uptake does not count either: enhancement decides (little enhancement -> penalty)
+    o3 = outcome(dict(row, suv_max=9.0, suv_peak=8.0, enhancement_hu=5.0, histology_fdg_avid=False), cfg)
+    assert "VIABLE_PET" not in o3.fired and "LOW_ENHANCEMENT" in o3.fired
+
+
+def test_lung_rules_are_one_ladder(cfg):
+    lung = dict(organ="lung", site="visceral:lung")
+    fired = {}
+    for d in (2.0, 15.0, 40.0):
+        o = outcome(lesion("a", **lung, lung_pleura_distance_mm=d), cfg)
+        lung_codes = [c for c in o.fired if c.startswith("LUNG_") or c == "DEEP_VISCERAL"]
+        assert len(lung_codes) == 1, (d, lung_codes)  # one rung, never DEEP_VISCERAL too
+        fired[d] = (lung_codes[0], o.stage_scores["safety"], o.tier.value)
+    assert [fired[d][0] for d in (2.0, 15.0, 40.0)] == ["LUNG_SUBPLEURAL", "LUNG_PATH", "LUNG_DEPTH"]
+    # the penalty grows with the aerated lung crossed
+    assert fired[2.0][1] > fired[15.0][1] > fired[40.0][1]
+    msg = dict((c, m) for c, _, m in outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0), cfg).messages)
+    assert "subpleural" in msg["LUNG_SUBPLEURAL"] and "deep visceral" not in " ".join(msg.values())
+    # a non-lung lesion without a planned path is not judged by the lung ladder, nor left unevaluated
+    o = outcome(lesion("a", **LIVER), cfg)
+    assert not {"LUNG_PATH", "LUNG_DEPTH", "LUNG_FISSURE"} & set(o.fired + o.not_evaluated)
+    # fissure: only for lung paths, and only evaluated when the lobes (fissure_crossings) are known
+    o = outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0, fissure_crossings=2), cfg)
+    assert "LUNG_FISSURE" in o.fired and "2 interlobar fissure(s)" in dict(
+        (c, m) for c, _, m in o.messages)["LUNG_FISSURE"]
+    assert "LUNG_FISSURE" in outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0), cfg).not_evaluated
+    # the rung thresholds are configuration: 15 mm becomes subpleural with a 20 mm limit
+    set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_SUBPLEURAL")
+    set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_PATH")
+    o = outcome(lesion("a", **lung, lung_pleura_distance_mm=15.0), cfg)
+    assert "LUNG_SUBPLEURAL" in o.fired and "LUNG_PATH" not in o.fired
+
+
+def test_necrosis_penalty_is_graded_and_mentioned(cfg):
+    pen = {}
+    for f in (0.0, 0.26, 0.7):
+        o = outcome(lesion("a", necrosis_fraction=f), cfg)
+        pen[f] = o.stage_scores["characterization"]
+        text = " ".join(m for _, _, m in o.messages)
+        if f == 0.26:
+            assert "partly necrotic (26% non-viable)" in text and "NECROTIC" not in o.fired
+        if f == 0.7:
+            assert "NECROTIC" in o.fired and "NECROSIS_PARTIAL" not in o.fired
+    assert pen[0.0] > pen[0.26] > pen[0.7]
+
+
 def test_needle_hit_probability_model():
     # r = 10 mm, sigma = 2 + 0.04*50 = 4 mm -> 1 - exp(-100/32)
     p = needle_hit_probability(20.0, 50.0, base_error_mm=2.0, error_per_mm_depth=0.04)
@@ -278,15 +400,77 @@ def test_target_point_is_suv_peak_centre_or_centroid_never_the_rim(cfg):
 
 
 def test_explanation_is_a_plain_sentence(cfg):
-    r = rank_study(pd.DataFrame([lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))]), cfg)
-    text = r.loc[0, "explanation"]
+    from pipeline.ranking.rules import explanation
+
+    row = lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))
+    text = explanation(outcome(row, cfg))
     assert text.startswith(
         "Not suitable: subcapsular liver lesion (3 mm from capsule); rupture, bleeding and "
         "seeding risk;")
     assert text.endswith(".") and ".." not in text
-    assert "LIVER_SUBCAPSULAR" in r.loc[0, "reasons"].split(";")
+    r = rank_study(pd.DataFrame([row, lesion("b", **dict(LIVER, liver_capsule_distance_mm=3.0),
+                                             longest_diameter_mm=8.0, short_axis_mm=7.0)]), cfg)
+    r = r.set_index("lesion_id")
+    assert "LIVER_SUBCAPSULAR" in r.loc["a", "reasons"].split(";")
+    assert r.loc["b", "role"] == "none"
+    assert r.loc["b", "explanation"].startswith("Not suitable: ")
+    assert "subcapsular liver lesion (3 mm from capsule)" in r.loc["b", "explanation"]
+    assert "not measurable: longest diameter 8.0 mm < 10 mm" in r.loc["b", "explanation"]
     assert format_message("{a|b:.0f} mm", {"a": None, "b": 7.2}) == "7 mm"
     assert format_message("{a:.1f}", {"a": None}) == "n/a"
+
+
+def test_monitoring_explanation_speaks_of_monitoring(cfg):
+    row = lesion("a", **dict(LIVER, liver_capsule_distance_mm=3.0))
+    r = rank_study(pd.DataFrame([row]), cfg).iloc[0]
+    assert r["role"] == "monitor" and r["tier"] == "not_suitable"
+    text = r["explanation"]
+    assert text.startswith("Monitoring (itRECIST non-injected target): measurable, longest "
+                           "diameter 25.0 mm >= 10 mm")
+    assert "liver has no injected lesion" in text
+    assert "not injected: subcapsular liver lesion (3 mm from capsule)" in text
+    assert "Not suitable" not in text and "Recommended" not in text and "Discuss" not in text
+    assert text.endswith(".") and ".." not in text
+    # an eligible lesion left out only because the session is full says so
+    cfg["injections_per_session"] = 1
+    rows = [lesion("best", suv_max=12.0), lesion("second", suv_max=6.0)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert r.loc["second", "role"] == "monitor"
+    assert "injection slots went to higher-ranked lesions" in r.loc["second", "explanation"]
+
+
+def test_measurability_follows_recist_and_slice_thickness(cfg):
+    from pipeline.ranking.select import recist_measurability
+
+    mon = cfg["monitoring"]
+    # 12 mm lesion: measurable on 5 mm slices (min 10 mm), not on 7 mm slices (min 14 mm)
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=5.0),
+                                mon)[:2] == ("target", 10.0)
+    cat, mn, text = recist_measurability(lesion("a", longest_diameter_mm=12.0,
+                                                slice_thickness_mm=7.0), mon)
+    assert (cat, mn) == ("non_target", 14.0)
+    assert "max of 10 mm and 2 x 7 mm slice thickness" in text
+    # the CT grid's slice spacing stands in for a missing SliceThickness
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, ct_slice_spacing_mm=7.0),
+                                mon)[0] == "non_target"
+    assert "slice thickness unknown" in recist_measurability(lesion("a", longest_diameter_mm=12.0), mon)[2]
+    # nodes by short axis: >= 15 target, 10-15 pathological non-target, < 10 normal
+    node = dict(organ="lymph_node", site="deep_node")
+    assert recist_measurability(lesion("n", short_axis_mm=15.0, **node), mon)[0] == "target"
+    assert recist_measurability(lesion("n", short_axis_mm=12.0, **node), mon)[0] == "pathological_node"
+    assert recist_measurability(lesion("n", short_axis_mm=9.0, **node), mon)[0] == "normal_node"
+    # thresholds are configuration
+    mon["nonnodal_min_slice_multiple"] = 1.0
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=7.0),
+                                mon)[0] == "target"
+    mon["nodal_pathological_min_short_axis_mm"] = 13.0
+    assert recist_measurability(lesion("n", short_axis_mm=12.0, **node), mon)[0] == "normal_node"
+    mon["nonnodal_min_slice_multiple"] = 2.0
+    # in the ranking: the 12 mm lesion on 7 mm slices is not a monitoring target
+    r = rank_study(pd.DataFrame([lesion("thick", longest_diameter_mm=12.0, short_axis_mm=11.0,
+                                        slice_thickness_mm=7.0, **LIVER)]), cfg).iloc[0]
+    assert r["recist_category"] == "non_target" and r["measurable_min_mm"] == 14.0
+    assert r["role"] != "monitor" and not r["measurable"]
 
 
 def test_phantom_acceptance(cfg):
@@ -369,3 +553,19 @@ def test_rule_frame_matches_rank_study(cfg):
     pd.testing.assert_series_equal(fr["rule_rank"].astype("Int64"), r.loc[fr.index, "rank"],
                                    check_names=False)
     assert (fr["rule_score"] == r.loc[fr.index, "score"]).all()
+
+
+def test_vessel_abut_message_gives_gap_and_voxel(cfg):
+    row = lesion("a", organ="lymph_node", site="deep_node", vessel_distance_mm=1.5,
+                 vessel_name="aorta", vessel_relation="abutting", vessel_caliber_mm=25.0,
+                 vessel_abut_basis="under the voxel diagonal 2.9 mm (voxel 1.00 x 1.00 x 2.50 mm), "
+                                   "no fat plane visible")
+    o = outcome(row, cfg)
+    assert "VESSEL_ABUT" in o.fired and o.tier.value == "board_review"
+    msg = dict((c, m) for c, _, m in o.messages)["VESSEL_ABUT"]
+    assert msg.startswith("abuts the aorta (measured gap 1.5 mm, under the voxel diagonal 2.9 mm "
+                          "(voxel 1.00 x 1.00 x 2.50 mm), no fat plane visible), a major vessel")
+    # proxy rows without the basis still read well
+    o = outcome(lesion("a", vessel_distance_mm=0.0, vessel_name="aorta"), cfg)
+    assert "abuts the aorta (measured gap 0.0 mm), a major vessel" in dict(
+        (c, m) for c, _, m in o.messages)["VESSEL_ABUT"]

@@ -1,6 +1,7 @@
 """Injection and monitoring sets, planned volumes, output columns (pipeline/ranking/select.py)."""
 
 import pandas as pd
+import pytest
 from ranking_rows import lesion
 
 from pipeline.ranking.select import (
@@ -150,3 +151,90 @@ def test_syringe_note(cfg):
     r = rank_study(pd.DataFrame([good("big", longest_diameter_mm=45, volume_ml=40)]), cfg)
     assert "2 Luer-lock syringes" in r.loc[0, "syringe_note"]
     assert r.loc[r.role != "inject", "syringe_note"].eq("").all()
+
+
+def test_worksheet_reasons_column_wraps_instead_of_clipping():
+    """The reasons/explanation cell wraps long text (long rule codes included) in the worksheet."""
+    import re
+
+    from pipeline.report.templates import CSS
+
+    rules = {m.group(1).strip(): m.group(2) for m in re.finditer(r"([^{}]+)\{([^{}]*)\}", CSS)}
+    cell = rules["td.expl > div"]
+    assert "white-space: normal" in cell and "overflow-wrap: anywhere" in cell
+    assert "nowrap" not in cell and "overflow: hidden" not in cell and "ellipsis" not in cell
+    codes = rules["td.expl .codes, td.codes"]
+    assert "white-space: normal" in codes and "overflow-wrap: anywhere" in codes
+
+
+def test_session_volume_cap_applies_to_the_injection_set(cfg):
+    # three superficial lesions; planned volumes by longest diameter: 45 and 40 mm -> 2 mL, 20 -> 1
+    rows = [good("big", longest_diameter_mm=45, short_axis_mm=40, volume_ml=40, suv_max=12),
+            good("mid", longest_diameter_mm=40, short_axis_mm=35, volume_ml=30, suv_max=11),
+            good("small", longest_diameter_mm=20, short_axis_mm=18, volume_ml=4, suv_max=10)]
+    cfg["injections_per_session"] = 2
+    cfg["session"]["max_total_volume_ml"] = None
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"big", "mid"}
+    assert r.loc[r.role == "inject", "planned_volume_ml"].sum() == pytest.approx(4.0)
+    # a 3 mL cap: big (2 mL) + mid (2 mL) = 4 mL is too much; the next fitting lesion (1 mL) joins
+    cfg["session"]["max_total_volume_ml"] = 3.0
+    res = rank_study(pd.DataFrame(rows), cfg)
+    r = res.set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"big", "small"}
+    assert r.loc[r.role == "inject", "planned_volume_ml"].sum() <= 3.0
+    assert "SESSION_LIMIT" in r.loc["mid", "reasons"].split(";")
+    msg = "session volume limit: planned 2 mL would bring the session to 4 mL, over the 3 mL per session"
+    assert msg in r.loc["mid", "explanation"]
+    assert any(w.startswith("mid: not injected this session; session volume limit") for w in res.attrs["warnings"])
+    assert "SESSION_LIMIT" not in r.loc["small", "reasons"]
+
+
+def test_session_organ_cap_counts_visceral_punctures(cfg):
+    rows = [good("liver_a", organ="liver", longest_diameter_mm=30, suv_max=12, skin_depth_mm=20),
+            good("kidney_a", organ="kidney", longest_diameter_mm=30, suv_max=12, skin_depth_mm=20),
+            good("skin_a", longest_diameter_mm=30, suv_max=1.5, skin_depth_mm=20)]
+    cfg["injections_per_session"] = 2
+    cfg["session"]["max_organs_punctured"] = 2
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    inj = set(r.index[r.role == "inject"])
+    assert inj == {"liver_a", "kidney_a"}, r[["role", "tier", "score"]]
+    cfg["session"]["max_organs_punctured"] = 1
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    inj = set(r.index[r.role == "inject"])
+    # one visceral organ; the (weaker) superficial lesion punctures none and takes the second slot
+    assert "skin_a" in inj and len(inj & {"liver_a", "kidney_a"}) == 1
+    left = ({"liver_a", "kidney_a"} - inj).pop()
+    assert "SESSION_LIMIT" in r.loc[left, "reasons"]
+    assert "session organ limit" in r.loc[left, "explanation"]
+
+
+def test_nodal_stations_are_sites_and_diversity_has_a_score_margin(cfg):
+    from pipeline.ranking.select import diversity_site
+
+    node = dict(organ="lymph_node", site="superficial_node", skin_depth_mm=10.0)
+    assert diversity_site(lesion("n1", lesion_label="node_axillary_R", **node)) == "lymph_node:axillary"
+    assert diversity_site(lesion("n_inguinal_2", lesion_label="", **node)) == "lymph_node:inguinal"
+    assert diversity_site(lesion("n7", lesion_label="node 7", **node)) == "lymph_node"
+    assert diversity_site(lesion("s", organ="soft_tissue")) == "soft_tissue"
+    rows = [lesion("ax1", lesion_label="node_axillary_R", suv_max=12, **node),
+            lesion("ax2", lesion_label="node_axillary_L", suv_max=11, **node),
+            lesion("ing", lesion_label="node_inguinal_L", suv_max=10, **node)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    # a second axillary node would be the next by rank; the inguinal station (same score) wins
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ing"}
+    assert r.loc["ing", "diversity_site"] == "lymph_node:inguinal"
+    # all nodal stations stay one organ for the monitoring limit per organ
+    assert set(r["organ"]) == {"lymph_node"}
+    # a much weaker lesion in a new site is not preferred over a strong one
+    rows = [lesion("ax1", lesion_label="node_axillary_R", suv_max=12, **node),
+            lesion("ax2", lesion_label="node_axillary_L", suv_max=11, **node),
+            lesion("ing", lesion_label="node_inguinal_L", suv_max=10, necrosis_fraction=0.7,
+                   **node)]
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    drop = r.loc["ax2", "score"] - r.loc["ing", "score"]
+    assert drop > cfg["diversity_max_score_drop"]
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ax2"}
+    cfg["diversity_max_score_drop"] = drop + 0.01  # a looser margin lets diversity pick it
+    r = rank_study(pd.DataFrame(rows), cfg).set_index("lesion_id")
+    assert set(r.index[r.role == "inject"]) == {"ax1", "ing"}

@@ -113,3 +113,23 @@ def test_biopsy_changes_needle_and_rank(tmp_path, cfg):
     r = rank_patient([("1.2.3", "20240101", les)], cfg, sidecar=sc)["1.2.3"].set_index("lesion_id")
     assert "NEEDLE_GAUGE" in r.loc["a", "reasons"]
     assert r.loc["b", "rank"] == 1
+
+
+def test_histology_not_fdg_avid_turns_off_the_pet_rules(tmp_path, cfg):
+    from pipeline.ranking.select import rank_study
+
+    rows = [lesion("cold_enh", suv_max=1.8, suv_peak=1.5, enhancement_hu=45.0),
+            lesion("other", suv_max=1.8, suv_peak=1.5, enhancement_hu=45.0)]
+    sc = load_sidecar(write(tmp_path, "patient_id,lesion_id,histology_fdg_avid\n"
+                                      "P1,,false\nP1,other,true\n"))
+    assert sc["histology_fdg_avid"].tolist() == [False, True]
+    merged = merge_sidecar(pd.DataFrame(rows), sc).set_index("lesion_id")
+    # the patient row sets every lesion; the lesion row overrides it whatever the CSV order
+    assert merged.loc["cold_enh", "histology_fdg_avid"] is False
+    assert merged.loc["other", "histology_fdg_avid"] is True
+    assert merged.loc["cold_enh", "histology_fdg_avid_source"] == "sidecar"
+    r = rank_study(merged.reset_index(), cfg).set_index("lesion_id")
+    cold = set(r.loc["cold_enh", "reasons"].split(";"))
+    assert "LOW_UPTAKE" not in cold and {"VIABLE_ENH", "PET_NOT_INFORMATIVE"} <= cold
+    assert "LOW_UPTAKE" in r.loc["other", "reasons"].split(";")
+    assert r.loc["cold_enh", "score"] > r.loc["other", "score"]
