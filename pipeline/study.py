@@ -139,6 +139,7 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
                 "lesion_id": lid, "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
                 "tracking_uid": m.tracking_uid, "mask_referenced_series_uid": on_uid,
+                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]),
             }
             feats = feature_stage.lesion_columns(m, fctx, cfg)
             row.update(feats)

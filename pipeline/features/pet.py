@@ -394,7 +394,8 @@ def liver_reference(
 
     Returns
     -------
-    dict with ``liver_reference_suv_mean``, ``liver_reference_x_mm/_y_mm/_z_mm`` (LPS, the
+    dict with ``liver_reference_suv_mean`` and ``liver_reference_suv_sd`` (sample SD of the
+    sphere's voxels, the PERCIST "2 SD" term), ``liver_reference_x_mm/_y_mm/_z_mm`` (LPS, the
     liver mask's frame), ``liver_reference_voxels`` (PET voxels averaged) and
     ``liver_reference_reason`` (notes, or why the values are None).
     """
@@ -402,9 +403,10 @@ def liver_reference(
 
     from pipeline.features.registration import mask_on_grid
 
-    out = {"liver_reference_suv_mean": None, "liver_reference_x_mm": None,
-           "liver_reference_y_mm": None, "liver_reference_z_mm": None,
-           "liver_reference_voxels": None, "liver_reference_reason": ""}
+    out = {"liver_reference_suv_mean": None, "liver_reference_suv_sd": None,
+           "liver_reference_x_mm": None, "liver_reference_y_mm": None,
+           "liver_reference_z_mm": None, "liver_reference_voxels": None,
+           "liver_reference_reason": ""}
     r = diameter_mm / 2.0
     g = liver.grid
     f = [max(1, int(round(step_mm / s))) for s in g.spacing_xyz_mm[::-1]]  # z, y, x
@@ -463,7 +465,9 @@ def liver_reference(
     if len(vals) == 0:
         out["liver_reference_reason"] = "no finite SUV in the liver reference sphere"
         return out
-    out.update(liver_reference_suv_mean=float(vals.mean()), liver_reference_x_mm=float(centre[0]),
+    out.update(liver_reference_suv_mean=float(vals.mean()),
+               liver_reference_suv_sd=float(vals.std(ddof=1)) if len(vals) > 1 else None,
+               liver_reference_x_mm=float(centre[0]),
                liver_reference_y_mm=float(centre[1]), liver_reference_z_mm=float(centre[2]),
                liver_reference_voxels=len(vals))
     n_expected = 4.0 / 3.0 * np.pi * r**3 / pg.voxel_volume_mm3
@@ -532,6 +536,7 @@ def pet_columns(
     lr = dict(liver_ref or {"liver_reference_suv_mean": None,
                             "liver_reference_reason": "no liver reference for this study"})
     row["liver_reference_suv_mean"] = lr.get("liver_reference_suv_mean")
+    row["liver_reference_suv_sd"] = lr.get("liver_reference_suv_sd")
     row["liver_reference_sul_mean"] = (
         lr["liver_reference_suv_mean"] * sul_ratio
         if lr.get("liver_reference_suv_mean") is not None and sul_ratio is not None else None)
@@ -549,7 +554,8 @@ _UNITS_KIND = {"SUVBW": "bw", "SUVLBM": "lbm", "SUVIBW": "ibw", "SUVBSA": "bsa"}
 #: Columns in SUV units (g/mL or g) that only an SUVbw volume may fill; ratios and the relative
 #: MTV41 are unit-free and stay.
 _SUVBW_ONLY = ("suv_max", "suv_mean", "suv_peak", "suv_mean41", "tlg41_g", "mtv25_ml", "sul_max",
-               "sul_peak", "liver_reference_suv_mean", "liver_reference_sul_mean")
+               "sul_peak", "liver_reference_suv_mean", "liver_reference_suv_sd",
+               "liver_reference_sul_mean")
 
 
 def _keep_suvbw_only(row: dict, suv: Volume | None) -> dict:

@@ -74,7 +74,7 @@ RANKING_COLUMNS = [
 
 #: Lesion-table columns giving the CT slice thickness (mm) for RECIST measurability, first known
 #: wins: the DICOM SliceThickness of the CT series, else the CT grid's slice spacing.
-SLICE_THICKNESS_COLUMNS = ("slice_thickness_mm", "ct_slice_spacing_mm")
+SLICE_THICKNESS_COLUMNS = ("ct_slice_spacing_mm",)
 
 
 def recist_measurability(row: dict, mon: dict) -> tuple[str, float | None, str]:

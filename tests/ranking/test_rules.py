@@ -123,9 +123,6 @@ CASES = [
     ("LUNG_PATH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=15),
      dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
      set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
-    ("LUNG_FISSURE", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=1),
-     dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5, fissure_crossings=0),
-     set_leaf("fissure_crossings", value=-1), "silent", True),
     ("LUNG_DEPTH", dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=30),
      dict(organ="lung", site="visceral:lung", lung_pleura_distance_mm=5),
      set_leaf("lung_pleura_distance_mm", value=2.0), "silent", True),
@@ -321,12 +318,7 @@ def test_lung_rules_are_one_ladder(cfg):
     assert "subpleural" in msg["LUNG_SUBPLEURAL"] and "deep visceral" not in " ".join(msg.values())
     # a non-lung lesion without a planned path is not judged by the lung ladder, nor left unevaluated
     o = outcome(lesion("a", **LIVER), cfg)
-    assert not {"LUNG_PATH", "LUNG_DEPTH", "LUNG_FISSURE"} & set(o.fired + o.not_evaluated)
-    # fissure: only for lung paths, and only evaluated when the lobes (fissure_crossings) are known
-    o = outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0, fissure_crossings=2), cfg)
-    assert "LUNG_FISSURE" in o.fired and "2 interlobar fissure(s)" in dict(
-        (c, m) for c, _, m in o.messages)["LUNG_FISSURE"]
-    assert "LUNG_FISSURE" in outcome(lesion("a", **lung, lung_pleura_distance_mm=2.0), cfg).not_evaluated
+    assert not {"LUNG_PATH", "LUNG_DEPTH"} & set(o.fired + o.not_evaluated)
     # the rung thresholds are configuration: 15 mm becomes subpleural with a 20 mm limit
     set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_SUBPLEURAL")
     set_leaf("lung_pleura_distance_mm", value=20.0)(cfg, "LUNG_PATH")
@@ -444,10 +436,10 @@ def test_measurability_follows_recist_and_slice_thickness(cfg):
 
     mon = cfg["monitoring"]
     # 12 mm lesion: measurable on 5 mm slices (min 10 mm), not on 7 mm slices (min 14 mm)
-    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=5.0),
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, ct_slice_spacing_mm=5.0),
                                 mon)[:2] == ("target", 10.0)
     cat, mn, text = recist_measurability(lesion("a", longest_diameter_mm=12.0,
-                                                slice_thickness_mm=7.0), mon)
+                                                ct_slice_spacing_mm=7.0), mon)
     assert (cat, mn) == ("non_target", 14.0)
     assert "max of 10 mm and 2 x 7 mm slice thickness" in text
     # the CT grid's slice spacing stands in for a missing SliceThickness
@@ -461,14 +453,14 @@ def test_measurability_follows_recist_and_slice_thickness(cfg):
     assert recist_measurability(lesion("n", short_axis_mm=9.0, **node), mon)[0] == "normal_node"
     # thresholds are configuration
     mon["nonnodal_min_slice_multiple"] = 1.0
-    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, slice_thickness_mm=7.0),
+    assert recist_measurability(lesion("a", longest_diameter_mm=12.0, ct_slice_spacing_mm=7.0),
                                 mon)[0] == "target"
     mon["nodal_pathological_min_short_axis_mm"] = 13.0
     assert recist_measurability(lesion("n", short_axis_mm=12.0, **node), mon)[0] == "normal_node"
     mon["nonnodal_min_slice_multiple"] = 2.0
     # in the ranking: the 12 mm lesion on 7 mm slices is not a monitoring target
     r = rank_study(pd.DataFrame([lesion("thick", longest_diameter_mm=12.0, short_axis_mm=11.0,
-                                        slice_thickness_mm=7.0, **LIVER)]), cfg).iloc[0]
+                                        ct_slice_spacing_mm=7.0, **LIVER)]), cfg).iloc[0]
     assert r["recist_category"] == "non_target" and r["measurable_min_mm"] == 14.0
     assert r["role"] != "monitor" and not r["measurable"]
 
