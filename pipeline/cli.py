@@ -39,34 +39,14 @@ def _setup_logging(verbose: bool = False) -> None:
 # --------------------------------------------------------------------------- steps
 def cmd_index(args) -> int:
     from pipeline import config as cfgmod
-    from pipeline import sheet as sheetmod
-    from pipeline.io import index as idx
+    from pipeline.manifest import index_step
+    from pipeline.runner import index_progress
 
     cfg = cfgmod.load_config(args.settings)
-    root = Path(args.input)
-    results = Path(args.output)
-    t0 = time.perf_counter()
-    last = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.perf_counter()
-        if now - last[0] > 2.0 or done == total:
-            last[0] = now
-            rate = done / max(now - t0, 1e-9)
-            left = (total - done) / rate if rate > 0 else float("nan")
-            print(f"indexed {done}/{total} files ({rate:.0f} files/s, ~{left:.0f} s left)",
-                  file=sys.stderr, flush=True)
-
-    index = idx.scan_archive(root, progress=progress,
-                             lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
-                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]))
-    idx.write_index(index, results / "index")
-    sheet, source = sheetmod.sheet_for_index(
-        index, user_sheet=cfg.get("studies") or None,
-        mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
-    out = sheetmod.write_study_sheet(sheet, sheetmod.sheet_path(results))
-    print(f"index: {len(index.files)} files in {index.series.shape[0]} series, "
-          f"{len(index.problems)} problem files, {len(sheet)} studies ({source}) -> {out}",
+    s = index_step(cfg, Path(args.input), Path(args.output), progress=index_progress())
+    print(f"index: {s['files']} files in {s['series']} series, {s['problems']} problem files, "
+          f"{s['studies']} studies ({s['source']}), {s['manifests_written']} study manifests "
+          f"written, {s['manifests_unchanged']} unchanged, {s['wall_s']:.1f} s -> {s['sheet']}",
           file=sys.stderr)
     return 0
 
@@ -113,6 +93,12 @@ def cmd_rank(args) -> int:
     prov = run_ranking(results, row, sheet, cfg, study_output_dir(results, row))
     print(f"ranked {prov['n_lesions']} lesions of {args.patient_dir}/{args.study_dir} "
           f"(prior studies: {len(prov['inputs']['prior_studies'])})", file=sys.stderr)
+    if getattr(args, "report", False):  # the workflow's rank rule: worksheet and SR in the same job
+        from pipeline.report.run import report_study
+
+        st = report_study(results, args.patient_dir, args.study_dir)
+        print(f"worksheet {st['worksheet']}; SR {st['sr'] or 'not written: ' + st['sr_skipped']}",
+              file=sys.stderr)
     return 0
 
 
@@ -236,6 +222,9 @@ def build_parser() -> argparse.ArgumentParser:
         st.add_argument("--patient-dir", required=True)
         st.add_argument("--study-dir", required=True)
         st.add_argument("--settings", help="validated configuration YAML")
+        if name == "rank":
+            st.add_argument("--report", action="store_true",
+                            help="also write the study's worksheet and DICOM SR (one workflow job)")
         st.set_defaults(func=func)
 
     from pipeline.ranking.train_cli import register as register_training

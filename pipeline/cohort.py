@@ -79,22 +79,35 @@ def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | No
     for row in sheet.to_dict(orient="records"):
         d = study_output_dir(results, row)
         prov_path = d / "provenance.json"
+        ids = {"patient_dir": row["patient_dir"], "study_dir": row.get("study_dir", ""),
+               "study_uid": row["study_uid"]}
+        job_log = f"logs/studies/{row['patient_dir']}/{row.get('study_dir', '')}.log"
         if not prov_path.exists():
             failures.append({"patient_id": row.get("patient_id", ""), "study_uid": row.get("study_uid", ""),
                              "stage": "workflow", "error_class": "MissingOutput",
-                             "message": "the study job produced no provenance.json", "file": str(d)})
-            status.append({"patient_dir": row["patient_dir"], "study_uid": row["study_uid"], "status": "missing"})
+                             "message": "the study job did not finish (no provenance.json): lost to "
+                                        "the scheduler, out of memory or time, or interrupted",
+                             "file": str(d), "hint": f"see {job_log}; run again to retry it"})
+            status.append({**ids, "status": "missing"})
             continue
         prov = json.loads(prov_path.read_text())
-        status.append({"patient_dir": row["patient_dir"], "study_uid": row["study_uid"],
-                       "status": prov.get("status", "unknown"), "n_lesions": prov.get("n_lesions", 0),
-                       "wall_s": prov.get("total_wall_s")})
+        st = prov.get("status", "unknown")
         les = read_table(d / "lesions.csv")
         if not les.empty:
             lesions.append(les)
-        rk = read_table(d / "ranking.csv")
-        if not rk.empty:
-            rankings.append(rk)
+        if (d / "ranking.csv").exists():
+            rk = read_table(d / "ranking.csv")
+            if not rk.empty:
+                rankings.append(rk)
+        else:
+            failures.append({"patient_id": row.get("patient_id", ""), "study_uid": row.get("study_uid", ""),
+                             "stage": "rank", "error_class": "MissingOutput",
+                             "message": "the rank job did not finish (no ranking.csv)", "file": str(d),
+                             "hint": f"see logs/rank/{row['patient_dir']}/{row.get('study_dir', '')}.log; "
+                                     "run again to retry it"})
+            st = "not_ranked" if st == "done" else st
+        status.append({**ids, "status": st, "n_lesions": prov.get("n_lesions", 0),
+                       "wall_s": prov.get("total_wall_s")})
         fl = pd.read_csv(d / "failures.csv", dtype=str, keep_default_na=False)
         if not fl.empty:
             failures.extend(fl.to_dict(orient="records"))

@@ -178,6 +178,21 @@ def config_hash(cfg: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def section_hash(cfg: dict, sections: tuple[str, ...] | list[str]) -> str:
+    """Short SHA-256 of the named top-level sections of ``cfg`` (canonical JSON).
+
+    The workflow gives each rule the hash of exactly the sections its step reads as a
+    ``params`` value, so that Snakemake reruns a step when, and only when, one of them changes.
+    """
+    missing = [s for s in sections if s not in cfg]
+    if missing:
+        raise ConfigError(f"unknown configuration section(s) {missing} for a rule's params hash",
+                          hint="sections are the top-level keys of configs/config.yaml")
+    blob = json.dumps({s: cfg[s] for s in sorted(sections)}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
 def parse_overrides(items: list[str]) -> dict:
     """Turn ``["a.b=1", "input=/x"]`` into a nested dict; values are parsed as YAML scalars."""
     out: dict = {}

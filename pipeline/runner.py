@@ -271,6 +271,12 @@ def _run_locked(cfg: dict, input_dir: Path, output_dir: Path, *, cores: int,
     tmp = run_cfg.with_suffix(".yaml.tmp")
     tmp.write_text(yaml.safe_dump(cfg, sort_keys=True))
     os.replace(tmp, run_cfg)
+    from pipeline.manifest import index_step
+
+    idx = index_step(cfg, input_dir, output_dir, progress=index_progress())
+    print(f"[hitit] index: {idx['files']} files, {idx['studies']} studies "
+          f"({idx['manifests_written']} new or changed, {idx['manifests_unchanged']} unchanged), "
+          f"{idx['problems']} problem files, {idx['wall_s']:.1f} s", file=sys.stderr)
     verbose = bool(os.environ.get("HITIT_VERBOSE"))
     cmd = snakemake_command(run_cfg, output_dir, cores=cores, profile=profile, dry_run=dry_run,
                             extra=extra, verbose=verbose)
@@ -289,8 +295,54 @@ def _run_locked(cfg: dict, input_dir: Path, output_dir: Path, *, cores: int,
               f"again to resume (finished studies are kept). Snakemake log: {smk_log}",
               file=sys.stderr)
         return rc
+    if rc != 0:
+        _salvage_cohort(output_dir)
     _print_summary(output_dir, rc, time.perf_counter() - t0, smk_log)
     return rc
+
+
+def _salvage_cohort(results: Path) -> None:
+    """After a failed run (a job lost to the scheduler, a crash), still write the cohort tables
+    and the dashboard from the studies that finished; the others are listed as missing."""
+    from pipeline.cohort import build_cohort
+    from pipeline.io.index import read_index
+    from pipeline.report.dashboard import write_dashboard
+    from pipeline.sheet import read_study_sheet, sheet_path
+
+    try:
+        sheet = read_study_sheet(sheet_path(results))
+        summary = build_cohort(results, sheet, read_index(results / "index").problems)
+        write_dashboard(results)
+    except Exception as exc:  # noqa: BLE001 - the run already failed; say why and go on
+        print(f"[hitit] cohort tables could not be written: {exc}", file=sys.stderr)
+        return
+    import pandas as pd
+
+    status = pd.read_csv(summary["tables"]["status"], dtype=str, keep_default_na=False)
+    missing = status[status["status"] != "done"]
+    print(f"[hitit] cohort tables written from the {len(status) - len(missing)} finished "
+          f"studies; {len(missing)} study(ies) not finished:", file=sys.stderr)
+    for r in missing.to_dict(orient="records"):
+        log_file = results / "logs" / "studies" / r["patient_dir"] / f"{r['study_dir']}.log"
+        print(f"  {r['patient_dir']}/{r['study_dir']}: {r['status']} (job log {log_file})",
+              file=sys.stderr)
+
+
+def index_progress(stream=None):
+    """A progress callback printing files indexed, rate and time left (at most every 2 s)."""
+    t0 = time.perf_counter()
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 2.0 or done == total:
+            last[0] = now
+            rate = done / max(now - t0, 1e-9)
+            left = (total - done) / rate if rate > 0 else float("nan")
+            print(f"[hitit] indexed {done}/{total} files ({rate:.0f} files/s, ~{left:.0f} s left)",
+                  file=stream or sys.stderr, flush=True)
+
+    return progress
 
 
 def _watch_progress(results: Path, stop: threading.Event, t0: float) -> None:

@@ -93,6 +93,9 @@ def read_study_sheet(path: str | Path) -> pd.DataFrame:
 def write_study_sheet(sheet: pd.DataFrame, path: str | Path) -> Path:
     """Write the sheet atomically: a temporary file in the same folder, fsync, ``os.replace``.
 
+    An unchanged sheet is not rewritten, so its modification time tells the workflow whether
+    the cohort's set of studies changed.
+
     A reader (a Snakemake job, the progress watcher) sees either the old sheet or the new one,
     never a partial file; when writing fails, the temporary file is removed and the old sheet
     (if any) is left as it was.
@@ -111,11 +114,13 @@ def write_study_sheet(sheet: pd.DataFrame, path: str | Path) -> Path:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = _as_str(sheet)
+    text = _as_str(sheet).to_csv(index=False, lineterminator="\n")
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return path  # unchanged: keep its modification time (the workflow's rerun trigger)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            data.to_csv(fh, index=False)
+            fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

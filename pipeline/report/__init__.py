@@ -8,12 +8,9 @@ dashboard   ``RESULTS/report/index.html`` (after the cohort step)
 sr          DICOM SR, TID 1500 measurement report per study (highdicom)
 figures     Okabe-Ito palette, number formatting, cohort plots
 run / cli   one call per study or for the whole results folder; ``hitit report`` / ``report-study`` / ``dashboard``
-report.smk  Snakemake rules for the workflow (``include:`` from the Snakefile)
 """
 
 from pathlib import Path
 
 #: Folder of the Snakemake report captions (``report(..., caption=f"{CAPTIONS}/worksheet.rst")``).
 CAPTIONS = Path(__file__).resolve().parent / "captions"
-#: Snakemake rules of the review outputs (``include:`` this file from the Snakefile).
-RULES = Path(__file__).resolve().parent / "report.smk"

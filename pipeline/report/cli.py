@@ -1,8 +1,8 @@
 """Command line of the review outputs.
 
 Registered into ``hitit`` by :func:`register`: ``hitit report`` (every study, then the
-dashboard), ``hitit report-study`` and ``hitit dashboard`` (the steps the Snakemake rules in
-``report.smk`` call, so the workflow and the CLI share one code path).
+dashboard), ``hitit report-study`` and ``hitit dashboard`` (``hitit rank --report`` and the dashboard rule
+of the workflow call the same functions, so the workflow and the CLI share one code path).
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ import sys
 from pathlib import Path
 
 
-def _cfg(args):
-    from pipeline import config as cfgmod
-
-    return cfgmod.load_config(args.settings) if getattr(args, "settings", None) else None
-
-
 def cmd_study(args) -> int:
-    """One study: worksheet, SR, key images when missing."""
+    """One study: worksheet and SR."""
     from pipeline.report.run import report_study
 
-    st = report_study(Path(args.results), args.patient_dir, args.study_dir, sr=not args.no_sr,
-                      rebuild_keyimages=not args.no_rebuild_keyimages, cfg=_cfg(args))
+    st = report_study(Path(args.results), args.patient_dir, args.study_dir, sr=not args.no_sr)
     print(json.dumps(st, indent=2), file=sys.stderr)
     return 0
 
@@ -40,8 +33,7 @@ def cmd_all(args) -> int:
     """Every study, then the dashboard."""
     from pipeline.report.run import build_reports
 
-    out = build_reports(Path(args.results), sr=not args.no_sr,
-                        rebuild_keyimages=not args.no_rebuild_keyimages, cfg=_cfg(args))
+    out = build_reports(Path(args.results), sr=not args.no_sr)
     n_sr = sum(1 for s in out["studies"] if s.get("sr"))
     print(f"{len(out['studies'])} worksheets, {n_sr} DICOM SR; dashboard: {out['dashboard']}",
           file=sys.stderr)
@@ -50,11 +42,8 @@ def cmd_all(args) -> int:
 
 def _common(p, study: bool = True) -> None:
     p.add_argument("--results", required=True, help="results folder")
-    p.add_argument("--settings", help="validated configuration YAML")
     if study:
         p.add_argument("--no-sr", action="store_true", help="do not write the DICOM SR")
-        p.add_argument("--no-rebuild-keyimages", action="store_true",
-                       help="do not load images from the archive when the study job wrote no key images")
 
 
 def register(subparsers) -> None:

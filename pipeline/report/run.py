@@ -45,8 +45,8 @@ def _index(results: Path):
 
 
 def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = True,
-                 rebuild_keyimages: bool = True, index=None, cfg: dict | None = None) -> dict:
-    """Worksheet (+ key images when missing, + SR) of one study.
+                 index=None) -> dict:
+    """Worksheet (+ SR) of one study; key images are those the study job wrote.
 
     Parameters
     ----------
@@ -56,13 +56,8 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
         The study's folder names (``RESULTS/studies/<patient_dir>/<study_dir>``).
     sr : bool
         Also write ``measurements_sr.dcm``.
-    rebuild_keyimages : bool
-        Ignored: key images come only from the study job (a study without them shows "no key
-        image"); kept so that existing callers (``hitit report-study``) keep working.
     index : ArchiveIndex, optional
         The archive index (read from ``RESULTS/index`` when None).
-    cfg : dict, optional
-        Validated configuration (not used since key images are no longer rebuilt here).
 
     Returns
     -------
@@ -103,8 +98,7 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
     return status
 
 
-def build_reports(results: Path, *, sr: bool = True, rebuild_keyimages: bool = True,
-                  cfg: dict | None = None) -> dict:
+def build_reports(results: Path, *, sr: bool = True) -> dict:
     """Every study's worksheet (and SR), then the dashboard.
 
     Returns
@@ -117,8 +111,7 @@ def build_reports(results: Path, *, sr: bool = True, rebuild_keyimages: bool = T
     out = []
     for r in _sheet(results).to_dict(orient="records"):
         try:
-            out.append(report_study(results, r["patient_dir"], r["study_dir"], sr=sr,
-                                    rebuild_keyimages=rebuild_keyimages, index=index, cfg=cfg))
+            out.append(report_study(results, r["patient_dir"], r["study_dir"], sr=sr, index=index))
         except Exception as exc:
             log.exception("report of %s/%s failed: %s", r.get("patient_dir"), r.get("study_dir"), exc)
             out.append({"patient_dir": r.get("patient_dir"), "study_dir": r.get("study_dir"),
