@@ -26,7 +26,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
-from flask import Flask, Response, abort, g, jsonify, render_template, request, send_file
+from flask import (Flask, Response, abort, g, jsonify, redirect, render_template, request, send_file,
+                   url_for)
 from jinja2 import DictLoader
 from PIL import Image
 
@@ -144,7 +145,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make Chromium send "Origin: null"
         resp.headers.setdefault("Cache-Control", "no-store")
         return resp
 
@@ -180,6 +181,10 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     @app.get("/static/viewer.js")
     def viewer_js():
         return Response(VIEWER_JS, mimetype="text/javascript")
+
+    @app.get("/favicon.ico")
+    def favicon():
+        return Response(status=204)
 
     # ------------------------------------------------------------------ pages
     @app.get("/")
@@ -240,13 +245,15 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
             return _study_page(pid, suid, error=str(e), status=400)
         if request.headers.get("Accept", "").startswith("application/json"):
             return jsonify(ok=True)
-        return _study_page(pid, suid)
+        return redirect(url_for("study", pid=pid, suid=suid), code=303)  # a reload does not re-post
 
     @app.post("/study/<pid>/<suid>/signoff")
     def signoff(pid: str, suid: str):
         _study(pid, suid)
         store.sign_off(results, reader=reader, patient_id=pid, study_uid=suid)
-        return _study_page(pid, suid)
+        if request.headers.get("Accept", "").startswith("application/json"):
+            return jsonify(ok=True)
+        return redirect(url_for("study", pid=pid, suid=suid), code=303)
 
     # ------------------------------------------------------------------ viewer data
     @app.get("/api/study/<pid>/<suid>/viewer.json")

@@ -113,7 +113,7 @@ def test_csrf(client, res):
     assert client.get(f"/study/{PID}/{SUID}/decision").status_code == 405
     assert not store.audit_path(res).exists()
     r = _post(client, {**form, "csrf_token": TOKEN}, ORIGIN)
-    assert r.status_code == 200
+    assert r.status_code == 303 and r.headers["Location"].endswith(f"/study/{PID}/{SUID}")
     r = _post(client, form, {**ORIGIN, "X-Review-Token": TOKEN, "Accept": "application/json"})
     assert r.status_code == 200 and r.get_json() == {"ok": True}
     rows = store.load_state(res).lesions
@@ -131,7 +131,8 @@ def test_reason_error_shown(client, res):
 
 def test_signoff(client, res):
     _auth(client)
-    r = client.post(f"/study/{PID}/{SUID}/signoff", data={"csrf_token": TOKEN}, headers=ORIGIN)
+    r = client.post(f"/study/{PID}/{SUID}/signoff", data={"csrf_token": TOKEN}, headers=ORIGIN,
+                    follow_redirects=True)
     assert r.status_code == 200 and "Signed off by dr &lt;b&gt;" in r.get_data(as_text=True)
     assert store.load_state(res).signoffs[(PID, SUID)].reader == "dr <b>"
     assert "dr &lt;b&gt;" in client.get("/").get_data(as_text=True)
