@@ -44,6 +44,7 @@ from enum import Enum
 from pathlib import Path
 
 from pipeline.errors import ConfigError
+from pipeline.records import Role  # the tool's and the team's role share one enum
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +63,6 @@ SIGNOFF_FIELD = "signed_off"
 ACCEPTED_REASON = "accepted tool proposal at sign-off"
 #: Two planned volumes closer than this (mL) are the same.
 VOLUME_TOL_ML = 1e-6
-
-
-class Role(str, Enum):
-    """The team's role for a lesion."""
-
-    INJECT = "inject"
-    MONITOR = "monitor"
-    NONE = "none"
 
 
 class Category(str, Enum):
