@@ -47,6 +47,8 @@ WINDOWS = {"soft": (40.0, 400.0), "lung": (-600.0, 1500.0), "bone": (400.0, 1800
 PET_SUV_MAX = 10.0
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
        "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+FILES_CSP = ("sandbox allow-scripts; default-src 'none'; script-src 'unsafe-inline'; "
+             "style-src 'unsafe-inline'; img-src data:; frame-ancestors 'none'")
 
 
 def _hot_lut() -> np.ndarray:
@@ -142,7 +144,9 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     def _headers(resp: Response) -> Response:
         if getattr(g, "set_cookie", False):
             resp.set_cookie(COOKIE, app.config["TOKEN"], httponly=True, samesite="Strict", path="/")
-        resp.headers["Content-Security-Policy"] = CSP
+        # result files (self-contained worksheets with inline script and data: images) run in a
+        # sandbox: an opaque origin that cannot read the app's pages or send its cookie
+        resp.headers["Content-Security-Policy"] = FILES_CSP if request.endpoint == "files" else CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["X-Frame-Options"] = "DENY"
         resp.headers["Referrer-Policy"] = "same-origin"  # no-referrer would make Chromium send "Origin: null"
@@ -284,9 +288,11 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
             abort(404)
         arr = c.slice(role, z, fusion=True)
         vmax = PET_SUV_MAX if meta["units"].upper().startswith("SU") else max(meta["max_value"], 1e-6)
-        idx = window_uint8(arr, vmax / 2.0, vmax)
-        return Response(_png(Image.fromarray(HOT[idx], mode="RGBA")), mimetype="image/png",
-                        headers={"Cache-Control": "private, max-age=600"})
+        img = Image.fromarray(window_uint8(arr, vmax / 2.0, vmax), mode="P")  # palette PNG: 1 byte/pixel
+        img.putpalette(HOT[:, :3].tobytes())
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=1, transparency=HOT[:, 3].tobytes())
+        return Response(buf.getvalue(), mimetype="image/png", headers={"Cache-Control": "private, max-age=600"})
 
     # ------------------------------------------------------------------ files under RESULTS
     @app.get("/files/<path:rel>")

@@ -24,11 +24,13 @@ Layout of ``<study output dir>/review_cache/``:
     stored compressed so a slice is read without decompressing the others. CT: int16 HU (scale 1,
     offset 0, clipped to [-1024, 3071]); PET: uint16, ``value = q * scale``.
 ``fusion_<ct_role>.npz``
-    The PET on the grid of ``ct_role``, same member scheme, uint16 with its ``scale``.
+    The PET on the grid of ``ct_role``, same member scheme, uint16 with its ``scale`` (CT phases
+    on the same grid share one file).
 ``contours.json``
     ``{ct_role: {lesion_id: {str(z): [polygon, ...]}}}``; a polygon is a list of ``[x, y]`` in
     pixel coordinates of that slice (x = column, y = row; the centre of pixel (0, 0) is at
-    (0, 0)), traced at the 0.5 level of the mask resampled onto that phase (nearest neighbour).
+    (0, 0)), traced at the 0.5 level of the mask resampled onto that phase (nearest neighbour) and
+    simplified to within ``CONTOUR_TOLERANCE_PX``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +56,8 @@ CACHE_DIR = "review_cache"
 FORMAT = "hitit-review-cache"
 VERSION = 1
 HU_MIN, HU_MAX = -1024, 3071
+#: Largest distance (pixels) of a stored contour from the traced iso-line (Douglas-Peucker).
+CONTOUR_TOLERANCE_PX = 0.25
 
 
 @dataclass(frozen=True)
@@ -92,8 +97,12 @@ def grid_from_dict(d: Mapping) -> Grid:
 
 
 def _save_slices(path: Path, arr: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez_compressed(tmp, **{f"z{k:04d}": np.ascontiguousarray(arr[k]) for k in range(arr.shape[0])})
+    """One deflated ``.npy`` member per slice (level 1: fast to write, read by ``np.load``)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        for k in range(arr.shape[0]):
+            with zf.open(f"z{k:04d}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, np.ascontiguousarray(arr[k]), allow_pickle=False)
     os.replace(tmp, path)
 
 
@@ -106,12 +115,13 @@ def _quantise_pet(arr: np.ndarray) -> tuple[np.ndarray, float]:
 
 
 def _contours(mask: np.ndarray) -> dict[str, list]:
-    from skimage.measure import find_contours
+    from skimage.measure import approximate_polygon, find_contours
 
     out: dict[str, list] = {}
     for z in np.flatnonzero(mask.any(axis=(1, 2))):
         sl = np.pad(mask[z].astype(np.float32), 1)
-        polys = [np.round(c[:, ::-1] - 1.0, 2).tolist() for c in find_contours(sl, 0.5) if len(c) >= 3]
+        polys = [np.round(approximate_polygon(c, CONTOUR_TOLERANCE_PX)[:, ::-1] - 1.0, 2).tolist()
+                 for c in find_contours(sl, 0.5) if len(c) >= 3]
         if polys:
             out[str(int(z))] = polys
     return out
@@ -171,8 +181,12 @@ def write_image_cache(out_dir: str | Path, volumes_by_role: Mapping[str, Volume]
         index["phases"][pet_role] = {"file": f"{pet_role}.npz", "kind": "pet", **_grid_dict(pet.grid),
                                      "units": pet.units, "series_uid": pet.series_uid,
                                      "scale": scale, "offset": 0.0}
-        for role in ct_roles:
+        for i, role in enumerate(ct_roles):
             g = vols[role].grid
+            same = next((r for r in ct_roles[:i] if vols[r].grid.same_as(g)), None)
+            if same is not None:  # phases on one grid share the fused PET
+                index["fusion"][role] = dict(index["fusion"][same])
+                continue
             on_ct = pet.array if pet.grid.same_as(g) else resample(pet.array.astype(np.float32),
                                                                    pet.grid, g, interpolation="linear")
             qf, sf = _quantise_pet(on_ct)
@@ -183,8 +197,15 @@ def write_image_cache(out_dir: str | Path, volumes_by_role: Mapping[str, Volume]
     for lid, m in sorted(lesion_masks.items()):
         entry = {"lesion_id": lid, "label": m.name, "slices": {}, "centre_slice": {}}
         full = m.full()
-        for role in ct_roles:
+        for i, role in enumerate(ct_roles):
             g = vols[role].grid
+            same = next((r for r in ct_roles[:i] if vols[r].grid.same_as(g)), None)
+            if same is not None:  # phases on one grid share the contours
+                if same in entry["slices"]:
+                    entry["slices"][role] = entry["slices"][same]
+                    entry["centre_slice"][role] = entry["centre_slice"][same]
+                    contours[role][lid] = contours[same][lid]
+                continue
             on = full if m.grid.same_as(g) else resample(full, m.grid, g, interpolation="nearest")
             zs = np.flatnonzero(on.any(axis=(1, 2)))
             if not len(zs):

@@ -13,7 +13,7 @@ from synthetic import make_results
 from pipeline.geometry import Grid
 from pipeline.records import LesionMask, MaskSource, Volume
 from pipeline.review import store
-from pipeline.review.app import create_app
+from pipeline.review.app import HOT, create_app
 from pipeline.review.cache import ImageCache, NeedlePlan, write_image_cache
 
 XSS = "<script>alert(1)</script>"
@@ -27,7 +27,7 @@ def _phantom_cache(study_out):
     grid = Grid((10, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, 0.0))
     ct = np.zeros(grid.shape_zyx, np.float32)
     ct[3:6, 10:20, 20:30] = 60.0
-    pet_grid = Grid((5, 20, 20), (4.0, 4.0, 4.0), (-39.0, -39.0, 1.0))
+    pet_grid = Grid((5, 10, 10), (4.0, 4.0, 4.0), (-39.0, -39.0, 1.0))  # x, y -41 .. -1 mm
     pet = np.ones(pet_grid.shape_zyx, np.float32)
     crop = np.ones((3, 10, 10), bool)
     mask = LesionMask(XSS, MaskSource.SEG, grid, ((3, 6), (10, 20), (20, 30)), crop)
@@ -77,6 +77,9 @@ def test_security_headers(client):
     csp = r.headers["Content-Security-Policy"]
     assert "script-src 'self'" in csp and "unsafe-inline" not in csp
     assert r.headers["X-Content-Type-Options"] == "nosniff"
+    f = client.get("/files/cohort/studies.csv")
+    assert f.headers["Content-Security-Policy"].startswith("sandbox allow-scripts;")
+    assert "allow-same-origin" not in f.headers["Content-Security-Policy"]
 
 
 def test_dotdot_is_404(client, res):
@@ -148,8 +151,11 @@ def test_slices_windowed(client, res):
     a = np.asarray(Image.open(io.BytesIO(client.get(f"/slice/{PID}/{SUID}/ct/4.png?window=liver").data)))
     # liver: centre 60, width 150 -> 60 HU = 128, 0 HU = 26
     assert abs(int(a[15, 25]) - 128) <= 1 and abs(int(a[0, 0]) - 26) <= 1
-    f = np.asarray(Image.open(io.BytesIO(client.get(f"/fusion/{PID}/{SUID}/ct/4.png").data)))
+    f = np.asarray(Image.open(io.BytesIO(client.get(f"/fusion/{PID}/{SUID}/ct/4.png").data)).convert("RGBA"))
     assert f.shape == (40, 40, 4)
+    # PET 1 SUV inside its field of view (x, y < -1 mm), 0 outside; display 0..10 SUV on 'hot'
+    assert tuple(f[5, 5]) == tuple(HOT[round(255 / 10)]) and f[5, 5, 3] > 0
+    assert f[39, 39, 3] == 0  # outside the PET field of view: transparent
     assert client.get(f"/slice/{PID}/{SUID}/pet/2.png").status_code == 200
     assert client.get(f"/slice/{PID}/{SUID}/pet/5.png").status_code == 404
     # a study without a cache: page says so, image routes 404
@@ -170,7 +176,8 @@ def test_cache_contours_and_needle(res):
     n = c.index["needles"][0]
     assert np.allclose(n["target_zyx"]["ct"], [4, 15, 25]) and np.allclose(n["entry_zyx"]["ct"], [4, 15, 39])
     # PET (1 SUV everywhere inside its field) fused onto the CT grid
-    assert abs(float(c.slice("ct", 4, fusion=True)[20, 20]) - 1.0) < 1e-3
+    fused = c.slice("ct", 4, fusion=True)
+    assert abs(float(fused[5, 5]) - 1.0) < 1e-3 and float(fused[39, 39]) == 0.0
     assert np.allclose(c.slice("ct", 4)[15, 25], 60.0)
     data = json.loads(json.dumps(c.index))
     assert data["phases"]["pet"]["units"] == "SUVbw"
