@@ -236,7 +236,8 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     def decision(pid: str, suid: str):
         _study(pid, suid)
         f = request.form
-        vol = f.get("planned_volume_ml", "").strip()
+        # the form keeps the proposal's volume in its field; it means nothing unless injected
+        vol = f.get("planned_volume_ml", "").strip() if f.get("role") in ("", None, "inject") else ""
         try:
             store.record_decision(results, reader=reader, patient_id=pid, study_uid=suid,
                                   lesion_id=f.get("lesion_id", ""), role=f.get("role") or None,

@@ -41,7 +41,14 @@ def cmd_review(args) -> int:
         return 0
     from pipeline.review.app import serve
 
-    srv, url = serve(results, reader=args.reader, host=args.host, port=args.port)
+    try:
+        srv, url = serve(results, reader=args.reader, host=args.host, port=args.port)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {args.host}:{args.port}: {e}",
+                          hint="choose another --port (0 = any free port)") from e
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"WARNING: listening on {args.host}: other machines can reach this server; only the "
+              "token protects it", file=sys.stderr)
     print(f"Reviewing {results} as {args.reader!r}. Open (token included; keep it private):\n  {url}\n"
           "Ctrl-C stops the server; every saved decision is already on disk.", flush=True)
     try:

@@ -124,6 +124,16 @@ def test_csrf(client, res):
     assert {e.reader for e in store.read_audit(res)} == {"dr <b>"}
 
 
+def test_form_volume_ignored_unless_injected(client, res):
+    _auth(client)
+    # the form still carries the proposal's 2.0 mL when the reader switches to monitor
+    r = _post(client, {"csrf_token": TOKEN, "lesion_id": "les_a", "role": "monitor", "category": "T-NI",
+                       "planned_volume_ml": "2.0", "reason": "board"}, ORIGIN)
+    assert r.status_code == 303
+    d = store.load_state(res).lesions[(PID, SUID, "les_a")]
+    assert (d.role, d.planned_volume_ml) == (store.Role.MONITOR, None)
+
+
 def test_reason_error_shown(client, res):
     _auth(client)
     r = _post(client, {"csrf_token": TOKEN, "lesion_id": "les_a", "role": "none", "category": "NT-NI"}, ORIGIN)
