@@ -228,6 +228,14 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
             has_cache=has_cache, windows=list(WINDOWS), worksheet=(d / "worksheet.html").is_file(),
             worksheet_rel=str((d / "worksheet.html").relative_to(results))), status
 
+    @app.get("/compare/<pid>")
+    def compare(pid: str):
+        a, da = _study(pid, request.args.get("a", ""))
+        b, db = _study(pid, request.args.get("b", ""))
+        return render_template("compare.html", pid=pid, a=a, b=b, reader=reader, windows=list(WINDOWS),
+                               has_a=(cache_dir(da) / "index.json").is_file(),
+                               has_b=(cache_dir(db) / "index.json").is_file())
+
     @app.get("/study/<pid>/<suid>")
     def study(pid: str, suid: str):
         return _study_page(pid, suid)

@@ -24,6 +24,8 @@ th { background: var(--soft); }
 .role-monitor { color: var(--monitor); font-weight: 600; }
 .viewer { display: flex; gap: 1rem; flex-wrap: wrap; align-items: flex-start; }
 .controls label { display: block; margin: .3rem 0; }
+.compare { display: flex; gap: 1.5rem; flex-wrap: wrap; }
+.compare .viewer { flex-direction: column; }
 canvas#view { background: #000; image-rendering: pixelated; border: 1px solid var(--line); }
 form.decision input[type=text] { width: 14rem; }
 form.decision input[type=number] { width: 5rem; }
@@ -62,9 +64,34 @@ _PATIENT = """{% extends "base.html" %}
 <td><a href="{{ url_for('study', pid=pid, suid=r.study_uid) }}">{{ r.study_uid }}</a></td>
 <td class="small">{{ r.notes }}</td></tr>{% endfor %}
 </tbody></table>
+{% if rows|length > 1 %}
+<form method="get" action="{{ url_for('compare', pid=pid) }}" id="compare-form">
+Side by side: <select name="a">{% for r in rows %}<option value="{{ r.study_uid }}"{% if loop.first %} selected{% endif %}>{{ r.study_date }}</option>{% endfor %}</select>
+and <select name="b">{% for r in rows %}<option value="{{ r.study_uid }}"{% if loop.last %} selected{% endif %}>{{ r.study_date }}</option>{% endfor %}</select>
+<button type="submit">Compare</button></form>
+{% endif %}
 {% endblock %}"""
 
+_VIEWER = """{% macro viewer(pid, suid, idp, windows) -%}
+<div class="viewer" id="{{ idp }}viewer" data-api="{{ url_for('viewer_json', pid=pid, suid=suid) }}"
+ data-slice-base="{{ url_for('slice_png', pid=pid, suid=suid, role='ROLE', z=0) }}"
+ data-fusion-base="{{ url_for('fusion_png', pid=pid, suid=suid, role='ROLE', z=0) }}">
+<canvas class="view" id="{{ idp }}view" width="512" height="512"></canvas>
+<div class="controls">
+<label>Series <select class="phase" id="{{ idp }}phase"></select></label>
+<label>Window <select class="window" id="{{ idp }}window">{% for w in windows %}<option value="{{ w }}">{{ w }}</option>{% endfor %}</select></label>
+<label>Slice <input type="range" class="slice" id="{{ idp }}slice" min="0" max="0" value="0"> <span class="slice-label" id="{{ idp }}slice-label"></span></label>
+<label>PET opacity <input type="range" class="opacity" id="{{ idp }}opacity" min="0" max="100" value="40"></label>
+<label><input type="checkbox" class="show-contours" id="{{ idp }}show-contours" checked> lesion contours</label>
+<label><input type="checkbox" class="show-needle" id="{{ idp }}show-needle" checked> needle path and entry</label>
+<label>Jump to lesion <select class="jump" id="{{ idp }}jump"><option value="">-</option></select></label>
+<p class="small">Mouse wheel or arrow keys scroll slices. Magenta: lesion contours; cyan: planned
+needle (square: skin entry, circle: target).</p>
+</div></div>
+{%- endmacro %}"""
+
 _STUDY = """{% extends "base.html" %}
+{% from "viewer.html" import viewer %}
 {% block title %}{{ pid }} {{ row.study_date }} - HIT-IT review{% endblock %}
 {% block h1 %}Patient {{ pid }}, study {{ row.study_date }}{% endblock %}
 {% block crumbs %}<a href="{{ url_for('cohort') }}">Cohort</a> &rsaquo;
@@ -81,21 +108,7 @@ _STUDY = """{% extends "base.html" %}
 </section>
 <h2>Images</h2>
 {% if has_cache %}
-<div class="viewer" id="viewer" data-api="{{ url_for('viewer_json', pid=pid, suid=suid) }}"
- data-slice-base="{{ url_for('slice_png', pid=pid, suid=suid, role='ROLE', z=0) }}"
- data-fusion-base="{{ url_for('fusion_png', pid=pid, suid=suid, role='ROLE', z=0) }}">
-<canvas id="view" width="512" height="512"></canvas>
-<div class="controls">
-<label>Series <select id="phase"></select></label>
-<label>Window <select id="window">{% for w in windows %}<option value="{{ w }}">{{ w }}</option>{% endfor %}</select></label>
-<label>Slice <input type="range" id="slice" min="0" max="0" value="0"> <span id="slice-label"></span></label>
-<label>PET opacity <input type="range" id="opacity" min="0" max="100" value="40"></label>
-<label><input type="checkbox" id="show-contours" checked> lesion contours</label>
-<label><input type="checkbox" id="show-needle" checked> needle path and entry</label>
-<label>Jump to lesion <select id="jump"><option value="">-</option></select></label>
-<p class="small">Mouse wheel or arrow keys scroll slices. Magenta: lesion contours; cyan: planned
-needle (square: skin entry, circle: target).</p>
-</div></div>
+{{ viewer(pid, suid, '', windows) }}
 {% else %}
 <p id="no-cache">No image cache for this study (the study job writes it; older results:
 <code>hitit review RESULTS --backfill-cache</code>).</p>
@@ -129,17 +142,32 @@ _ERROR = """{% extends "base.html" %}
 {% block crumbs %}<a href="/">Cohort</a>{% endblock %}
 {% block body %}<div class="error">{{ error }}</div>{% endblock %}"""
 
-TEMPLATES = {"base.html": _BASE, "cohort.html": _COHORT, "patient.html": _PATIENT,
+_COMPARE = """{% extends "base.html" %}
+{% from "viewer.html" import viewer %}
+{% block title %}{{ pid }} side by side - HIT-IT review{% endblock %}
+{% block h1 %}Patient {{ pid }}: {{ a.study_date }} and {{ b.study_date }} side by side{% endblock %}
+{% block crumbs %}<a href="{{ url_for('cohort') }}">Cohort</a> &rsaquo;
+<a href="{{ url_for('patient', pid=pid) }}">{{ pid }}</a> &rsaquo; side by side{% endblock %}
+{% block body %}
+<div class="compare">
+{% for s, idp, has in ((a, 'a-', has_a), (b, 'b-', has_b)) %}<section class="side">
+<h2><a href="{{ url_for('study', pid=pid, suid=s.study_uid) }}">{{ s.study_date }}</a></h2>
+{% if has %}{{ viewer(pid, s.study_uid, idp, windows) }}{% else %}<p class="no-cache">No image cache for this study.</p>{% endif %}
+</section>{% endfor %}
+</div>
+<script src="/static/viewer.js"></script>
+{% endblock %}"""
+
+TEMPLATES = {"base.html": _BASE, "viewer.html": _VIEWER, "compare.html": _COMPARE, "cohort.html": _COHORT, "patient.html": _PATIENT,
              "study.html": _STUDY, "error.html": _ERROR}
 
 VIEWER_JS = r"""
 "use strict";
-(function () {
-  const v = document.getElementById("viewer");
-  if (!v) return;
-  const canvas = document.getElementById("view");
+let activeViewer = null;
+function initViewer(v) {
+  const el = (name) => v.querySelector("." + name);
+  const canvas = el("view");
   const ctx = canvas.getContext("2d");
-  const el = (id) => document.getElementById(id);
   let data = null, role = null, z = 0, k = 1, seq = 0;
   const url = (base, r, zz) => base.replace("/ROLE/", "/" + encodeURIComponent(r) + "/").replace(/\/0\.png$/, "/" + zz + ".png");
   const load = (src) => new Promise((res, rej) => { const i = new Image(); i.onload = () => res(i); i.onerror = () => rej(new Error("image " + src)); i.src = src; });
@@ -230,13 +258,18 @@ VIEWER_JS = r"""
       z = l.centre_slice[role]; draw();
     });
     canvas.addEventListener("wheel", (ev) => { ev.preventDefault(); step(ev.deltaY > 0 ? 1 : -1); }, { passive: false });
-    document.addEventListener("keydown", (ev) => {
-      if (ev.target && ["INPUT", "SELECT", "TEXTAREA"].includes(ev.target.tagName) && ev.target.id !== "slice") return;
-      if (ev.key === "ArrowUp") { ev.preventDefault(); step(1); }
-      if (ev.key === "ArrowDown") { ev.preventDefault(); step(-1); }
-    });
+    v.addEventListener("mouseenter", () => { activeViewer = v; });
+    v.step = step;
+    if (!activeViewer) activeViewer = v;
     draw();
   }
   init().catch((err) => console.error(String(err)));
-})();
+}
+document.addEventListener("keydown", (ev) => {
+  if (!activeViewer || !activeViewer.step) return;
+  if (ev.target && ["INPUT", "SELECT", "TEXTAREA"].includes(ev.target.tagName) && !ev.target.classList.contains("slice")) return;
+  if (ev.key === "ArrowUp") { ev.preventDefault(); activeViewer.step(1); }
+  if (ev.key === "ArrowDown") { ev.preventDefault(); activeViewer.step(-1); }
+});
+document.querySelectorAll(".viewer").forEach(initViewer);
 """

@@ -191,3 +191,31 @@ def test_cache_contours_and_needle(res):
     assert np.allclose(c.slice("ct", 4)[15, 25], 60.0)
     data = json.loads(json.dumps(c.index))
     assert data["phases"]["pet"]["units"] == "SUVbw"
+
+
+def _two_studies_one_patient(res):
+    """Re-label the second synthetic study as a follow-up of P001 (with its own cache)."""
+    import csv
+
+    p = res / "cohort" / "studies.csv"
+    with open(p, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    rows[1]["patient_id"] = PID
+    with open(p, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    _phantom_cache(res / "studies" / rows[1]["patient_dir"] / rows[1]["study_dir"])
+    return rows[1]["study_uid"]
+
+
+def test_compare_page(client, res):
+    follow = _two_studies_one_patient(res)
+    _auth(client)
+    page = client.get(f"/patient/{PID}").get_data(as_text=True)
+    assert 'id="compare-form"' in page
+    html = client.get(f"/compare/{PID}?a={SUID}&b={follow}").get_data(as_text=True)
+    assert 'id="a-viewer"' in html and 'id="b-viewer"' in html
+    assert f"/slice/{PID}/{SUID}/ROLE/0.png" in html and f"/slice/{PID}/{follow}/ROLE/0.png" in html
+    assert client.get(f"/compare/{PID}?a={SUID}&b=9.9.9").status_code == 404
+    assert client.get(f"/compare/P002?a={SUID}&b={follow}").status_code == 404

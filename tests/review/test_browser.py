@@ -253,3 +253,33 @@ def test_script_label_shows_as_text(tmp_path, browser):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_side_by_side(tmp_path, browser):
+    from synthetic import make_results
+    from test_app import _phantom_cache, _two_studies_one_patient
+
+    res = make_results(tmp_path / "res", n_patients=2)
+    _phantom_cache(res / "studies" / "P001" / "1.2.3.1")
+    follow = _two_studies_one_patient(res)
+    srv, url = serve(res, reader="dr x")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base, token = url.split("/?token=")
+        page = open_url(browser, f"{base}/compare/P001?a=1.2.3.1&b={follow}&token={token}")
+        for side in ("a", "b"):
+            wait_for(page, f"(document.getElementById('{side}-viewer').dataset.drawn || '').startsWith('ct:')")
+        za = page.evaluate("document.getElementById('a-viewer').dataset.drawn")
+        zb = page.evaluate("document.getElementById('b-viewer').dataset.drawn")
+        assert za.split(":")[1] == zb.split(":")[1] == "3"  # both open on the lesion (first slice of the cube)
+        box = page.evaluate("(() => { const e = document.getElementById('b-view'); e.scrollIntoView({block: 'center'});"
+                            " const r = e.getBoundingClientRect();"
+                            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        browser.call("Input.dispatchMouseEvent", {"type": "mouseWheel", "x": box[0], "y": box[1],
+                                                  "deltaX": 0, "deltaY": 100}, session=page.session)
+        wait_for(page, "document.getElementById('b-viewer').dataset.drawn.startsWith('ct:4:')")
+        assert page.evaluate("document.getElementById('a-viewer').dataset.drawn") == za  # only b scrolled
+        assert not page.console_errors(), page.console_errors()
+    finally:
+        srv.shutdown()
+        srv.server_close()
