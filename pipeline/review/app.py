@@ -4,7 +4,8 @@ Security model (a local, single-team tool):
 
 * bound to 127.0.0.1 by default (:func:`serve`);
 * a random token (``secrets.token_urlsafe``) is part of the printed URL; every request needs it,
-  as ``?token=`` (first visit; sets an HttpOnly, SameSite=Strict cookie), the cookie, or the
+  as ``?token=`` (first visit; sets an HttpOnly, SameSite=Strict cookie named after the token,
+  as cookies are shared by all ports of 127.0.0.1), the cookie, or the
   ``X-Review-Token`` header; anything else gets 403;
 * state-changing requests are POST only and need the token in the form (``csrf_token``) or the
   header (a cookie alone is not enough) and an ``Origin`` (or, without it, ``Referer``) of this
@@ -17,6 +18,7 @@ Security model (a local, single-team tool):
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import secrets
@@ -116,6 +118,8 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     app.config.update(RESULTS=results, READER=reader, TOKEN=token or secrets.token_urlsafe(24),
                       MAX_CONTENT_LENGTH=1 << 20)
     caches = _Caches()
+    # cookies are not separated by port: one name per server, so two servers do not log each other out
+    cookie = f"{COOKIE}_{hashlib.sha256(app.config['TOKEN'].encode()).hexdigest()[:10]}"
 
     # ------------------------------------------------------------------ access
     def _token_ok(value: str | None) -> bool:
@@ -125,7 +129,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     def _guard():
         q = request.args.get("token")
         g.set_cookie = _token_ok(q)
-        if not (g.set_cookie or _token_ok(request.cookies.get(COOKIE))
+        if not (g.set_cookie or _token_ok(request.cookies.get(cookie))
                 or _token_ok(request.headers.get(HEADER))):
             abort(403)
         if request.method not in ("GET", "HEAD"):
@@ -143,7 +147,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     @app.after_request
     def _headers(resp: Response) -> Response:
         if getattr(g, "set_cookie", False):
-            resp.set_cookie(COOKIE, app.config["TOKEN"], httponly=True, samesite="Strict", path="/")
+            resp.set_cookie(cookie, app.config["TOKEN"], httponly=True, samesite="Strict", path="/")
         # result files (self-contained worksheets with inline script and data: images) run in a
         # sandbox: an opaque origin that cannot read the app's pages or send its cookie
         resp.headers["Content-Security-Policy"] = FILES_CSP if request.endpoint == "files" else CSP

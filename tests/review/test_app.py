@@ -219,3 +219,11 @@ def test_compare_page(client, res):
     assert f"/slice/{PID}/{SUID}/ROLE/0.png" in html and f"/slice/{PID}/{follow}/ROLE/0.png" in html
     assert client.get(f"/compare/{PID}?a={SUID}&b=9.9.9").status_code == 404
     assert client.get(f"/compare/P002?a={SUID}&b={follow}").status_code == 404
+
+
+def test_two_servers_keep_separate_cookies(res):
+    names = set()
+    for tok in ("token-one", "token-two"):
+        c = create_app(res, reader="r", token=tok).test_client()
+        names.add(c.get(f"/?token={tok}").headers["Set-Cookie"].split("=", 1)[0])
+    assert len(names) == 2 and all(n.startswith("hitit_review_") for n in names)
