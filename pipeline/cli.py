@@ -241,6 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_suv(sub)  # hitit suv PET_DIR [--mask FILE] [--label NAME]
 
     register_report(sub)  # hitit report, report-study, dashboard
+    from pipeline.review.cli import register as register_review
+    register_review(sub)  # hitit review RESULTS [--port P] [--reader NAME] [--export FILE --cutoff ISO]
 
     c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
     c.add_argument("--results", required=True)
