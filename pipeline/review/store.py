@@ -158,20 +158,20 @@ def audit_path(results: str | Path) -> Path:
 
 # ---------------------------------------------------------------------------- study sheet
 def read_study_sheet(results: str | Path) -> list[dict[str, str]]:
-    """Rows of ``RESULTS/cohort/studies.csv`` as string dicts (the one place this module reads it).
+    """Rows of ``RESULTS/cohort/studies.csv`` as string dicts (through :mod:`pipeline.sheet`).
 
     Raises
     ------
     ConfigError
         The sheet is missing.
     """
-    import pandas as pd
+    from pipeline.sheet import read_study_sheet as _read, sheet_path
 
-    p = Path(results) / "cohort" / "studies.csv"
+    p = sheet_path(results)
     if not p.is_file():
         raise ConfigError(f"no study sheet at {p}", file=p,
                           hint="point the review app at a results folder made by `hitit run`")
-    return pd.read_csv(p, dtype=str, keep_default_na=False).to_dict("records")
+    return _read(p).to_dict("records")
 
 
 def study_dir(results: str | Path, patient_id: str, study_uid: str) -> Path:
