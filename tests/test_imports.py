@@ -147,7 +147,42 @@ def import_violations(root: Path = PACKAGE) -> list[str]:
     return problems
 
 
+def private_name_uses(root: Path = PACKAGE) -> list[str]:
+    """``from pipeline.x import _name`` and ``module_alias._name`` across modules."""
+    out = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        aliases: dict[str, str] = {}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pipeline"):
+                for a in node.names:
+                    if a.name.startswith("_") and not a.name.startswith("__"):
+                        out.append(f"{path.name}: from {node.module} import {a.name}")
+                    aliases[a.asname or a.name] = node.module
+            elif isinstance(node, ast.Import):
+                for a in node.names:
+                    if a.name.startswith("pipeline"):
+                        aliases[a.asname or a.name.split(".")[0]] = a.name
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+                    and node.value.id in aliases and node.attr.startswith("_")
+                    and not node.attr.startswith("__")):
+                out.append(f"{path.name}: {node.value.id}.{node.attr}")
+    return out
+
+
 # --------------------------------------------------------------------------- tests
+def test_no_private_name_is_used_across_modules():
+    found = private_name_uses(PACKAGE)
+    assert not found, "\n".join(found)
+
+
+def test_private_name_check_can_fail(tmp_path):
+    pkg = _write(tmp_path, {"a.py": "from pipeline.b import _x\nimport pipeline.c as c\nc._y()\n",
+                            "b.py": "_x = 1\n", "c.py": "def _y():\n    pass\n"})
+    assert private_name_uses(pkg) == ["a.py: from pipeline.b import _x", "a.py: c._y"]
+
+
 def test_package_structure_has_no_violations():
     problems = import_violations(PACKAGE)
     assert not problems, "\n".join(problems)

@@ -79,9 +79,9 @@ from pipeline.anatomy.body import min_tree_distance
 from pipeline.anatomy.organs import organ_term
 from pipeline.anatomy.site import (
     LesionSurface,
-    _nearest_pair,
-    _reframe,
-    _region_surface,
+    nearest_pair,
+    reframe,
+    region_surface,
     mask_distance,
 )
 from pipeline.anatomy.surfaces import window_bbox
@@ -104,7 +104,7 @@ def exophytic_fraction(lesion: LesionMask, organ_masks: list[LesionMask]) -> flo
         return None
     inside_mask = np.zeros(crop.shape, dtype=bool)
     for m in organ_masks:
-        inside_mask |= _reframe(np.asarray(m.crop, bool), m.bbox_zyx, lesion.bbox_zyx)
+        inside_mask |= reframe(np.asarray(m.crop, bool), m.bbox_zyx, lesion.bbox_zyx)
     overlap = float(np.count_nonzero(crop & inside_mask)) / n
     if overlap >= 0.5:  # the organ mask includes the lesion: no notch to close
         return 1.0 - overlap
@@ -114,7 +114,7 @@ def exophytic_fraction(lesion: LesionMask, organ_masks: list[LesionMask]) -> flo
     region = expand_bbox(lesion.bbox_zyx, grid, 2.0 * r + 2.0 * float(sp.max()))
     liver = np.zeros(tuple(b - a for a, b in region), dtype=bool)
     for m in organ_masks:
-        liver |= _reframe(np.asarray(m.crop, bool), m.bbox_zyx, region)
+        liver |= reframe(np.asarray(m.crop, bool), m.bbox_zyx, region)
     if not liver.any():
         return 1.0
     spt = tuple(float(v) for v in sp)
@@ -122,7 +122,7 @@ def exophytic_fraction(lesion: LesionMask, organ_masks: list[LesionMask]) -> flo
     dil = ndi.distance_transform_edt(~liver, sampling=spt) <= r
     closed = ndi.distance_transform_edt(dil, sampling=spt) > r
     inside = liver | closed
-    les = _reframe(crop, lesion.bbox_zyx, region)
+    les = reframe(crop, lesion.bbox_zyx, region)
     return float(np.count_nonzero(les & ~inside)) / n
 
 
@@ -173,8 +173,8 @@ def contact_angle_deg(
     """Largest vessel circumference angle (deg) in contact with the lesion (module doc)."""
     grid = lesion.grid
     region = expand_bbox(lesion.bbox_zyx, grid, region_margin_mm)
-    v = _reframe(np.asarray(vessel.crop, bool), vessel.bbox_zyx, region)
-    le = _reframe(np.asarray(lesion.crop, bool), lesion.bbox_zyx, region)
+    v = reframe(np.asarray(vessel.crop, bool), vessel.bbox_zyx, region)
+    le = reframe(np.asarray(lesion.crop, bool), lesion.bbox_zyx, region)
     if not v.any():
         return 0.0
     if not (ndi.binary_dilation(le) & v).any():
@@ -243,7 +243,7 @@ def cross_section_caliber_mm(vessel: LesionMask, point_lps: np.ndarray, *,
     grid = vessel.grid
     p = np.asarray(point_lps, dtype=float)
     win = window_bbox(p, grid, window_mm)
-    v = _reframe(np.asarray(vessel.crop, bool), vessel.bbox_zyx, win)
+    v = reframe(np.asarray(vessel.crop, bool), vessel.bbox_zyx, win)
     if not v.any():
         return None
     lo = np.array([a for a, _ in win])
@@ -271,7 +271,7 @@ def _intravascular_fraction(lesion: LesionMask, vessels: dict[str, LesionMask]) 
     crop = np.asarray(lesion.crop, bool)
     inside = np.zeros(crop.shape, dtype=bool)
     for m in vessels.values():
-        inside |= _reframe(np.asarray(m.crop, bool), m.bbox_zyx, lesion.bbox_zyx)
+        inside |= reframe(np.asarray(m.crop, bool), m.bbox_zyx, lesion.bbox_zyx)
     return float(np.count_nonzero(crop & inside)) / max(int(crop.sum()), 1)
 
 
@@ -332,9 +332,9 @@ def vessel_columns(
     info = {}
     for name, d in dists.items():
         cal = None
-        pts = _region_surface([(np.asarray(vessels[name].crop, bool), vessels[name].bbox_zyx)],
+        pts = region_surface([(np.asarray(vessels[name].crop, bool), vessels[name].bbox_zyx)],
                               grid, region, fill_holes=False)
-        pair = _nearest_pair(surf.faces, pts, margin_mm + 1.0)
+        pair = nearest_pair(surf.faces, pts, margin_mm + 1.0)
         if pair is not None:
             cal = cross_section_caliber_mm(vessels[name], pair[1])
         angle = 0.0

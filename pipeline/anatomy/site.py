@@ -97,7 +97,7 @@ def _intersect(a: BBox, b: BBox) -> BBox | None:
     return out  # type: ignore[return-value]
 
 
-def _reframe(crop: np.ndarray, crop_bbox: BBox, target: BBox) -> np.ndarray:
+def reframe(crop: np.ndarray, crop_bbox: BBox, target: BBox) -> np.ndarray:
     """The part of a crop (at ``crop_bbox``) inside ``target``, as a bool array on ``target``.
 
     Works for any overlap (none, partial, full); False outside the crop.
@@ -125,13 +125,13 @@ def _region_union(
     ext = _grow(region, grid)
     union = np.zeros(tuple(b - a for a, b in ext), dtype=bool)
     for crop, bb in crops:
-        union |= _reframe(crop, bb, ext)
+        union |= reframe(crop, bb, ext)
     if fill_holes and union.any():
         union = ndi.binary_fill_holes(union)
     return union, ext
 
 
-def _region_surface(
+def region_surface(
     crops: list[tuple[np.ndarray, BBox]], grid: Grid, region: BBox, *, fill_holes: bool
 ) -> np.ndarray:
     """Surface points (LPS) of the union of masks, restricted to ``region``.
@@ -187,7 +187,7 @@ def lesion_surface(mask: LesionMask, *, smoothing_voxels: float = 0.4) -> Lesion
     return LesionSurface(faces, smooth if len(smooth) else faces)
 
 
-def _nearest_pair(a: np.ndarray, b: np.ndarray, max_mm: float) -> tuple[float, np.ndarray] | None:
+def nearest_pair(a: np.ndarray, b: np.ndarray, max_mm: float) -> tuple[float, np.ndarray] | None:
     """(smallest distance between point sets a and b if <= max_mm, the point of b) or None."""
     if len(a) == 0 or len(b) == 0:
         return None
@@ -259,8 +259,8 @@ def _overlap_count(lesion: LesionMask, organ: LesionMask) -> int:
     inter = _intersect(lesion.bbox_zyx, organ.bbox_zyx)
     if inter is None:
         return 0
-    a = _reframe(np.asarray(lesion.crop, bool), lesion.bbox_zyx, inter)
-    b = _reframe(np.asarray(organ.crop, bool), organ.bbox_zyx, inter)
+    a = reframe(np.asarray(lesion.crop, bool), lesion.bbox_zyx, inter)
+    b = reframe(np.asarray(organ.crop, bool), organ.bbox_zyx, inter)
     return int(np.count_nonzero(a & b))
 
 
@@ -521,8 +521,8 @@ def mask_distance(
     if _intersect(_grow(region, lesion.grid), organ.bbox_zyx) is None:
         return None
     crops = [(np.asarray(organ.crop, bool), organ.bbox_zyx)]
-    pts = _region_surface(crops, lesion.grid, region, fill_holes=False)
-    coarse = _nearest_pair(surf.faces, pts, max_mm)
+    pts = region_surface(crops, lesion.grid, region, fill_holes=False)
+    coarse = nearest_pair(surf.faces, pts, max_mm)
     if coarse is None:
         return None
     d = _refine(surf, coarse, np.asarray(organ.crop, bool), organ.bbox_zyx, lesion.grid, sigma_mm)
@@ -571,6 +571,6 @@ def _organ_surface_distance(
     ]
     crops.append((np.asarray(lesion.crop, bool), lesion.bbox_zyx))
     union, ext = _region_union(crops, lesion.grid, region, fill_holes=True)
-    pts = _region_surface(crops, lesion.grid, region, fill_holes=True)
-    coarse = _nearest_pair(surf.faces, pts, max_mm)
+    pts = region_surface(crops, lesion.grid, region, fill_holes=True)
+    coarse = nearest_pair(surf.faces, pts, max_mm)
     return _refine(surf, coarse, union, ext, lesion.grid, sigma_mm)

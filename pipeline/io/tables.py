@@ -79,6 +79,17 @@ def read_table(path: Path) -> pd.DataFrame:
     return df
 
 
+def read_table_if_present(path: Path) -> pd.DataFrame:
+    """:func:`read_table`, or an empty frame when the file is missing or has no header."""
+    p = Path(path)
+    if not p.exists():
+        return pd.DataFrame()
+    try:
+        return read_table(p)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
 def failures_frame(records: list[dict]) -> pd.DataFrame:
     """Failure records as a DataFrame with the fixed column order (header only when empty)."""
     df = pd.DataFrame(records, columns=FAILURE_COLUMNS)

@@ -280,7 +280,8 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
     from highdicom.coding_schemes import CodingSchemeIdentificationItem
     from pydicom.sr.codedict import codes
 
-    from pipeline.report.worksheet import _read_csv, merged_rows
+    from pipeline.io.tables import read_table_if_present
+    from pipeline.report.worksheet import merged_rows
 
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
@@ -290,7 +291,7 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
     sheet_row = inputs.get("study_sheet_row", {}) or {}
     files = _files_table(files_index)
     root = Path(archive_root)
-    rows = merged_rows(_read_csv(study_dir / "lesions.csv"), _read_csv(study_dir / "ranking.csv"))
+    rows = merged_rows(read_table_if_present(study_dir / "lesions.csv"), read_table_if_present(study_dir / "ranking.csv"))
     if not rows:
         raise NoLesionsForSRError(
             f"expected at least one lesion row in lesions.csv / ranking.csv of {study_dir}, "

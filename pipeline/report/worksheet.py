@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from pipeline.io.tables import read_table_if_present
 from pipeline.report import figures as F
 from pipeline.report import keyimages as K
 
@@ -45,18 +46,6 @@ def _read_json(path: Path) -> dict:
         return json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError):
         return {}
-
-
-def _read_csv(path: Path) -> pd.DataFrame:
-    from pipeline.io.tables import read_table
-
-    p = Path(path)
-    if not p.exists():
-        return pd.DataFrame()
-    try:
-        return read_table(p)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 def _clean(v):
@@ -329,9 +318,9 @@ def worksheet_context(study_dir: Path) -> dict:
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
     rprov = _read_json(study_dir / "ranking_provenance.json")
-    lesions = _read_csv(study_dir / "lesions.csv")
-    ranking = _read_csv(study_dir / "ranking.csv")
-    fails = _read_csv(study_dir / "failures.csv")
+    lesions = read_table_if_present(study_dir / "lesions.csv")
+    ranking = read_table_if_present(study_dir / "ranking.csv")
+    fails = read_table_if_present(study_dir / "failures.csv")
     kidx = K.read_index(study_dir)
     rows = merged_rows(lesions, ranking)
     for r in rows:

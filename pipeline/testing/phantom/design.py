@@ -324,21 +324,21 @@ _EXTENDED_LESIONS: tuple[LesionDesign, ...] = (
 )
 
 
-def _check_size(size: str) -> None:
+def check_size(size: str) -> None:
     if size not in SIZES:
         raise ConfigError(
             f"unknown phantom size {size!r}", hint=f"use one of {', '.join(SIZES)}"
         )
 
 
-def _check_variant(variant: str) -> None:
+def check_variant(variant: str) -> None:
     if variant not in VARIANTS:
         raise ConfigError(
             f"unknown phantom variant {variant!r}", hint=f"use one of {', '.join(VARIANTS)}"
         )
 
 
-def _check_shift(shift) -> tuple[float, float, float] | None:
+def check_shift(shift) -> tuple[float, float, float] | None:
     if shift is None:
         return None
     try:
@@ -355,7 +355,7 @@ def _check_shift(shift) -> tuple[float, float, float] | None:
     return out  # type: ignore[return-value]
 
 
-def _check_organ_formats(organ_formats, variant: str) -> tuple[str, ...]:
+def check_organ_formats(organ_formats, variant: str) -> tuple[str, ...]:
     if organ_formats is None:
         return DEFAULT_ORGAN_FORMATS[variant]
     if isinstance(organ_formats, str):
@@ -386,8 +386,8 @@ def lesion_designs(size: str = "small", variant: str = "standard") -> list[Lesio
     list of LesionDesign
         In label order (label k = k-th lesion, 1-based).
     """
-    _check_size(size)
-    _check_variant(variant)
+    check_size(size)
+    check_variant(variant)
     if variant == "extended":
         return list(_CANONICAL_LESIONS) + list(_EXTENDED_LESIONS)
     return list(_CANONICAL_LESIONS)
@@ -467,9 +467,9 @@ def patient_design(
     contrast_shift_mm : (dx, dy, dz) or None
         Rigid offset of the patient in the contrast CT (see :func:`generate_patient`).
     """
-    _check_size(size)
-    _check_variant(variant)
-    shift = _check_shift(contrast_shift_mm)
+    check_size(size)
+    check_variant(variant)
+    shift = check_shift(contrast_shift_mm)
     if patient_index < 1:
         raise ConfigError(f"patient_index must be >= 1, got {patient_index}")
     # Designs are immutable and re-anchoring jittered lesions costs ~0.5 s each: cache them.
@@ -568,7 +568,7 @@ def _apply_anchor(les: LesionDesign) -> LesionDesign:
 def ct_grid(size: str = "small") -> Grid:
     """CT grid (both phases): small 160x160x56 at 2.5x2.5x3 mm, full 512x512x112 at
     0.78125x0.78125x1.5 mm; centred on LPS (0, 0, 0), axial."""
-    _check_size(size)
+    check_size(size)
     if size == "small":
         return _centred_grid((56, 160, 160), (2.5, 2.5, 3.0))
     return _centred_grid((112, 512, 512), (0.78125, 0.78125, 1.5))
@@ -576,7 +576,7 @@ def ct_grid(size: str = "small") -> Grid:
 
 def pet_grid(size: str = "small") -> Grid:
     """PET grid: 96x96x42 at 4 mm isotropic, centred on LPS (0, 0, 0) (same for both sizes)."""
-    _check_size(size)
+    check_size(size)
     return _centred_grid((42, 96, 96), (4.0, 4.0, 4.0))
 
 

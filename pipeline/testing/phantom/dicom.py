@@ -50,10 +50,10 @@ from pipeline.testing.phantom.design import (
     TOTALSEG_STRUCTURES,
     LesionDesign,
     PatientDesign,
-    _check_organ_formats,
-    _check_shift,
-    _check_size,
-    _check_variant,
+    check_organ_formats,
+    check_shift,
+    check_size,
+    check_variant,
     grid_axes,
     grid_dict,
 )
@@ -885,8 +885,8 @@ def generate_patient(
         ``SEG_organs.dcm``, ``RTSTRUCT_lesions.dcm``, ``labelmap/lesions.nii.gz``,
         ``labelmap/lesions.json`` and ``truth.json`` (+ the optional files above).
     """
-    _check_variant(variant)
-    formats = _check_organ_formats(organ_formats, variant)
+    check_variant(variant)
+    formats = check_organ_formats(organ_formats, variant)
     arrays = phantom_arrays(size, patient_index, seed, variant, contrast_shift_mm)
     folder = Path(outdir) / arrays.design.patient_id
     _prepare_folder(folder)
@@ -943,10 +943,10 @@ def generate_cohort(
     list of Path
         The patient folders, in order.
     """
-    _check_size(size)
-    _check_variant(variant)
-    _check_organ_formats(organ_formats, variant)
-    _check_shift(contrast_shift_mm)
+    check_size(size)
+    check_variant(variant)
+    check_organ_formats(organ_formats, variant)
+    check_shift(contrast_shift_mm)
     if n_patients < 1:
         raise ConfigError(f"n_patients must be >= 1, got {n_patients}")
     out = []
