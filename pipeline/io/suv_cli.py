@@ -40,10 +40,13 @@ from pathlib import Path
 
 import numpy as np
 
+from typing import TYPE_CHECKING
+
 from pipeline.errors import DicomReadError, PipelineError, SegmentationError
-from pipeline.geometry import Grid, map_mask_coverage
-from pipeline.io.study_loader import name_patterns
-from pipeline.records import LesionMask
+
+if TYPE_CHECKING:  # imported where used: `hitit` registers this command without loading them
+    from pipeline.geometry import Grid
+    from pipeline.records import LesionMask
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +128,8 @@ def suv_report(pet_dir: Path, *, mask: Path | None = None, label: str | None = N
 
     cfg = cfg if cfg is not None else cfgmod.load_config()
     pet_dir = Path(pet_dir)
+    from pipeline.io.study_loader import name_patterns
+
     index = scan_archive(pet_dir, **name_patterns(cfg))
     pets = index.series[index.series["modality"] == "PT"]
     if series_uid:
@@ -211,6 +216,8 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def _mask_stats(m: LesionMask, grid: Grid, suv_vol, sul_vol, bq_vol, audit) -> dict:
+    from pipeline.geometry import map_mask_coverage
+
     if m.grid.same_as(grid):
         bbox, inside = m.bbox_zyx, m.crop
         how = "drawn on the PET grid"
