@@ -13,7 +13,8 @@ reason where it cannot run), write 3 phantom patients with ``hitit phantom``, an
   like to Snakemake) is submitted again and the run ends with the same tables.
 
 Accounting is off on the test cluster, so the jobs are read from the controller with
-``squeue --states=all --name RUN_ID`` (finished jobs stay listed for MinJobAge, one hour there).
+``squeue --states=all --name RUN_ID`` (finished jobs stay listed for MinJobAge, one hour there)
+and the studies a job ran from its batch script (``scontrol write batch_script``).
 Run with ``-s`` to see the wall times of the SLURM and the local run.
 """
 
@@ -119,14 +120,33 @@ def _minutes(limit: str) -> int:
     return (int(days or 0) * 24 + h) * 60 + m + (1 if s else 0)
 
 
+def _targets(cluster, job_id: str) -> list[tuple[str, str, str]]:
+    """(rule, patient, study) of every Snakemake job a SLURM job runs, read from its batch
+    script (``--target-jobs 'rule:patient=P,study=S' ...``); cohort-level rules have no study."""
+    res = cluster.run("scontrol", "write", "batch_script", job_id, "-")
+    assert res.returncode == 0, res.stderr
+    part = res.stdout.partition("--target-jobs")[2].split(" --", 1)[0]
+    targets = []
+    for rule, wc in re.findall(r"'(\w+):([^']*)'", part):
+        kv = dict(item.split("=", 1) for item in wc.split(",") if "=" in item)
+        targets.append((rule, kv.get("patient", ""), kv.get("study", "")))
+    return targets
+
+
 def _jobs(cluster, results: Path) -> list[dict]:
-    """Every SLURM job of the runs in ``results``: id, comment, state, limit_min, mem."""
+    """Every SLURM job of the runs in ``results``: id, comment, state, limit_min, mem, targets."""
     jobs = []
     for run_id in _run_ids(results):
         for jid, comment, state, limit, mem in cluster.squeue("%i|%k|%T|%l|%m", "--name", run_id):
             jobs.append({"id": int(jid), "comment": comment, "state": state,
-                         "limit_min": _minutes(limit), "mem": mem})
+                         "limit_min": _minutes(limit), "mem": mem,
+                         "targets": _targets(cluster, jid)})
     return sorted(jobs, key=lambda j: j["id"])
+
+
+def _job_studies(job: dict) -> set[tuple[str, str]]:
+    """The (patient, study) pairs a SLURM job ran (from its batch script)."""
+    return {(p, st) for _, p, st in job["targets"] if st}
 
 
 def _studies(results: Path) -> list[tuple[str, str]]:
@@ -187,8 +207,6 @@ def test_slurm_jobs_say_rule_and_study_and_log_under_results(slurm_run):
     assert len(studies) == N_PATIENTS
     assert jobs and all(j["state"] == "COMPLETED" for j in jobs), jobs
     assert all(j["comment"].startswith("rule_") for j in jobs), jobs
-    for s in studies:  # squeue's comment field tells which study a job works on
-        assert any(_study_of(j["comment"], studies) == s for j in jobs), (s, jobs)
     # SLURM's logs live under RESULTS/logs/slurm (the profile's slurm-logdir), not .snakemake
     assert (results / "logs" / "slurm").is_dir()
     assert not (results / ".snakemake" / "slurm_logs").exists()
@@ -199,13 +217,22 @@ def test_slurm_jobs_say_rule_and_study_and_log_under_results(slurm_run):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="study+rank+report grouped into one job: pending "
-                                        "workflow restructure")
-def test_one_slurm_job_per_study(slurm_run):
+def test_squeue_comment_names_the_study_of_each_job(slurm_run):
+    """docs/slurm.md: `squeue -o %k` shows the study (a group must be named after it)."""
     studies = _studies(slurm_run["results"])
-    per_study = {s: [j["comment"] for j in slurm_run["jobs"]
-                     if _study_of(j["comment"], studies) == s] for s in studies}
-    assert all(len(c) == 1 for c in per_study.values()), per_study
+    for j in slurm_run["jobs"]:
+        assert {_study_of(j["comment"], studies)} - {None} == _job_studies(j), j
+
+
+@pytest.mark.slow
+def test_one_slurm_job_per_study(slurm_run):
+    """study, rank and the study's report run as one submission (a Snakemake group)."""
+    studies = _studies(slurm_run["results"])
+    per_study = {s: [j["id"] for j in slurm_run["jobs"]
+                     if any((p, st) == s for _, p, st in j["targets"])] for s in studies}
+    assert all(len(ids) == 1 for ids in per_study.values()), per_study
+    for j in slurm_run["jobs"]:  # ... and a job never mixes studies
+        assert len({(p, st) for _, p, st in j["targets"] if st}) <= 1, j
 
 
 @pytest.fixture(scope="module")
@@ -223,13 +250,12 @@ def cancelled_run(slurm_cluster, archive, slurm_run, tmp_path_factory) -> dict: 
     try:
         deadline = time.monotonic() + 900
         while cancelled is None and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.5)
+            time.sleep(0.3)
             if not (results / "cohort" / "studies.csv").exists():
                 continue
-            studies = _studies(results)
             for jid, comment, state in slurm_cluster.squeue("%i|%k|%T"):
                 if (jid not in before and state == "RUNNING"
-                        and _study_of(comment, studies) is not None):
+                        and any(r == "study" for r, _, _ in _targets(slurm_cluster, jid))):
                     res = slurm_cluster.run("scancel", jid)
                     assert res.returncode == 0, res.stderr
                     cancelled = {"id": int(jid), "comment": comment}
@@ -254,17 +280,11 @@ def cancelled_run(slurm_cluster, archive, slurm_run, tmp_path_factory) -> dict: 
 
 
 def _cancelled_and_retry(run: dict) -> tuple[dict, dict | None]:
-    """The cancelled job and its resubmission: the next job with the same comment, else (a
-    group resubmitted without its finished rules) the next job of the same study."""
+    """The cancelled job and its resubmission: the next job that runs the same study."""
     jobs = run["jobs"]
     first = next(j for j in jobs if j["id"] == run["cancelled"]["id"])
-    later = [j for j in jobs if j["id"] > first["id"]]
-    same = [j for j in later if j["comment"] == first["comment"]]
-    if not same:
-        studies = _studies(run["results"])
-        same = [j for j in later
-                if _study_of(j["comment"], studies) == _study_of(first["comment"], studies)]
-    return first, (same[0] if same else None)
+    later = [j for j in jobs if j["id"] > first["id"] and _job_studies(j) & _job_studies(first)]
+    return first, (later[0] if later else None)
 
 
 @pytest.mark.slow
@@ -278,12 +298,11 @@ def test_cancelled_job_is_resubmitted_and_the_tables_recover(cancelled_run, loca
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="rule study sets mem_mb and runtime as constants; scaling "
-                                        "them by attempt needs callables in the rules (pending "
-                                        "workflow restructure, see docs/slurm.md)")
 def test_resubmitted_study_job_asks_for_more_time_and_memory(cancelled_run):
     first, retry = _cancelled_and_retry(cancelled_run)
     assert retry is not None, cancelled_run["jobs"]
+    rules = [sorted(r for r, _, _ in j["targets"]) for j in (first, retry)]
+    assert rules[0] == rules[1], f"the retry runs other rules than the cancelled job: {rules}"
     assert retry["limit_min"] == 2 * first["limit_min"], (first, retry)
     mem = [int(re.sub(r"\D", "", j["mem"])) for j in (first, retry)]
     assert mem[1] == 2 * mem[0], (first, retry)
