@@ -292,7 +292,12 @@ def test_cancelled_job_is_resubmitted_and_the_tables_recover(cancelled_run, loca
     first, retry = _cancelled_and_retry(cancelled_run)
     assert first["state"] == "CANCELLED", first
     assert retry is not None and retry["state"] == "COMPLETED", cancelled_run["jobs"]
-    assert "CANCELLED" in cancelled_run["output"]  # the run says why the job was lost
+    # the failed job's SLURM log is kept under RESULTS/logs/slurm and ends with SLURM's reason
+    # (a one-rule job's error block also gives the SLURM status; a group's error block does not)
+    kept = list((cancelled_run["results"] / "logs" / "slurm").rglob(f"{first['id']}.log"))
+    assert len(kept) == 1, kept
+    assert f"JOB {first['id']} ON" in kept[0].read_text() and "CANCELLED" in kept[0].read_text()
+    assert f"{first['id']}.log" in cancelled_run["output"]  # ... and the run names that log
     assert cancelled_run["rc_first"] == 0  # `retries: 1` recovered it within the same run
     _assert_same_tables(cancelled_run["results"], local_run["results"])
 
