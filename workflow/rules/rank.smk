@@ -33,7 +33,7 @@ rule rank:
     log:
         f"{OUT}/logs/rank/{{patient}}/{{study}}.log",
     group:
-        "study"
+        "study_{patient}_{study}"
     threads: 1
     resources:
         mem_mb=lambda wildcards, attempt: 1500 * attempt,

@@ -16,7 +16,7 @@ rule study:
     log:
         f"{OUT}/logs/studies/{{patient}}/{{study}}.log",
     group:
-        "study"
+        "study_{patient}_{study}"
     threads: RES["study_threads"]
     resources:
         mem_mb=lambda wildcards, attempt: RES["study_mem_mb"] * attempt,
