@@ -26,9 +26,11 @@ relative to ``root`` (POSIX separators). :func:`write_index` / :func:`read_index
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +41,10 @@ import pydicom
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.classify import SeriesExtra, classify_series, file_extra
-from pipeline.io.integrity import header_str, read_checked_header
+from pipeline.io.integrity import header_str, read_checked_header, read_fast_header
 from pipeline.io.labelmap import (
-    is_labelmap,
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
     is_nrrd,
     labelmap_grid,
     nrrd_segments,
@@ -169,10 +172,12 @@ def _fg_first(ds, group: str, kw: str) -> str:
                                                          pydicom.multival.MultiValue)) else str(v)
 
 
-def _file_record(path: Path, root: Path, ds, size: int) -> dict:
+def _file_record(rel: str, ds, size: int) -> dict:
+    """The ``files`` row of one DICOM header (a pydicom Dataset or a
+    :class:`pipeline.io.integrity.FastHeader`); ``rel`` is its path relative to the root."""
     dm = header_str(ds, "Modality").upper()
     return {
-        "path": path.relative_to(root).as_posix(),
+        "path": rel,
         "patient_id": header_str(ds, "PatientID"),
         "study_uid": header_str(ds, "StudyInstanceUID"),
         "series_uid": header_str(ds, "SeriesInstanceUID"),
@@ -263,6 +268,198 @@ def _typed(df: pd.DataFrame, spec: dict[str, str]) -> pd.DataFrame:
     return df[list(spec)]
 
 
+# =========================================================================== walking
+@dataclass(frozen=True)
+class _Entry:
+    """One regular file found by :func:`_walk`: absolute path, path relative to the root
+    (POSIX), size in bytes and modification time in ns (of the link target for links)."""
+
+    path: str
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path) -> tuple[list[_Entry], list[dict]]:
+    """Regular files under ``root`` in a stable order, and a problem row per skipped entry.
+
+    Uses :func:`os.scandir` (the stat information comes with the listing). Within a folder its
+    files come first (sorted by name), then its sub-folders (sorted, depth first). Symbolic
+    links are followed only when their target lies inside ``root`` (a folder reached twice,
+    through loops or duplicate links, is scanned once); links pointing out of the archive,
+    broken links and entries that are not regular files (FIFOs, sockets, devices) are never
+    opened: each gets a problem row.
+    """
+    root_real = os.path.realpath(root)
+    files: list[_Entry] = []
+    problems: list[dict] = []
+    seen: set[str] = set()
+
+    def skip(path: str, reason: str) -> None:
+        problems.append({"path": Path(path).relative_to(root).as_posix(), "reason": reason,
+                         "error_class": "DicomReadError"})
+
+    def visit(folder: str, prefix: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skip(folder, f"folder cannot be listed: {exc.strerror or exc}")
+            return
+        subdirs: list[tuple[str, str]] = []
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not os.path.exists(target):
+                        skip(e.path, "broken symbolic link")
+                        continue
+                    if not _inside(target, root_real):
+                        skip(e.path, f"symbolic link to {target}, outside the archive root: "
+                                     "not followed (copy the files into the archive, or link "
+                                     "to a folder inside it)")
+                        continue
+                    st = os.stat(e.path)
+                else:
+                    st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                skip(e.path, f"cannot stat: {exc.strerror or exc}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append((e.path, prefix + e.name + "/"))
+            elif stat.S_ISREG(st.st_mode):
+                files.append(_Entry(e.path, prefix + e.name, int(st.st_size),
+                                    int(st.st_mtime_ns)))
+            else:
+                kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket"
+                        if stat.S_ISSOCK(st.st_mode) else "device"
+                        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+                skip(e.path, f"not a regular file ({kind}): skipped without opening it")
+        for d, sub_prefix in subdirs:
+            visit(d, sub_prefix)
+
+    visit(str(root), "")
+    return files, problems
+
+
+# =========================================================================== file cache
+#: Layout version of the file cache; a cache of another version is ignored.
+CACHE_SCHEMA = 1
+_EXTRA_FIELDS = ("contrast_agent", "corrected_image", "study_date", "segments", "ref_series",
+                 "ref_sops")
+_OUTCOME_FILE, _OUTCOME_PROBLEM, _OUTCOME_SKIP = "file", "problem", "skip"
+
+
+def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str]) -> str:
+    """Hash of everything a cached per-file outcome depends on besides the file itself.
+
+    The cache schema, the table columns, the fast reader's tag list and decoding version, its
+    SOP classes, the pydicom version and the segment name patterns (they decide segment kinds).
+    A cache written under another key is ignored, not trusted.
+    """
+    from pipeline.io import integrity
+
+    blob = json.dumps({
+        "schema": CACHE_SCHEMA, "files": FILE_COLUMNS, "problems": PROBLEM_COLUMNS,
+        "fast_tags": {f"{t:08X}": v for t, v in sorted(integrity.FAST_TAGS.items())},
+        "fast_version": integrity.FAST_READER_VERSION,
+        "fast_sop": sorted(integrity.FAST_SOP_CLASSES), "pydicom": pydicom.__version__,
+        "lesion": list(lesion_name_patterns), "organ": list(organ_name_patterns),
+        "extra": _EXTRA_FIELDS,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _extra_to_json(ex: SeriesExtra) -> str:
+    return json.dumps([ex.contrast_agent, ex.corrected_image, ex.study_date,
+                       [list(s) for s in ex.segments], list(ex.ref_series), list(ex.ref_sops)],
+                      ensure_ascii=False)
+
+
+def _extra_from_json(s: str) -> SeriesExtra:
+    a, c, d, segs, refs, sops = json.loads(s)
+    return SeriesExtra(contrast_agent=a, corrected_image=c, study_date=d,
+                       segments=[tuple(x) for x in segs], ref_series=refs, ref_sops=sops)
+
+
+def _read_cache(path: Path, key: str) -> pd.DataFrame | None:
+    """The cached rows (indexed by relative path), or None if absent / unreadable / stale."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"hitit_file_cache", b"{}"))
+        if meta.get("key") != key or meta.get("schema") != CACHE_SCHEMA:
+            log.info("file cache %s was written by another version of the index: ignored", path)
+            return None
+        df = table.to_pandas()
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("file cache %s unreadable (%s: %s): ignored", path, type(exc).__name__, exc)
+        return None
+    return df.set_index("c_path", drop=False)
+
+
+def _write_cache(path: Path, key: str, df: pd.DataFrame) -> None:
+    """Write the cache atomically (a temporary file in the same folder, then a rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        b"hitit_file_cache": json.dumps({"schema": CACHE_SCHEMA, "key": key}).encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _cache_frame(entries: list[_Entry], outcomes: dict[str, tuple], order: list[str]
+                 ) -> pd.DataFrame:
+    """The cache table of the DICOM outcomes: key columns, outcome, file / problem columns."""
+    rows = []
+    by_rel = {e.rel: e for e in entries}
+    for rel in order:
+        out = outcomes[rel]
+        e = by_rel[rel]
+        row = {"c_path": rel, "c_size": e.size, "c_mtime_ns": e.mtime_ns, "c_outcome": out[0],
+               "c_extra": ""}
+        if out[0] == _OUTCOME_FILE:
+            row.update({f"f_{k}": v for k, v in out[1].items()})
+            row["c_extra"] = _extra_to_json(out[2])
+        elif out[0] == _OUTCOME_PROBLEM:
+            row.update({f"p_{k}": v for k, v in out[1].items()})
+        rows.append(row)
+    cols = (["c_path", "c_size", "c_mtime_ns", "c_outcome", "c_extra"]
+            + [f"f_{k}" for k in FILE_COLUMNS] + [f"p_{k}" for k in PROBLEM_COLUMNS])
+    df = pd.DataFrame(rows, columns=cols)
+    for k, kind in FILE_COLUMNS.items():
+        col = f"f_{k}"
+        if kind in ("int", "Int64"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+        else:
+            df[col] = df[col].where(df[col].notna(), "").astype(str)
+    for k in PROBLEM_COLUMNS:
+        df[f"p_{k}"] = df[f"p_{k}"].where(df[f"p_{k}"].notna(), "").astype(str)
+    df["c_size"] = df["c_size"].astype("int64")
+    df["c_mtime_ns"] = df["c_mtime_ns"].astype("int64")
+    return df
+
+
 # =========================================================================== public: scan
 def scan_archive(
     root: Path,
@@ -270,6 +467,7 @@ def scan_archive(
     *,
     lesion_name_patterns: Iterable[str] = DEFAULT_LESION_NAME_PATTERNS,
     organ_name_patterns: Iterable[str] = DEFAULT_ORGAN_NAME_PATTERNS,
+    cache: Path | None = None,
 ) -> ArchiveIndex:
     """Index every file under ``root`` from headers only.
 
@@ -282,6 +480,14 @@ def scan_archive(
     lesion_name_patterns, organ_name_patterns : iterable of str
         fnmatch patterns (case-insensitive) for segments / ROIs whose coded category does not
         tell lesion from organ (see :func:`pipeline.io.seg.classify_segment`).
+    cache : Path, optional
+        Per-file cache (parquet, e.g. ``RESULTS/index/file_cache.parquet``) keyed on (relative
+        path, size, mtime_ns): files whose key is unchanged take their record (or problem) from
+        it, new or changed files are read, removed files drop out, and the cache is rewritten
+        atomically. A cache written under another :func:`cache_key` (schema, tag list, reader
+        version, pydicom version, name patterns) is ignored. Label maps and their sidecars are
+        always read (they are few and depend on their sidecar). ``meta`` reports ``n_read``
+        and ``n_cached``.
 
     Returns
     -------
@@ -299,77 +505,160 @@ def scan_archive(
           (49755003 -> lesion, 91723000 -> organ), then name patterns; sidecar ``kind`` for label
           maps.
         * ``reference_problem``: referenced series or instances missing from the archive.
+
+    Notes
+    -----
+    Classic single-frame CT / MR / PET files are read by
+    :func:`pipeline.io.integrity.read_fast_header` (index tags only, truncation checked from
+    the PixelData length and the file size); everything else, and every file the fast path
+    does not accept, by :func:`pipeline.io.integrity.read_checked_header`.
     """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"archive folder does not exist: {root}", file=root,
                           hint="pass the folder that holds the DICOM files")
-    all_paths: list[Path] = []
-    seen_dirs: set[str] = set()
-    # symbolic links to folders are followed (archives are often assembled from links); a
-    # folder reached twice (link loops, duplicate links) is scanned once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames.sort()
-        for name in sorted(filenames):
-            all_paths.append(Path(dirpath) / name)
-    nifti_stems = {sidecar_path(p) for p in all_paths if is_labelmap(p)}
+    lesion_name_patterns = tuple(lesion_name_patterns)
+    organ_name_patterns = tuple(organ_name_patterns)
+    entries, walk_problems = _walk(root)
+    key = cache_key(lesion_name_patterns, organ_name_patterns) if cache is not None else ""
+    cached = _read_cache(Path(cache), key) if cache is not None else None
+    labelmaps = {e.rel for e in entries if e.rel.rsplit("/", 1)[-1].lower().endswith(
+        NIFTI_SUFFIXES + NRRD_SUFFIXES)}
+    sidecars = {str(sidecar_path(root / rel)) for rel in labelmaps}
     totalseg_dirs: dict[Path, bool] = {}
-    records: list[dict] = []
-    extras: dict[str, SeriesExtra] = {}
-    problems: list[dict] = []
-    total = len(all_paths)
+    # per entry, in walk order: ("file", record, extra) | ("problem", row) | ("skip",) or,
+    # for cache hits, ("cached",)
+    outcomes: dict[str, tuple] = {}
+    dicom_order: list[str] = []
+    hits: list[str] = []
+    total = len(entries)
+    n_read = 0
 
-    def problem(p: Path, reason: str, cls: str, ds=None) -> None:
-        rec = {"path": p.relative_to(root).as_posix(), "reason": reason, "error_class": cls}
+    def problem_row(rel: str, reason: str, cls: str, ds=None) -> dict:
+        rec = {"path": rel, "reason": reason, "error_class": cls}
         if ds is not None:
             rec.update(patient_id=header_str(ds, "PatientID"),
                        study_uid=header_str(ds, "StudyInstanceUID"),
                        series_uid=header_str(ds, "SeriesInstanceUID"))
-        problems.append(rec)
+        return rec
 
-    for i, p in enumerate(all_paths):
+    if cached is not None and len(cached):
+        c_size = dict(zip(cached["c_path"], cached["c_size"]))
+        c_mtime = dict(zip(cached["c_path"], cached["c_mtime_ns"]))
+    else:
+        c_size, c_mtime = {}, {}
+
+    for i, e in enumerate(entries):
+        rel = e.rel
         try:
-            if p.is_symlink() and not p.exists():
-                problem(p, "broken symbolic link", "DicomReadError")
-            elif is_labelmap(p):
+            if rel in labelmaps:
+                p = Path(e.path)
                 if not sidecar_path(p).exists() and _in_totalseg_folder(p, totalseg_dirs):
-                    pass  # part of a TotalSegmentator output folder (organ masks)
+                    outcomes[rel] = (_OUTCOME_SKIP,)  # a TotalSegmentator output folder
                 elif not sidecar_path(p).exists():
-                    problem(p, f"label map without sidecar {sidecar_path(p).name} (needs "
-                            "patient_id, study_uid, referenced_series_uid, kind, names)",
-                            "SegmentationError")
+                    outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
+                        rel, f"label map without sidecar {sidecar_path(p).name} (needs "
+                        "patient_id, study_uid, referenced_series_uid, kind, names)",
+                        "SegmentationError"))
                 else:
                     rec, ex = _labelmap_record(p, root, lesion_name_patterns,
                                                organ_name_patterns)
-                    records.append(rec)
-                    extras[rec["path"]] = ex
-            elif p in nifti_stems:
-                pass  # sidecar of a label map
+                    outcomes[rel] = (_OUTCOME_FILE, rec, ex)
+                n_read += 1
+            elif e.path in sidecars:
+                outcomes[rel] = (_OUTCOME_SKIP,)  # sidecar of a label map
+            elif c_size.get(rel) == e.size and c_mtime.get(rel) == e.mtime_ns:
+                outcomes[rel] = ("cached",)
+                hits.append(rel)
+                dicom_order.append(rel)
             else:
-                _index_dicom(p, root, records, extras, problem, lesion_name_patterns,
-                             organ_name_patterns)
+                outcomes[rel] = _dicom_outcome(e, lesion_name_patterns, organ_name_patterns,
+                                               problem_row)
+                dicom_order.append(rel)
+                n_read += 1
         except PipelineError as exc:
-            problem(p, exc.message, type(exc).__name__)
+            outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(rel, exc.message,
+                                                           type(exc).__name__))
+            dicom_order.append(rel)
         except Exception as exc:  # one bad file never stops the scan
-            problem(p, f"unreadable: {type(exc).__name__}: {exc}", "DicomReadError")
+            outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
+                rel, f"unreadable: {type(exc).__name__}: {exc}", "DicomReadError"))
+            dicom_order.append(rel)
         if progress is not None:
             progress(i + 1, total)
 
-    files = _inherit_labelmap_ids(
-        _typed(pd.DataFrame(records, columns=list(FILE_COLUMNS)), FILE_COLUMNS), extras)
+    # assemble in walk order: fresh rows from dicts, cached rows straight from the cache table
+    order = {e.rel: i for i, e in enumerate(entries)}
+    fresh_files = [o[1] for o in outcomes.values() if o[0] == _OUTCOME_FILE]
+    extras: dict[str, SeriesExtra] = {o[1]["path"]: o[2] for o in outcomes.values()
+                                      if o[0] == _OUTCOME_FILE}
+    problems = list(walk_problems)
+    problems += [o[1] for o in outcomes.values() if o[0] == _OUTCOME_PROBLEM]
+    files = _typed(pd.DataFrame(fresh_files, columns=list(FILE_COLUMNS)), FILE_COLUMNS)
+    probs = _typed(pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), PROBLEM_COLUMNS)
+    if hits:
+        hit = cached.loc[hits]
+        hf = hit[hit["c_outcome"] == _OUTCOME_FILE]
+        cf = hf[[f"f_{k}" for k in FILE_COLUMNS]].rename(columns=lambda c: c[2:])
+        cf = cf.astype({k: ("int64" if t == "int" else "Int64" if t == "Int64" else object)
+                        for k, t in FILE_COLUMNS.items()})
+        for k, t in FILE_COLUMNS.items():
+            if t == "str":
+                cf[k] = cf[k].astype(str)
+        extras.update(zip(hf["c_path"], map(_extra_from_json, hf["c_extra"])))
+        hp = hit[hit["c_outcome"] == _OUTCOME_PROBLEM]
+        cp = hp[[f"p_{k}" for k in PROBLEM_COLUMNS]].rename(columns=lambda c: c[2:])
+        files = pd.concat([files, cf.reset_index(drop=True)], ignore_index=True) \
+            if len(files) else cf.reset_index(drop=True)
+        probs = pd.concat([probs, cp.reset_index(drop=True).astype(str)], ignore_index=True) \
+            if len(probs) else cp.reset_index(drop=True).astype(str)
+    files = _in_walk_order(files, order)
+    probs = _in_walk_order(probs, order)
+    if cache is not None:
+        fresh = {rel: outcomes[rel] for rel in dicom_order if outcomes[rel][0] != "cached"}
+        frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh])
+        if hits:
+            keep = cached.loc[hits].reset_index(drop=True)
+            frame = pd.concat([frame, keep[frame.columns].astype(frame.dtypes.to_dict())],
+                              ignore_index=True) if len(frame) else keep[frame.columns]
+        _write_cache(Path(cache), key, frame)
+
+    files = _inherit_labelmap_ids(files, extras)
     series = _typed(pd.DataFrame(classify_series(files, extras) if len(files) else [],
                                  columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
-    probs = _typed(pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), PROBLEM_COLUMNS)
-    log.info("indexed %d files in %d series under %s; %d problem file(s)",
-             len(files), len(series), root, len(probs))
+    log.info("indexed %d files in %d series under %s; %d problem file(s); %d read, %d from "
+             "the cache", len(files), len(series), root, len(probs), n_read, len(hits))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
-                        meta={"n_scanned": total,
+                        meta={"n_scanned": total, "n_read": n_read, "n_cached": len(hits),
                               "totalseg_folders": _totalseg_records(totalseg_dirs, root, files)})
+
+
+def _in_walk_order(df: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    """Rows sorted by the walk position of their path (skipped entries, not in the walk, keep
+    their place at the front); a clean 0..n-1 index."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    pos = df["path"].map(order).fillna(-1)
+    return df.iloc[np.argsort(pos.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _dicom_outcome(e: _Entry, lesion_patterns, organ_patterns, problem_row) -> tuple:
+    """("file", record, extra), ("problem", row) or ("skip",) of one non-label-map file."""
+    fast = read_fast_header(e.path, e.size)
+    if fast is not None:
+        rec = _file_record(e.rel, fast, e.size)
+        return _OUTCOME_FILE, rec, file_extra(fast, rec["dicom_modality"], lesion_patterns,
+                                              organ_patterns)
+    check = read_checked_header(Path(e.path))
+    if check.dataset is None:
+        if check.reason:
+            return _OUTCOME_PROBLEM, problem_row(e.rel, check.reason, check.error_class,
+                                                 check.partial)
+        return (_OUTCOME_SKIP,)
+    ds = check.dataset
+    rec = _file_record(e.rel, ds, e.size)
+    return _OUTCOME_FILE, rec, file_extra(ds, rec["dicom_modality"], lesion_patterns,
+                                          organ_patterns)
 
 
 def _in_totalseg_folder(p: Path, cache: dict[Path, bool]) -> bool:
@@ -423,19 +712,6 @@ def _inherit_labelmap_ids(files: pd.DataFrame, extras: dict[str, SeriesExtra]) -
             if not files.at[i, col]:
                 files.at[i, col] = dicom.at[ref, col]
     return files
-
-
-def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
-                 lesion_patterns, organ_patterns) -> None:
-    check = read_checked_header(p)
-    if check.dataset is None:
-        if check.reason:
-            problem(p, check.reason, check.error_class, check.partial)
-        return
-    ds = check.dataset
-    rec = _file_record(p, root, ds, p.stat().st_size)
-    records.append(rec)
-    extras[rec["path"]] = file_extra(ds, rec["dicom_modality"], lesion_patterns, organ_patterns)
 
 
 # =========================================================================== persistence

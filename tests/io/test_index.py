@@ -108,16 +108,16 @@ def test_labelmap_sidecar_without_ids_inherits_from_series(tmp_path):
     assert len(sheet) == 1 and sheet.iloc[0]["lesion_mask_ref"] == "m.nii.gz"
 
 
-def test_symlinked_folders_followed_once(tmp_path):
-    s = make_series(tmp_path / "real" / "ct", n=3)
+def test_symlinked_folders_inside_the_root_followed_once(tmp_path):
     arch = tmp_path / "arch"
-    arch.mkdir()
-    (arch / "link").symlink_to(tmp_path / "real", target_is_directory=True)
-    (arch / "link2").symlink_to(tmp_path / "real", target_is_directory=True)
-    (tmp_path / "real" / "loop").symlink_to(arch, target_is_directory=True)
+    s = make_series(arch / "real" / "ct", n=3)
+    (arch / "link").symlink_to(arch / "real", target_is_directory=True)
+    (arch / "link2").symlink_to(arch / "real", target_is_directory=True)
+    (arch / "real" / "loop").symlink_to(arch, target_is_directory=True)
     ix = scan_archive(arch)
     assert len(ix.files) == 3 and ix.series.iloc[0]["series_uid"] == s.series_uid
     assert ix.series_paths(s.series_uid)[0].exists()
+    assert ix.problems.empty  # loops and duplicate links are not problems
 
 
 def test_series_refs_records(index, archive):
