@@ -503,9 +503,10 @@ def _parse_fast(w: _Window, size: int) -> FastHeader | None:
     meta: dict[str, str] = {}
     pos = 132
     while True:  # file meta: explicit VR little endian
-        tag, vr, length, vpos = _element(w, pos, False)
-        if tag >> 16 != 0x0002:
+        head = w.get(pos, 2)
+        if len(head) < 2 or _U16.unpack(head)[0] != 0x0002:
             break
+        tag, vr, length, vpos = _element(w, pos, False)
         if length == _UNDEFINED or vpos + length > size:
             return None
         if tag == 0x00020010:

@@ -180,3 +180,144 @@ def test_index_reads_no_pixel_data(tmp_path, monkeypatch):
     total = sum((tmp_path / p).stat().st_size for p in ix.files["path"])
     assert len(ix.files) == 5
     assert read["bytes"] < 0.25 * total, (read["bytes"], total)
+
+
+# --------------------------------------------------------------------------- file cache
+def _tables_equal(a, b):
+    pd.testing.assert_frame_equal(a.files, b.files)
+    pd.testing.assert_frame_equal(a.series, b.series)
+    pd.testing.assert_frame_equal(a.problems, b.problems)
+
+
+@pytest.fixture()
+def arch_copy(archive, tmp_path):
+    import shutil
+
+    dst = tmp_path / "arch"
+    shutil.copytree(archive["root"], dst, symlinks=True)
+    return dst
+
+
+def test_cache_gives_the_fresh_tables(arch_copy, tmp_path):
+    cache = tmp_path / "res" / "index" / "file_cache.parquet"
+    fresh = scan_archive(arch_copy)
+    first = scan_archive(arch_copy, cache=cache)
+    assert cache.is_file()
+    _tables_equal(first, fresh)
+    again = scan_archive(arch_copy, cache=cache)
+    _tables_equal(again, fresh)
+    n_dicom_side = first.meta["n_read"]
+    # every file but the label maps (always read: they depend on their sidecars) is a hit
+    assert again.meta["n_cached"] > 0
+    assert again.meta["n_read"] == 2  # les.nii.gz and orphan.nii.gz
+    assert again.meta["n_cached"] + again.meta["n_read"] == n_dicom_side
+    assert not list(cache.parent.glob(".*tmp"))  # the atomic write leaves no temporary file
+
+
+def test_cache_rereads_changed_drops_removed_adds_new(arch_copy, archive, tmp_path):
+    import os
+    import shutil
+
+    cache = tmp_path / "c.parquet"
+    scan_archive(arch_copy, cache=cache)
+    nc = [p.relative_to(archive["root"]).as_posix() for p in archive["nc"].paths]
+    ce = [p.relative_to(archive["root"]).as_posix() for p in archive["ce"].paths]
+    # 1. same size, new mtime: re-read, same record
+    st = (arch_copy / nc[1]).stat()
+    os.utime(arch_copy / nc[1], ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    # 2. same mtime, new size: cut in its pixels -> now a problem
+    data = (arch_copy / nc[2]).read_bytes()
+    (arch_copy / nc[2]).write_bytes(data[:-40])
+    os.utime(arch_copy / nc[2], ns=(st.st_atime_ns, st.st_mtime_ns))
+    # 3. removed, 4. new
+    (arch_copy / ce[0]).unlink()
+    shutil.copy(archive["root"] / ce[0], arch_copy / "p1" / "moved_here.dcm")
+    ix = scan_archive(arch_copy, cache=cache)
+    _tables_equal(ix, scan_archive(arch_copy))
+    assert ix.meta["n_read"] == 2 + 3  # two label maps + changed x2 + new
+    paths = set(ix.files["path"])
+    assert nc[1] in paths and nc[2] not in paths and ce[0] not in paths
+    assert "p1/moved_here.dcm" in paths
+    assert "truncated" in ix.problems.set_index("path").loc[nc[2], "reason"]
+    # the rewritten cache knows the new state: nothing but the label maps is read again
+    assert scan_archive(arch_copy, cache=cache).meta["n_read"] == 2
+
+
+def test_stale_or_damaged_cache_ignored(arch_copy, tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from pipeline.io import index as idx
+    from pipeline.io import integrity
+
+    cache = tmp_path / "c.parquet"
+    fresh = scan_archive(arch_copy, cache=cache)
+    # a cache of another reader version is not trusted, even with matching keys
+    monkeypatch.setattr(integrity, "FAST_READER_VERSION", integrity.FAST_READER_VERSION + 1)
+    ix = scan_archive(arch_copy, cache=cache)
+    assert ix.meta["n_cached"] == 0
+    _tables_equal(ix, fresh)
+    monkeypatch.undo()
+    # forged content under a foreign key: ignored
+    t = pq.read_table(cache)
+    df = t.to_pandas()
+    df["f_patient_id"] = "FORGED"
+    import pyarrow as pa
+
+    bad = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+        {b"hitit_file_cache": b'{"schema": 1, "key": "someone else"}'})
+    pq.write_table(bad, cache)
+    ix = scan_archive(arch_copy, cache=cache)
+    assert ix.meta["n_cached"] == 0 and "FORGED" not in set(ix.files["patient_id"])
+    # other name patterns change the segment kinds: another key
+    assert idx.cache_key(("x*",), ()) != idx.cache_key((), ())
+    # a damaged file is rebuilt
+    cache.write_bytes(b"not parquet")
+    ix = scan_archive(arch_copy, cache=cache)
+    assert ix.meta["n_cached"] == 0
+    _tables_equal(ix, fresh)
+    assert scan_archive(arch_copy, cache=cache).meta["n_cached"] > 0
+
+
+def test_fifo_and_outward_link_skipped_without_blocking(tmp_path):
+    """A FIFO named *.dcm and a link to a folder outside the root are never opened: each is a
+    problem row. The scan runs in a daemon thread with a timeout, so a regression (a blocking
+    open of the FIFO) fails the test instead of hanging the run."""
+    import os
+    import threading
+
+    arch = tmp_path / "arch"
+    s = make_series(arch / "ct", n=2)
+    outside = tmp_path / "outside"
+    make_series(outside, n=2, patient_id="OUTSIDE")
+    os.mkfifo(arch / "pipe.dcm")
+    (arch / "etc").symlink_to(outside, target_is_directory=True)
+    (arch / "passwd").symlink_to(outside / sorted(p.name for p in outside.iterdir())[0])
+    (arch / "dangling.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    box = {}
+
+    def run():
+        box["ix"] = scan_archive(arch, cache=tmp_path / "c.parquet")
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "scan_archive blocked (FIFO opened?)"
+    ix = box["ix"]
+    assert set(ix.files["series_uid"]) == {s.series_uid}
+    assert "OUTSIDE" not in set(ix.files["patient_id"])
+    pr = ix.problems.set_index("path")
+    assert set(pr.index) == {"pipe.dcm", "etc", "passwd", "dangling.dcm"}
+    assert "FIFO" in pr.loc["pipe.dcm", "reason"]
+    assert "outside the archive root" in pr.loc["etc", "reason"]
+    assert "outside the archive root" in pr.loc["passwd", "reason"]
+    assert "broken symbolic link" in pr.loc["dangling.dcm", "reason"]
+
+
+def test_fast_reader_gives_the_tables_of_the_full_read(arch_copy, monkeypatch):
+    """The fast header path changes speed, not results: with it switched off (every file read
+    by pydicom and walked element by element) the tables are identical."""
+    from pipeline.io import index as idx
+
+    fast = scan_archive(arch_copy)
+    monkeypatch.setattr(idx, "read_fast_header", lambda path, size: None)
+    _tables_equal(fast, scan_archive(arch_copy))
