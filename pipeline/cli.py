@@ -45,6 +45,7 @@ def cmd_index(args) -> int:
     cfg = cfgmod.load_config(args.settings)
     root = Path(args.input)
     results = Path(args.output)
+    cache = None if getattr(args, "no_cache", False) else results / "index" / "file_cache.parquet"
     t0 = time.perf_counter()
     last = [0.0]
 
@@ -59,12 +60,18 @@ def cmd_index(args) -> int:
 
     index = idx.scan_archive(root, progress=progress,
                              lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
-                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]))
+                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]),
+                             cache=cache)
+    dt = time.perf_counter() - t0
     idx.write_index(index, results / "index")
     sheet, source = sheetmod.sheet_for_index(
         index, user_sheet=cfg.get("studies") or None,
         mask_source_priority=tuple(cfg["index"]["mask_source_priority"]))
     out = sheetmod.write_study_sheet(sheet, sheetmod.sheet_path(results))
+    n_read, n_cached = index.meta.get("n_read", 0), index.meta.get("n_cached", 0)
+    print(f"index: {index.meta.get('n_scanned', 0)} files scanned in {dt:.1f} s: {n_read} read, "
+          f"{n_cached} from the cache"
+          + (f" ({cache})" if cache is not None else " (cache off)"), file=sys.stderr)
     print(f"index: {len(index.files)} files in {index.series.shape[0]} series, "
           f"{len(index.problems)} problem files, {len(sheet)} studies ({source}) -> {out}",
           file=sys.stderr)
@@ -227,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input", required=True)
     i.add_argument("--output", required=True)
     i.add_argument("--settings", help="validated configuration YAML")
+    i.add_argument("--no-cache", action="store_true",
+                   help="read every file (ignore and do not write RESULTS/index/file_cache.parquet)")
     i.set_defaults(func=cmd_index)
 
     for name, func, text in (("study", cmd_study, "(workflow step) one study end to end"),

@@ -356,6 +356,8 @@ CACHE_SCHEMA = 1
 _EXTRA_FIELDS = ("contrast_agent", "corrected_image", "study_date", "segments", "ref_series",
                  "ref_sops")
 _OUTCOME_FILE, _OUTCOME_PROBLEM, _OUTCOME_SKIP = "file", "problem", "skip"
+_CACHE_COLUMNS = (["c_path", "c_size", "c_mtime_ns", "c_outcome", "c_extra", "c_dep"]
+                  + [f"f_{k}" for k in FILE_COLUMNS] + [f"p_{k}" for k in PROBLEM_COLUMNS])
 
 
 def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str]) -> str:
@@ -373,7 +375,7 @@ def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable
         "fast_version": integrity.FAST_READER_VERSION,
         "fast_sop": sorted(integrity.FAST_SOP_CLASSES), "pydicom": pydicom.__version__,
         "lesion": list(lesion_name_patterns), "organ": list(organ_name_patterns),
-        "extra": _EXTRA_FIELDS,
+        "extra": _EXTRA_FIELDS, "layout": _CACHE_COLUMNS, "series": SERIES_COLUMNS,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -390,8 +392,46 @@ def _extra_from_json(s: str) -> SeriesExtra:
                        segments=[tuple(x) for x in segs], ref_series=refs, ref_sops=sops)
 
 
+def _snapshot_path(path: Path, table: str) -> Path:
+    return path.with_name(path.name.removesuffix(".parquet") + f".{table}.parquet")
+
+
+def _entries_digest(entries: list[_Entry]) -> str:
+    """Hash of every walked file's (relative path, size, mtime_ns): equal digests mean an
+    unchanged archive (label maps, sidecars and TotalSegmentator folders included)."""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_snapshot(path: Path, key: str, digest: str) -> tuple[dict, dict] | None:
+    """The tables of the last scan if it saw the very same files ({name: DataFrame}, meta)."""
+    import pyarrow.parquet as pq
+
+    out, tokens, meta = {}, set(), {}
+    for name in ("files", "series", "problems"):
+        sp = _snapshot_path(path, name)
+        if not sp.is_file():
+            return None
+        try:
+            table = pq.read_table(sp)
+            meta = json.loads((table.schema.metadata or {}).get(b"hitit_file_cache", b"{}"))
+            if (meta.get("key"), meta.get("schema"), meta.get("digest")) != (
+                    key, CACHE_SCHEMA, digest):
+                return None
+            out[name] = table.to_pandas()
+        except Exception as exc:
+            log.warning("index snapshot %s unreadable (%s): ignored", sp, exc)
+            return None
+        tokens.add(meta.get("token"))
+    if len(tokens) != 1:  # written by two different scans (one interrupted): not trusted
+        return None
+    return out, meta
+
+
 def _read_cache(path: Path, key: str) -> pd.DataFrame | None:
-    """The cached rows (indexed by relative path), or None if absent / unreadable / stale."""
+    """The cached rows (indexed by relative path), or None if absent, unreadable or stale."""
     import pyarrow.parquet as pq
 
     if not path.is_file():
@@ -402,6 +442,9 @@ def _read_cache(path: Path, key: str) -> pd.DataFrame | None:
         if meta.get("key") != key or meta.get("schema") != CACHE_SCHEMA:
             log.info("file cache %s was written by another version of the index: ignored", path)
             return None
+        missing = set(_CACHE_COLUMNS) - set(table.column_names)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} missing")
         df = table.to_pandas()
     except Exception as exc:  # a damaged cache is rebuilt, never trusted
         log.warning("file cache %s unreadable (%s: %s): ignored", path, type(exc).__name__, exc)
@@ -409,8 +452,8 @@ def _read_cache(path: Path, key: str) -> pd.DataFrame | None:
     return df.set_index("c_path", drop=False)
 
 
-def _write_cache(path: Path, key: str, df: pd.DataFrame) -> None:
-    """Write the cache atomically (a temporary file in the same folder, then a rename)."""
+def _write_cache(path: Path, key: str, df: pd.DataFrame, **meta) -> None:
+    """Write a cache table atomically (a temporary file in the same folder, then a rename)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -418,7 +461,8 @@ def _write_cache(path: Path, key: str, df: pd.DataFrame) -> None:
     table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
     table = table.replace_schema_metadata({
         **(table.schema.metadata or {}),
-        b"hitit_file_cache": json.dumps({"schema": CACHE_SCHEMA, "key": key}).encode()})
+        b"hitit_file_cache": json.dumps({"schema": CACHE_SCHEMA, "key": key,
+                                         **meta}).encode()})
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         pq.write_table(table, tmp)
@@ -428,25 +472,24 @@ def _write_cache(path: Path, key: str, df: pd.DataFrame) -> None:
             tmp.unlink()
 
 
-def _cache_frame(entries: list[_Entry], outcomes: dict[str, tuple], order: list[str]
-                 ) -> pd.DataFrame:
-    """The cache table of the DICOM outcomes: key columns, outcome, file / problem columns."""
+def _cache_frame(entries: list[_Entry], outcomes: dict[str, tuple], order: list[str],
+                 deps: dict[str, str]) -> pd.DataFrame:
+    """The cache table of the read outcomes: key columns (``c_dep``: the sidecar's
+    "size:mtime_ns" of a label map), outcome, file / problem columns."""
     rows = []
     by_rel = {e.rel: e for e in entries}
     for rel in order:
         out = outcomes[rel]
         e = by_rel[rel]
         row = {"c_path": rel, "c_size": e.size, "c_mtime_ns": e.mtime_ns, "c_outcome": out[0],
-               "c_extra": ""}
+               "c_extra": "", "c_dep": deps.get(rel, "")}
         if out[0] == _OUTCOME_FILE:
             row.update({f"f_{k}": v for k, v in out[1].items()})
             row["c_extra"] = _extra_to_json(out[2])
         elif out[0] == _OUTCOME_PROBLEM:
             row.update({f"p_{k}": v for k, v in out[1].items()})
         rows.append(row)
-    cols = (["c_path", "c_size", "c_mtime_ns", "c_outcome", "c_extra"]
-            + [f"f_{k}" for k in FILE_COLUMNS] + [f"p_{k}" for k in PROBLEM_COLUMNS])
-    df = pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=_CACHE_COLUMNS)
     for k, kind in FILE_COLUMNS.items():
         col = f"f_{k}"
         if kind in ("int", "Int64"):
@@ -455,6 +498,8 @@ def _cache_frame(entries: list[_Entry], outcomes: dict[str, tuple], order: list[
             df[col] = df[col].where(df[col].notna(), "").astype(str)
     for k in PROBLEM_COLUMNS:
         df[f"p_{k}"] = df[f"p_{k}"].where(df[f"p_{k}"].notna(), "").astype(str)
+    for k in ("c_path", "c_outcome", "c_extra", "c_dep"):
+        df[k] = df[k].astype(str)
     df["c_size"] = df["c_size"].astype("int64")
     df["c_mtime_ns"] = df["c_mtime_ns"].astype("int64")
     return df
@@ -521,6 +566,12 @@ def scan_archive(
     organ_name_patterns = tuple(organ_name_patterns)
     entries, walk_problems = _walk(root)
     key = cache_key(lesion_name_patterns, organ_name_patterns) if cache is not None else ""
+    if cache is not None:
+        # an unchanged archive: the tables of the last scan, without looking at any file
+        digest = _entries_digest(entries)
+        snap = _read_snapshot(Path(cache), key, digest)
+        if snap is not None:
+            return _from_snapshot(root, snap, walk_problems, progress, len(entries))
     cached = _read_cache(Path(cache), key) if cache is not None else None
     labelmaps = {e.rel for e in entries if e.rel.rsplit("/", 1)[-1].lower().endswith(
         NIFTI_SUFFIXES + NRRD_SUFFIXES)}
@@ -543,10 +594,17 @@ def scan_archive(
         return rec
 
     if cached is not None and len(cached):
-        c_size = dict(zip(cached["c_path"], cached["c_size"]))
-        c_mtime = dict(zip(cached["c_path"], cached["c_mtime_ns"]))
+        c_key = dict(zip(cached["c_path"], zip(cached["c_size"], cached["c_mtime_ns"],
+                                               cached["c_dep"])))
     else:
-        c_size, c_mtime = {}, {}
+        c_key = {}
+    by_path = {e.path: e for e in entries}
+    exc_raised = [False]
+    deps: dict[str, str] = {}  # label map -> its sidecar's "size:mtime_ns"
+
+    def sidecar_key(p: Path) -> str:
+        sc = by_path.get(str(sidecar_path(p)))
+        return f"{sc.size}:{sc.mtime_ns}" if sc is not None else ""
 
     for i, e in enumerate(entries):
         rel = e.rel
@@ -561,13 +619,19 @@ def scan_archive(
                         "patient_id, study_uid, referenced_series_uid, kind, names)",
                         "SegmentationError"))
                 else:
-                    rec, ex = _labelmap_record(p, root, lesion_name_patterns,
-                                               organ_name_patterns)
-                    outcomes[rel] = (_OUTCOME_FILE, rec, ex)
-                n_read += 1
+                    deps[rel] = sidecar_key(p)
+                    dicom_order.append(rel)
+                    if deps[rel] and c_key.get(rel) == (e.size, e.mtime_ns, deps[rel]):
+                        outcomes[rel] = ("cached",)
+                        hits.append(rel)
+                    else:
+                        rec, ex = _labelmap_record(p, root, lesion_name_patterns,
+                                                   organ_name_patterns)
+                        outcomes[rel] = (_OUTCOME_FILE, rec, ex)
+                        n_read += 1
             elif e.path in sidecars:
                 outcomes[rel] = (_OUTCOME_SKIP,)  # sidecar of a label map
-            elif c_size.get(rel) == e.size and c_mtime.get(rel) == e.mtime_ns:
+            elif c_key.get(rel) == (e.size, e.mtime_ns, ""):
                 outcomes[rel] = ("cached",)
                 hits.append(rel)
                 dicom_order.append(rel)
@@ -579,11 +643,17 @@ def scan_archive(
         except PipelineError as exc:
             outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(rel, exc.message,
                                                            type(exc).__name__))
-            dicom_order.append(rel)
+            n_read += 1
+            exc_raised[0] = True
         except Exception as exc:  # one bad file never stops the scan
+            exc_raised[0] = True
             outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
                 rel, f"unreadable: {type(exc).__name__}: {exc}", "DicomReadError"))
-            dicom_order.append(rel)
+            n_read += 1
+        if outcomes[rel][0] == _OUTCOME_PROBLEM and exc_raised[0]:
+            exc_raised[0] = False
+            if not dicom_order or dicom_order[-1] != rel:
+                dicom_order.append(rel)
         if progress is not None:
             progress(i + 1, total)
 
@@ -605,32 +675,66 @@ def scan_archive(
         for k, t in FILE_COLUMNS.items():
             if t == "str":
                 cf[k] = cf[k].astype(str)
-        extras.update(zip(hf["c_path"], map(_extra_from_json, hf["c_extra"])))
+        cached_extra = dict(zip(hf["c_path"], hf["c_extra"]))
         hp = hit[hit["c_outcome"] == _OUTCOME_PROBLEM]
         cp = hp[[f"p_{k}" for k in PROBLEM_COLUMNS]].rename(columns=lambda c: c[2:])
         files = pd.concat([files, cf.reset_index(drop=True)], ignore_index=True) \
             if len(files) else cf.reset_index(drop=True)
         probs = pd.concat([probs, cp.reset_index(drop=True).astype(str)], ignore_index=True) \
             if len(probs) else cp.reset_index(drop=True).astype(str)
+    else:
+        cached_extra = {}
     files = _in_walk_order(files, order)
     probs = _in_walk_order(probs, order)
+    # SeriesExtra of cached rows: label maps now (their ids may be inherited), others on demand
+    lm_rows = files["path"][files["modality"] == Modality.LABELMAP.value] if len(files) else []
+    extras.update({p: _extra_from_json(cached_extra[p]) for p in lm_rows if p in cached_extra})
+    files = _inherit_labelmap_ids(files, extras)
+    extras.update({p: _extra_from_json(x) for p, x in cached_extra.items() if p not in extras})
+    series = _typed(pd.DataFrame(classify_series(files, extras) if len(files) else [],
+                                 columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
+    totalseg = _totalseg_records(totalseg_dirs, root, files)
     if cache is not None:
+        import uuid
+
         fresh = {rel: outcomes[rel] for rel in dicom_order if outcomes[rel][0] != "cached"}
-        frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh])
+        frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh], deps)
         if hits:
             keep = cached.loc[hits].reset_index(drop=True)
             frame = pd.concat([frame, keep[frame.columns].astype(frame.dtypes.to_dict())],
                               ignore_index=True) if len(frame) else keep[frame.columns]
         _write_cache(Path(cache), key, frame)
-
-    files = _inherit_labelmap_ids(files, extras)
-    series = _typed(pd.DataFrame(classify_series(files, extras) if len(files) else [],
-                                 columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
+        walk_paths = {w["path"] for w in walk_problems}
+        meta = {"digest": digest, "token": uuid.uuid4().hex, "n_cached": len(dicom_order),
+                "totalseg_folders": totalseg}
+        for name, df in (("files", files), ("series", series),
+                         ("problems", probs[~probs["path"].isin(walk_paths)])):
+            _write_cache(_snapshot_path(Path(cache), name), key, df, **meta)
     log.info("indexed %d files in %d series under %s; %d problem file(s); %d read, %d from "
              "the cache", len(files), len(series), root, len(probs), n_read, len(hits))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
                         meta={"n_scanned": total, "n_read": n_read, "n_cached": len(hits),
-                              "totalseg_folders": _totalseg_records(totalseg_dirs, root, files)})
+                              "totalseg_folders": totalseg})
+
+
+def _from_snapshot(root: Path, snap: tuple[dict, dict], walk_problems: list[dict], progress,
+                   total: int) -> ArchiveIndex:
+    """The index of an unchanged archive from the last scan's tables; the problems of the walk
+    itself (FIFOs, links out of the root: never cached) are taken from this walk."""
+    tables, meta = snap
+    probs = tables["problems"]
+    if walk_problems:
+        probs = pd.concat([_typed(pd.DataFrame(walk_problems, columns=list(PROBLEM_COLUMNS)),
+                                  PROBLEM_COLUMNS), probs], ignore_index=True)
+    if progress is not None:
+        progress(total, total)
+    n_cached = int(meta.get("n_cached", 0))
+    log.info("archive %s unchanged since the last scan: %d files in %d series, %d problem "
+             "file(s), all from the cache", root, len(tables["files"]), len(tables["series"]),
+             len(probs))
+    return ArchiveIndex(files=tables["files"], series=tables["series"], problems=probs,
+                        root=root, meta={"n_scanned": total, "n_read": 0, "n_cached": n_cached,
+                                         "totalseg_folders": meta.get("totalseg_folders", [])})
 
 
 def _in_walk_order(df: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:

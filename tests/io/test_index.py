@@ -207,9 +207,9 @@ def test_cache_gives_the_fresh_tables(arch_copy, tmp_path):
     again = scan_archive(arch_copy, cache=cache)
     _tables_equal(again, fresh)
     n_dicom_side = first.meta["n_read"]
-    # every file but the label maps (always read: they depend on their sidecars) is a hit
+    # every file is a hit (label maps: with their sidecar's size and mtime in the key)
     assert again.meta["n_cached"] > 0
-    assert again.meta["n_read"] == 2  # les.nii.gz and orphan.nii.gz
+    assert again.meta["n_read"] == 0
     assert again.meta["n_cached"] + again.meta["n_read"] == n_dicom_side
     assert not list(cache.parent.glob(".*tmp"))  # the atomic write leaves no temporary file
 
@@ -229,18 +229,23 @@ def test_cache_rereads_changed_drops_removed_adds_new(arch_copy, archive, tmp_pa
     data = (arch_copy / nc[2]).read_bytes()
     (arch_copy / nc[2]).write_bytes(data[:-40])
     os.utime(arch_copy / nc[2], ns=(st.st_atime_ns, st.st_mtime_ns))
-    # 3. removed, 4. new
+    # 3. a label map whose sidecar changed is read again
+    sc = arch_copy / "p1" / "lm" / "les.json"
+    sc.write_text(sc.read_text().replace("lesion_1", "lesion_one"))
+    # 4. removed, 5. new
     (arch_copy / ce[0]).unlink()
     shutil.copy(archive["root"] / ce[0], arch_copy / "p1" / "moved_here.dcm")
     ix = scan_archive(arch_copy, cache=cache)
     _tables_equal(ix, scan_archive(arch_copy))
-    assert ix.meta["n_read"] == 2 + 3  # two label maps + changed x2 + new
+    assert ix.meta["n_read"] == 4  # changed x2 + label map + new
+    lm = ix.series[ix.series["modality"] == "LABELMAP"].iloc[0]
+    assert "lesion_one" in lm["segment_names"]
     paths = set(ix.files["path"])
     assert nc[1] in paths and nc[2] not in paths and ce[0] not in paths
     assert "p1/moved_here.dcm" in paths
     assert "truncated" in ix.problems.set_index("path").loc[nc[2], "reason"]
     # the rewritten cache knows the new state: nothing but the label maps is read again
-    assert scan_archive(arch_copy, cache=cache).meta["n_read"] == 2
+    assert scan_archive(arch_copy, cache=cache).meta["n_read"] == 0
 
 
 def test_stale_or_damaged_cache_ignored(arch_copy, tmp_path, monkeypatch):
@@ -257,21 +262,27 @@ def test_stale_or_damaged_cache_ignored(arch_copy, tmp_path, monkeypatch):
     assert ix.meta["n_cached"] == 0
     _tables_equal(ix, fresh)
     monkeypatch.undo()
-    # forged content under a foreign key: ignored
-    t = pq.read_table(cache)
-    df = t.to_pandas()
-    df["f_patient_id"] = "FORGED"
+    # forged content under a foreign key (per-file cache and last-scan tables): ignored
     import pyarrow as pa
 
-    bad = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
-        {b"hitit_file_cache": b'{"schema": 1, "key": "someone else"}'})
-    pq.write_table(bad, cache)
+    parts = sorted(tmp_path.glob("c*.parquet"))
+    assert len(parts) == 4  # c.parquet + c.files / c.series / c.problems.parquet
+    for part in parts:
+        df = pq.read_table(part).to_pandas()
+        for col in ("f_patient_id", "patient_id"):
+            if col in df.columns:
+                df[col] = "FORGED"
+        bad = pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+            {b"hitit_file_cache": b'{"schema": 1, "key": "someone else"}'})
+        pq.write_table(bad, part)
     ix = scan_archive(arch_copy, cache=cache)
     assert ix.meta["n_cached"] == 0 and "FORGED" not in set(ix.files["patient_id"])
+    _tables_equal(ix, fresh)
     # other name patterns change the segment kinds: another key
     assert idx.cache_key(("x*",), ()) != idx.cache_key((), ())
-    # a damaged file is rebuilt
-    cache.write_bytes(b"not parquet")
+    # damaged files are rebuilt
+    for part in tmp_path.glob("c*.parquet"):
+        part.write_bytes(b"not parquet")
     ix = scan_archive(arch_copy, cache=cache)
     assert ix.meta["n_cached"] == 0
     _tables_equal(ix, fresh)
