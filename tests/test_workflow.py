@@ -8,6 +8,7 @@ within the ground-truth tolerances, and report the two bad ones as the acceptanc
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -114,7 +115,8 @@ def test_rerun_is_stable(batch, tmp_path):
     results2 = tmp_path / "again"
     sub = tmp_path / "arch"
     sub.mkdir()
-    (sub / batch["good"].name).symlink_to(batch["good"], target_is_directory=True)
+    # a copy, not a link: links pointing out of the archive root are not followed (issue 12)
+    shutil.copytree(batch["good"], sub / batch["good"].name)
     assert run_workflow(sub, results2, config_file=None, cores=1) == 0
     a = pd.read_csv(batch["results"] / "cohort" / "ranking.csv", dtype=str)
     b = pd.read_csv(results2 / "cohort" / "ranking.csv", dtype=str)
