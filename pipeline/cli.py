@@ -235,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--output", required=True)
     i.add_argument("--settings", help="validated configuration YAML")
     i.add_argument("--no-cache", action="store_true",
-                   help="read every file (ignore and do not write RESULTS/index/file_cache.parquet)")
+                   help="read every file (ignore and do not write "
+                        "RESULTS/index/file_cache.parquet)")
     i.set_defaults(func=cmd_index)
 
     for name, func, text in (("study", cmd_study, "(workflow step) one study end to end"),

@@ -4,8 +4,16 @@ Scanning
 --------
 Every regular file under the root is looked at once (:func:`scan_archive`):
 
+* The tree is walked with :func:`os.scandir`. Only regular files are opened: FIFOs, sockets and
+  devices, broken symbolic links and links pointing out of the archive root each get a
+  ``problems`` row and are never opened (links inside the root are followed, a folder reached
+  twice is scanned once).
 * **DICOM is recognised by content**, not by name, and checked for truncation without reading
-  pixel values (:mod:`pipeline.io.integrity`). DICOMDIR files are skipped.
+  pixel values (:mod:`pipeline.io.integrity`). Classic single-frame CT / MR / PET files, the
+  bulk of an archive, go through :func:`pipeline.io.integrity.read_fast_header` (only the
+  index tags, truncation checked from the PixelData length and the file size); every other
+  object and every file the fast path does not accept is read by pydicom and walked element
+  by element. DICOMDIR files are skipped.
 * **NIfTI / NRRD label maps** (``*.nii``, ``*.nii.gz``, ``*.seg.nrrd``) with a ``<stem>.json``
   sidecar are indexed as :attr:`Modality.LABELMAP` with the sidecar's patient_id / study_uid /
   referenced_series_uid / kind. Sidecars themselves are not records. Label maps in a
@@ -15,6 +23,18 @@ Every regular file under the root is looked at once (:func:`scan_archive`):
   references) by :mod:`pipeline.io.classify`.
 
 The study sheet built from the index lives in :mod:`pipeline.sheet`.
+
+Incremental index
+-----------------
+``scan_archive(root, cache=PATH)`` (``hitit index`` uses ``RESULTS/index/file_cache.parquet``)
+keeps each file's outcome (its ``files`` row and classification inputs, or its problem row)
+keyed on (relative path, size, mtime_ns), plus, for label maps, their sidecar's size and mtime.
+New or changed files are read, removed files drop out, the rest comes from the cache. Next to
+it, ``file_cache.{files,series,problems}.parquet`` hold the last scan's tables under a digest
+of every walked file: an unchanged archive is re-indexed from them without opening a file.
+All cache files are written atomically (temporary file, then rename) and carry
+:func:`cache_key` (cache schema, table columns, fast-reader tag list and version, pydicom
+version, segment name patterns): a cache written under another key is ignored, not trusted.
 
 Tables
 ------

@@ -10,6 +10,17 @@ Recognition (:func:`read_checked_header`)
   is indexed, the directory record is neither required nor trusted.
 * Files that are not DICOM get the error class :data:`NOT_DICOM` (listed, not failures).
 
+Fast path (:func:`read_fast_header`)
+------------------------------------
+Classic single-frame CT, MR and PET files (:data:`FAST_SOP_CLASSES`) are parsed in Python up to
+PixelData, reading only the values of :data:`FAST_TAGS` through a small window (skipped values
+are sought past); the PixelData value must end inside the file and hold Rows x Columns x
+SamplesPerPixel x BitsAllocated / 8 bytes (encapsulated: its item headers are walked), and any
+elements after it are walked by their headers. Whatever the fast path is not sure of (no
+preamble, big endian, deflated, another character set, a cut or inconsistent file, a missing
+UID, a non-image object) returns None and is read by :func:`read_checked_header`, which gives
+the documented reasons below.
+
 Truncation check (:func:`check_complete`)
 -----------------------------------------
 pydicom silently accepts a file cut in the middle of an element (it reads what is there), so
