@@ -715,26 +715,37 @@ def scan_archive(
                                  columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
     totalseg = _totalseg_records(totalseg_dirs, root, files)
     if cache is not None:
-        import uuid
-
-        fresh = {rel: outcomes[rel] for rel in dicom_order if outcomes[rel][0] != "cached"}
-        frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh], deps)
-        if hits:
-            keep = cached.loc[hits].reset_index(drop=True)
-            frame = pd.concat([frame, keep[frame.columns].astype(frame.dtypes.to_dict())],
-                              ignore_index=True) if len(frame) else keep[frame.columns]
-        _write_cache(Path(cache), key, frame)
-        walk_paths = {w["path"] for w in walk_problems}
-        meta = {"digest": digest, "token": uuid.uuid4().hex, "n_cached": len(dicom_order),
-                "totalseg_folders": totalseg}
-        for name, df in (("files", files), ("series", series),
-                         ("problems", probs[~probs["path"].isin(walk_paths)])):
-            _write_cache(_snapshot_path(Path(cache), name), key, df, **meta)
+        try:
+            _store(Path(cache), key, entries, outcomes, dicom_order, hits, cached, deps,
+                   digest, walk_problems, files, series, probs, totalseg)
+        except OSError as exc:  # a read-only results folder costs speed, not the index
+            log.warning("index cache %s not written (%s); the next scan reads every file",
+                        cache, exc)
     log.info("indexed %d files in %d series under %s; %d problem file(s); %d read, %d from "
              "the cache", len(files), len(series), root, len(probs), n_read, len(hits))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
                         meta={"n_scanned": total, "n_read": n_read, "n_cached": len(hits),
                               "totalseg_folders": totalseg})
+
+
+def _store(cache: Path, key: str, entries, outcomes, dicom_order, hits, cached, deps, digest,
+           walk_problems, files, series, probs, totalseg) -> None:
+    """Write the per-file cache and the last-scan tables (see the module docstring)."""
+    import uuid
+
+    fresh = {rel: outcomes[rel] for rel in dicom_order if outcomes[rel][0] != "cached"}
+    frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh], deps)
+    if hits:
+        keep = cached.loc[hits].reset_index(drop=True)
+        frame = pd.concat([frame, keep[frame.columns].astype(frame.dtypes.to_dict())],
+                          ignore_index=True) if len(frame) else keep[frame.columns]
+    _write_cache(cache, key, frame)
+    walk_paths = {w["path"] for w in walk_problems}
+    meta = {"digest": digest, "token": uuid.uuid4().hex, "n_cached": len(dicom_order),
+            "totalseg_folders": totalseg}
+    for name, df in (("files", files), ("series", series),
+                     ("problems", probs[~probs["path"].isin(walk_paths)])):
+        _write_cache(_snapshot_path(cache, name), key, df, **meta)
 
 
 def _from_snapshot(root: Path, snap: tuple[dict, dict], walk_problems: list[dict], progress,

@@ -322,6 +322,23 @@ def test_fifo_and_outward_link_skipped_without_blocking(tmp_path):
     assert "outside the archive root" in pr.loc["etc", "reason"]
     assert "outside the archive root" in pr.loc["passwd", "reason"]
     assert "broken symbolic link" in pr.loc["dangling.dcm", "reason"]
+    # unchanged archive: the last scan's tables, the walk's own problems found again
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive()
+    assert box["ix"].meta["n_read"] == 0
+    _tables_equal(box["ix"], ix)
+
+
+def test_unwritable_cache_costs_speed_not_the_index(arch_copy, tmp_path):
+    """A cache that cannot be written (here its folder is a file: works for root too) gives a
+    warning and the full index."""
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the cache folder should be")
+    ix = scan_archive(arch_copy, cache=blocker / "index" / "file_cache.parquet")
+    _tables_equal(ix, scan_archive(arch_copy))
+    assert ix.meta["n_read"] > 0
 
 
 def test_fast_reader_gives_the_tables_of_the_full_read(arch_copy, monkeypatch):
