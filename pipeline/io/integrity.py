@@ -506,7 +506,9 @@ def read_fast_header(path: str | Path, size: int) -> FastHeader | None:
         w = _Window(fp, first)
         try:
             return _parse_fast(w, size)
-        except (_Fallback, struct.error, UnicodeDecodeError, ValueError):
+        except OSError:
+            raise
+        except Exception:  # anything odd: the full read decides, with its documented reasons
             return None
 
 
@@ -588,7 +590,8 @@ def _parse_fast(w: _Window, size: int) -> FastHeader | None:
         kw, kind = FAST_TAGS[tag]
         hd[kw] = _decode(value, kind, encoding)
     hd.file_meta = meta
-    if hd.get("SOPClassUID") not in FAST_SOP_CLASSES or any(
+    sop = hd.get("SOPClassUID")
+    if not isinstance(sop, str) or sop not in FAST_SOP_CLASSES or any(
             not isinstance(hd.get(k), str) or not hd.get(k)
             for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
         return None

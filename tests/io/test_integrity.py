@@ -173,6 +173,10 @@ def test_fast_header_defers_every_doubtful_file(tmp_path):
     ds.save_as(tmp_path / "cyr.dcm", enforce_file_format=True)
     assert fast(tmp_path / "cyr.dcm") is None
     ds = pydicom.dcmread(s.paths[0])
+    ds.SOPClassUID = [ds.SOPClassUID, "1.2.3"]  # multi-valued: nonsense, left to pydicom
+    ds.save_as(tmp_path / "multisop.dcm", enforce_file_format=True)
+    assert fast(tmp_path / "multisop.dcm") is None
+    ds = pydicom.dcmread(s.paths[0])
     ds.preamble = None
     pydicom.dcmwrite(tmp_path / "raw.dcm", ds, enforce_file_format=False)
     assert fast(tmp_path / "raw.dcm") is None
