@@ -619,7 +619,6 @@ def scan_archive(
     else:
         c_key = {}
     by_path = {e.path: e for e in entries}
-    exc_raised = [False]
     deps: dict[str, str] = {}  # label map -> its sidecar's "size:mtime_ns"
 
     def sidecar_key(p: Path) -> str:
@@ -660,18 +659,14 @@ def scan_archive(
                                                problem_row)
                 dicom_order.append(rel)
                 n_read += 1
-        except PipelineError as exc:
-            outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(rel, exc.message,
-                                                           type(exc).__name__))
-            n_read += 1
-            exc_raised[0] = True
         except Exception as exc:  # one bad file never stops the scan
-            exc_raised[0] = True
-            outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
-                rel, f"unreadable: {type(exc).__name__}: {exc}", "DicomReadError"))
+            if isinstance(exc, PipelineError):
+                row = problem_row(rel, exc.message, type(exc).__name__)
+            else:
+                row = problem_row(rel, f"unreadable: {type(exc).__name__}: {exc}",
+                                  "DicomReadError")
+            outcomes[rel] = (_OUTCOME_PROBLEM, row)  # cached like any other outcome
             n_read += 1
-        if outcomes[rel][0] == _OUTCOME_PROBLEM and exc_raised[0]:
-            exc_raised[0] = False
             if not dicom_order or dicom_order[-1] != rel:
                 dicom_order.append(rel)
         if progress is not None:
@@ -706,11 +701,8 @@ def scan_archive(
         cached_extra = {}
     files = _in_walk_order(files, order)
     probs = _in_walk_order(probs, order)
-    # SeriesExtra of cached rows: label maps now (their ids may be inherited), others on demand
-    lm_rows = files["path"][files["modality"] == Modality.LABELMAP.value] if len(files) else []
-    extras.update({p: _extra_from_json(cached_extra[p]) for p in lm_rows if p in cached_extra})
+    extras.update({p: _extra_from_json(x) for p, x in cached_extra.items()})
     files = _inherit_labelmap_ids(files, extras)
-    extras.update({p: _extra_from_json(x) for p, x in cached_extra.items() if p not in extras})
     series = _typed(pd.DataFrame(classify_series(files, extras) if len(files) else [],
                                  columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
     totalseg = _totalseg_records(totalseg_dirs, root, files)
