@@ -46,6 +46,7 @@ relative to ``root`` (POSIX separators). :func:`write_index` / :func:`read_index
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -380,16 +381,37 @@ _CACHE_COLUMNS = (["c_path", "c_size", "c_mtime_ns", "c_outcome", "c_extra", "c_
                   + [f"f_{k}" for k in FILE_COLUMNS] + [f"p_{k}" for k in PROBLEM_COLUMNS])
 
 
+#: Modules whose code decides a file's record, problem or classification: their source is
+#: part of :func:`cache_key`, so that a cache written by other code is never trusted.
+_CACHE_CODE_MODULES = ("pipeline.io.index", "pipeline.io.integrity", "pipeline.io.classify",
+                       "pipeline.io.seg", "pipeline.io.rtstruct", "pipeline.io.labelmap",
+                       "pipeline.io.totalseg", "pipeline.io.dicom", "pipeline.records")
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Hash of the source files of :data:`_CACHE_CODE_MODULES`."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in _CACHE_CODE_MODULES:
+        h.update(name.encode())
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
+
+
 def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str]) -> str:
     """Hash of everything a cached per-file outcome depends on besides the file itself.
 
     The cache schema, the table columns, the fast reader's tag list and decoding version, its
-    SOP classes, the pydicom version and the segment name patterns (they decide segment kinds).
-    A cache written under another key is ignored, not trusted.
+    SOP classes, the source code of the modules that read and classify files
+    (:data:`_CACHE_CODE_MODULES`), the pydicom version and the segment name patterns (they
+    decide segment kinds). A cache written under another key is ignored, not trusted.
     """
     from pipeline.io import integrity
 
     blob = json.dumps({
+        "code": _code_digest(),
         "schema": CACHE_SCHEMA, "files": FILE_COLUMNS, "problems": PROBLEM_COLUMNS,
         "fast_tags": {f"{t:08X}": v for t, v in sorted(integrity.FAST_TAGS.items())},
         "fast_version": integrity.FAST_READER_VERSION,

@@ -278,8 +278,13 @@ def test_stale_or_damaged_cache_ignored(arch_copy, tmp_path, monkeypatch):
     ix = scan_archive(arch_copy, cache=cache)
     assert ix.meta["n_cached"] == 0 and "FORGED" not in set(ix.files["patient_id"])
     _tables_equal(ix, fresh)
-    # other name patterns change the segment kinds: another key
+    # other name patterns change the segment kinds, other code anything: another key
     assert idx.cache_key(("x*",), ()) != idx.cache_key((), ())
+    k0 = idx.cache_key((), ())
+    monkeypatch.setattr(idx, "_code_digest", lambda: "edited classify.py")
+    assert idx.cache_key((), ()) != k0
+    assert scan_archive(arch_copy, cache=cache).meta["n_cached"] == 0
+    monkeypatch.undo()
     # damaged files are rebuilt
     for part in tmp_path.glob("c*.parquet"):
         part.write_bytes(b"not parquet")
