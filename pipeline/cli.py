@@ -43,7 +43,10 @@ def cmd_index(args) -> int:
     from pipeline.runner import index_progress
 
     cfg = cfgmod.load_config(args.settings)
-    s = index_step(cfg, Path(args.input), Path(args.output), progress=index_progress())
+    s = index_step(cfg, Path(args.input), Path(args.output), progress=index_progress(),
+                   use_cache=not getattr(args, "no_cache", False))
+    print(f"index: {s['scanned']} files scanned in {s['scan_s']:.1f} s: {s['read']} read, "
+          f"{s['cached']} from the cache ({s['cache'] or 'cache off'})", file=sys.stderr)
     print(f"index: {s['files']} files in {s['series']} series, {s['problems']} problem files, "
           f"{s['studies']} studies ({s['source']}), {s['manifests_written']} study manifests "
           f"written, {s['manifests_unchanged']} unchanged, {s['wall_s']:.1f} s -> {s['sheet']}",
@@ -213,6 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--input", required=True)
     i.add_argument("--output", required=True)
     i.add_argument("--settings", help="validated configuration YAML")
+    i.add_argument("--no-cache", action="store_true",
+                   help="read every file (ignore and do not write "
+                        "RESULTS/index/file_cache.parquet)")
     i.set_defaults(func=cmd_index)
 
     for name, func, text in (("study", cmd_study, "(workflow step) one study end to end"),

@@ -126,18 +126,24 @@ def write_manifests(sheet: pd.DataFrame, files: pd.DataFrame, root: Path,
 
 
 def index_step(cfg: dict, input_dir: Path, results: Path,
-               progress: Callable[[int, int], None] | None = None) -> dict:
+               progress: Callable[[int, int], None] | None = None, *,
+               use_cache: bool = True) -> dict:
     """Index the archive, write the index tables, the study sheet and the study manifests.
 
     The same function serves ``hitit index`` and ``hitit run`` (which calls it before
-    Snakemake). Returns a summary dict (files, series, problems, studies, manifests written /
-    unchanged, sheet source, wall time).
+    Snakemake). The header cache ``RESULTS/index/file_cache.parquet`` (keyed on path, size and
+    modification time) makes an unchanged archive cheap to re-index. Returns a summary dict
+    (files scanned / read / from the cache, files, series, problems, studies, manifests written /
+    unchanged, sheet source, wall times).
     """
     t0 = time.perf_counter()
     input_dir, results = Path(input_dir), Path(results)
+    cache = results / "index" / "file_cache.parquet" if use_cache else None
     index = idx.scan_archive(input_dir, progress=progress,
                              lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
-                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]))
+                             organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]),
+                             cache=cache)
+    scan_s = time.perf_counter() - t0
     idx.write_index(index, results / "index")
     sheet, source = sheet_for_index(
         index, user_sheet=cfg.get("studies") or None,
@@ -145,7 +151,10 @@ def index_step(cfg: dict, input_dir: Path, results: Path,
     path = write_study_sheet(sheet, sheet_path(results))
     sheet = read_study_sheet(path)
     written, unchanged = write_manifests(sheet, index.files, index.root, results)
-    return {"files": int(len(index.files)), "series": int(index.series.shape[0]),
+    return {"scanned": int(index.meta.get("n_scanned", 0)), "read": int(index.meta.get("n_read", 0)),
+            "cached": int(index.meta.get("n_cached", 0)), "cache": str(cache) if cache else "",
+            "scan_s": scan_s,
+            "files": int(len(index.files)), "series": int(index.series.shape[0]),
             "problems": int(len(index.problems)), "studies": int(len(sheet)),
             "manifests_written": written, "manifests_unchanged": unchanged,
             "sheet": str(path), "source": source, "wall_s": time.perf_counter() - t0}

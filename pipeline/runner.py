@@ -274,7 +274,8 @@ def _run_locked(cfg: dict, input_dir: Path, output_dir: Path, *, cores: int,
     from pipeline.manifest import index_step
 
     idx = index_step(cfg, input_dir, output_dir, progress=index_progress())
-    print(f"[hitit] index: {idx['files']} files, {idx['studies']} studies "
+    print(f"[hitit] index: {idx['scanned']} files scanned ({idx['read']} read, {idx['cached']} from "
+          f"the cache), {idx['studies']} studies "
           f"({idx['manifests_written']} new or changed, {idx['manifests_unchanged']} unchanged), "
           f"{idx['problems']} problem files, {idx['wall_s']:.1f} s", file=sys.stderr)
     verbose = bool(os.environ.get("HITIT_VERBOSE"))

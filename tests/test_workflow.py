@@ -116,6 +116,7 @@ def test_rerun_is_stable(batch, tmp_path):
     results2 = tmp_path / "again"
     sub = tmp_path / "arch"
     sub.mkdir()
+    # a copy, not a link: links pointing out of the archive root are not followed (issue 12)
     shutil.copytree(batch["good"], sub / batch["good"].name)
     assert run_workflow(sub, results2, config_file=None, cores=1) == 0
     a = pd.read_csv(batch["results"] / "cohort" / "ranking.csv", dtype=str)

@@ -276,7 +276,7 @@ def classify_series(files: pd.DataFrame, extras: dict[str, SeriesExtra]) -> list
         dm = Counter(g["dicom_modality"]).most_common(1)[0][0]
         ex_list = [extras[p] for p in g["path"]]
         desc = first["series_description"]
-        orients = {orientation_label(o) for o in g["image_orientation"] if o}
+        orients = {orientation_label(o) for o in set(g["image_orientation"]) if o}
         orientation = orients.pop() if len(orients) == 1 else ("mixed" if orients else "")
         excluded, is_loc = excluded_reason(dm, set(g["sop_class_uid"]),
                                             list(g["image_type"]), desc)

@@ -4,8 +4,16 @@ Scanning
 --------
 Every regular file under the root is looked at once (:func:`scan_archive`):
 
+* The tree is walked with :func:`os.scandir`. Only regular files are opened: FIFOs, sockets and
+  devices, broken symbolic links and links pointing out of the archive root each get a
+  ``problems`` row and are never opened (links inside the root are followed, a folder reached
+  twice is scanned once).
 * **DICOM is recognised by content**, not by name, and checked for truncation without reading
-  pixel values (:mod:`pipeline.io.integrity`). DICOMDIR files are skipped.
+  pixel values (:mod:`pipeline.io.integrity`). Classic single-frame CT / MR / PET files, the
+  bulk of an archive, go through :func:`pipeline.io.integrity.read_fast_header` (only the
+  index tags, truncation checked from the PixelData length and the file size); every other
+  object and every file the fast path does not accept is read by pydicom and walked element
+  by element. DICOMDIR files are skipped.
 * **NIfTI / NRRD label maps** (``*.nii``, ``*.nii.gz``, ``*.seg.nrrd``) with a ``<stem>.json``
   sidecar are indexed as :attr:`Modality.LABELMAP` with the sidecar's patient_id / study_uid /
   referenced_series_uid / kind. Sidecars themselves are not records. Label maps in a
@@ -15,6 +23,18 @@ Every regular file under the root is looked at once (:func:`scan_archive`):
   references) by :mod:`pipeline.io.classify`.
 
 The study sheet built from the index lives in :mod:`pipeline.sheet`.
+
+Incremental index
+-----------------
+``scan_archive(root, cache=PATH)`` (``hitit index`` uses ``RESULTS/index/file_cache.parquet``)
+keeps each file's outcome (its ``files`` row and classification inputs, or its problem row)
+keyed on (relative path, size, mtime_ns), plus, for label maps, their sidecar's size and mtime.
+New or changed files are read, removed files drop out, the rest comes from the cache. Next to
+it, ``file_cache.{files,series,problems}.parquet`` hold the last scan's tables under a digest
+of every walked file: an unchanged archive is re-indexed from them without opening a file.
+All cache files are written atomically (temporary file, then rename) and carry
+:func:`cache_key` (cache schema, table columns, fast-reader tag list and version, pydicom
+version, segment name patterns): a cache written under another key is ignored, not trusted.
 
 Tables
 ------
@@ -26,9 +46,12 @@ relative to ``root`` (POSIX separators). :func:`write_index` / :func:`read_index
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,9 +62,10 @@ import pydicom
 
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.io.classify import SeriesExtra, classify_series, file_extra
-from pipeline.io.integrity import header_str, read_checked_header
+from pipeline.io.integrity import header_str, read_checked_header, read_fast_header
 from pipeline.io.labelmap import (
-    is_labelmap,
+    NIFTI_SUFFIXES,
+    NRRD_SUFFIXES,
     is_nrrd,
     labelmap_grid,
     nrrd_segments,
@@ -169,10 +193,12 @@ def _fg_first(ds, group: str, kw: str) -> str:
                                                          pydicom.multival.MultiValue)) else str(v)
 
 
-def _file_record(path: Path, root: Path, ds, size: int) -> dict:
+def _file_record(rel: str, ds, size: int) -> dict:
+    """The ``files`` row of one DICOM header (a pydicom Dataset or a
+    :class:`pipeline.io.integrity.FastHeader`); ``rel`` is its path relative to the root."""
     dm = header_str(ds, "Modality").upper()
     return {
-        "path": path.relative_to(root).as_posix(),
+        "path": rel,
         "patient_id": header_str(ds, "PatientID"),
         "study_uid": header_str(ds, "StudyInstanceUID"),
         "series_uid": header_str(ds, "SeriesInstanceUID"),
@@ -263,6 +289,264 @@ def _typed(df: pd.DataFrame, spec: dict[str, str]) -> pd.DataFrame:
     return df[list(spec)]
 
 
+# =========================================================================== walking
+@dataclass(frozen=True)
+class _Entry:
+    """One regular file found by :func:`_walk`: absolute path, path relative to the root
+    (POSIX), size in bytes and modification time in ns (of the link target for links)."""
+
+    path: str
+    rel: str
+    size: int
+    mtime_ns: int
+
+
+def _inside(real: str, root_real: str) -> bool:
+    return real == root_real or real.startswith(root_real.rstrip(os.sep) + os.sep)
+
+
+def _walk(root: Path) -> tuple[list[_Entry], list[dict]]:
+    """Regular files under ``root`` in a stable order, and a problem row per skipped entry.
+
+    Uses :func:`os.scandir` (the stat information comes with the listing). Within a folder its
+    files come first (sorted by name), then its sub-folders (sorted, depth first). Symbolic
+    links are followed only when their target lies inside ``root`` (a folder reached twice,
+    through loops or duplicate links, is scanned once); links pointing out of the archive,
+    broken links and entries that are not regular files (FIFOs, sockets, devices) are never
+    opened: each gets a problem row.
+    """
+    root_real = os.path.realpath(root)
+    files: list[_Entry] = []
+    problems: list[dict] = []
+    seen: set[str] = set()
+
+    def skip(path: str, reason: str) -> None:
+        problems.append({"path": Path(path).relative_to(root).as_posix(), "reason": reason,
+                         "error_class": "DicomReadError"})
+
+    def visit(folder: str, prefix: str) -> None:
+        real = os.path.realpath(folder)
+        if real in seen:
+            return
+        seen.add(real)
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError as exc:
+            skip(folder, f"folder cannot be listed: {exc.strerror or exc}")
+            return
+        subdirs: list[tuple[str, str]] = []
+        for e in entries:
+            try:
+                if e.is_symlink():
+                    target = os.path.realpath(e.path)
+                    if not os.path.exists(target):
+                        skip(e.path, "broken symbolic link")
+                        continue
+                    if not _inside(target, root_real):
+                        skip(e.path, f"symbolic link to {target}, outside the archive root: "
+                                     "not followed (copy the files into the archive, or link "
+                                     "to a folder inside it)")
+                        continue
+                    st = os.stat(e.path)
+                else:
+                    st = e.stat(follow_symlinks=False)
+            except OSError as exc:
+                skip(e.path, f"cannot stat: {exc.strerror or exc}")
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                subdirs.append((e.path, prefix + e.name + "/"))
+            elif stat.S_ISREG(st.st_mode):
+                files.append(_Entry(e.path, prefix + e.name, int(st.st_size),
+                                    int(st.st_mtime_ns)))
+            else:
+                kind = ("FIFO" if stat.S_ISFIFO(st.st_mode) else "socket"
+                        if stat.S_ISSOCK(st.st_mode) else "device"
+                        if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "special file")
+                skip(e.path, f"not a regular file ({kind}): skipped without opening it")
+        for d, sub_prefix in subdirs:
+            visit(d, sub_prefix)
+
+    visit(str(root), "")
+    return files, problems
+
+
+# =========================================================================== file cache
+#: Layout version of the file cache; a cache of another version is ignored.
+CACHE_SCHEMA = 1
+_EXTRA_FIELDS = ("contrast_agent", "corrected_image", "study_date", "segments", "ref_series",
+                 "ref_sops")
+_OUTCOME_FILE, _OUTCOME_PROBLEM, _OUTCOME_SKIP = "file", "problem", "skip"
+_CACHE_COLUMNS = (["c_path", "c_size", "c_mtime_ns", "c_outcome", "c_extra", "c_dep"]
+                  + [f"f_{k}" for k in FILE_COLUMNS] + [f"p_{k}" for k in PROBLEM_COLUMNS])
+
+
+#: Modules whose code decides a file's record, problem or classification: their source is
+#: part of :func:`cache_key`, so that a cache written by other code is never trusted.
+_CACHE_CODE_MODULES = ("pipeline.io.index", "pipeline.io.integrity", "pipeline.io.classify",
+                       "pipeline.io.seg", "pipeline.io.rtstruct", "pipeline.io.labelmap",
+                       "pipeline.io.totalseg", "pipeline.io.dicom", "pipeline.records")
+
+
+@functools.lru_cache(maxsize=1)
+def _code_digest() -> str:
+    """Hash of the source files of :data:`_CACHE_CODE_MODULES`."""
+    import importlib
+
+    h = hashlib.sha256()
+    for name in _CACHE_CODE_MODULES:
+        h.update(name.encode())
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()
+
+
+def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str]) -> str:
+    """Hash of everything a cached per-file outcome depends on besides the file itself.
+
+    The cache schema, the table columns, the fast reader's tag list and decoding version, its
+    SOP classes, the source code of the modules that read and classify files
+    (:data:`_CACHE_CODE_MODULES`), the pydicom version and the segment name patterns (they
+    decide segment kinds). A cache written under another key is ignored, not trusted.
+    """
+    from pipeline.io import integrity
+
+    blob = json.dumps({
+        "code": _code_digest(),
+        "schema": CACHE_SCHEMA, "files": FILE_COLUMNS, "problems": PROBLEM_COLUMNS,
+        "fast_tags": {f"{t:08X}": v for t, v in sorted(integrity.FAST_TAGS.items())},
+        "fast_version": integrity.FAST_READER_VERSION,
+        "fast_sop": sorted(integrity.FAST_SOP_CLASSES), "pydicom": pydicom.__version__,
+        "lesion": list(lesion_name_patterns), "organ": list(organ_name_patterns),
+        "extra": _EXTRA_FIELDS, "layout": _CACHE_COLUMNS, "series": SERIES_COLUMNS,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _extra_to_json(ex: SeriesExtra) -> str:
+    return json.dumps([ex.contrast_agent, ex.corrected_image, ex.study_date,
+                       [list(s) for s in ex.segments], list(ex.ref_series), list(ex.ref_sops)],
+                      ensure_ascii=False)
+
+
+def _extra_from_json(s: str) -> SeriesExtra:
+    a, c, d, segs, refs, sops = json.loads(s)
+    return SeriesExtra(contrast_agent=a, corrected_image=c, study_date=d,
+                       segments=[tuple(x) for x in segs], ref_series=refs, ref_sops=sops)
+
+
+def _snapshot_path(path: Path, table: str) -> Path:
+    return path.with_name(path.name.removesuffix(".parquet") + f".{table}.parquet")
+
+
+def _entries_digest(entries: list[_Entry]) -> str:
+    """Hash of every walked file's (relative path, size, mtime_ns): equal digests mean an
+    unchanged archive (label maps, sidecars and TotalSegmentator folders included)."""
+    h = hashlib.sha256()
+    for e in entries:
+        h.update(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _read_snapshot(path: Path, key: str, digest: str) -> tuple[dict, dict] | None:
+    """The tables of the last scan if it saw the very same files ({name: DataFrame}, meta)."""
+    import pyarrow.parquet as pq
+
+    out, tokens, meta = {}, set(), {}
+    for name in ("files", "series", "problems"):
+        sp = _snapshot_path(path, name)
+        if not sp.is_file():
+            return None
+        try:
+            table = pq.read_table(sp)
+            meta = json.loads((table.schema.metadata or {}).get(b"hitit_file_cache", b"{}"))
+            if (meta.get("key"), meta.get("schema"), meta.get("digest")) != (
+                    key, CACHE_SCHEMA, digest):
+                return None
+            out[name] = table.to_pandas()
+        except Exception as exc:
+            log.warning("index snapshot %s unreadable (%s): ignored", sp, exc)
+            return None
+        tokens.add(meta.get("token"))
+    if len(tokens) != 1:  # written by two different scans (one interrupted): not trusted
+        return None
+    return out, meta
+
+
+def _read_cache(path: Path, key: str) -> pd.DataFrame | None:
+    """The cached rows (indexed by relative path), or None if absent, unreadable or stale."""
+    import pyarrow.parquet as pq
+
+    if not path.is_file():
+        return None
+    try:
+        table = pq.read_table(path)
+        meta = json.loads((table.schema.metadata or {}).get(b"hitit_file_cache", b"{}"))
+        if meta.get("key") != key or meta.get("schema") != CACHE_SCHEMA:
+            log.info("file cache %s was written by another version of the index: ignored", path)
+            return None
+        missing = set(_CACHE_COLUMNS) - set(table.column_names)
+        if missing:
+            raise ValueError(f"columns {sorted(missing)} missing")
+        df = table.to_pandas()
+    except Exception as exc:  # a damaged cache is rebuilt, never trusted
+        log.warning("file cache %s unreadable (%s: %s): ignored", path, type(exc).__name__, exc)
+        return None
+    return df.set_index("c_path", drop=False)
+
+
+def _write_cache(path: Path, key: str, df: pd.DataFrame, **meta) -> None:
+    """Write a cache table atomically (a temporary file in the same folder, then a rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(df.reset_index(drop=True), preserve_index=False)
+    table = table.replace_schema_metadata({
+        **(table.schema.metadata or {}),
+        b"hitit_file_cache": json.dumps({"schema": CACHE_SCHEMA, "key": key,
+                                         **meta}).encode()})
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _cache_frame(entries: list[_Entry], outcomes: dict[str, tuple], order: list[str],
+                 deps: dict[str, str]) -> pd.DataFrame:
+    """The cache table of the read outcomes: key columns (``c_dep``: the sidecar's
+    "size:mtime_ns" of a label map), outcome, file / problem columns."""
+    rows = []
+    by_rel = {e.rel: e for e in entries}
+    for rel in order:
+        out = outcomes[rel]
+        e = by_rel[rel]
+        row = {"c_path": rel, "c_size": e.size, "c_mtime_ns": e.mtime_ns, "c_outcome": out[0],
+               "c_extra": "", "c_dep": deps.get(rel, "")}
+        if out[0] == _OUTCOME_FILE:
+            row.update({f"f_{k}": v for k, v in out[1].items()})
+            row["c_extra"] = _extra_to_json(out[2])
+        elif out[0] == _OUTCOME_PROBLEM:
+            row.update({f"p_{k}": v for k, v in out[1].items()})
+        rows.append(row)
+    df = pd.DataFrame(rows, columns=_CACHE_COLUMNS)
+    for k, kind in FILE_COLUMNS.items():
+        col = f"f_{k}"
+        if kind in ("int", "Int64"):
+            df[col] = pd.to_numeric(df[col], errors="coerce").astype("Int64")
+        else:
+            df[col] = df[col].where(df[col].notna(), "").astype(str)
+    for k in PROBLEM_COLUMNS:
+        df[f"p_{k}"] = df[f"p_{k}"].where(df[f"p_{k}"].notna(), "").astype(str)
+    for k in ("c_path", "c_outcome", "c_extra", "c_dep"):
+        df[k] = df[k].astype(str)
+    df["c_size"] = df["c_size"].astype("int64")
+    df["c_mtime_ns"] = df["c_mtime_ns"].astype("int64")
+    return df
+
+
 # =========================================================================== public: scan
 def scan_archive(
     root: Path,
@@ -270,6 +554,7 @@ def scan_archive(
     *,
     lesion_name_patterns: Iterable[str] = DEFAULT_LESION_NAME_PATTERNS,
     organ_name_patterns: Iterable[str] = DEFAULT_ORGAN_NAME_PATTERNS,
+    cache: Path | None = None,
 ) -> ArchiveIndex:
     """Index every file under ``root`` from headers only.
 
@@ -282,6 +567,14 @@ def scan_archive(
     lesion_name_patterns, organ_name_patterns : iterable of str
         fnmatch patterns (case-insensitive) for segments / ROIs whose coded category does not
         tell lesion from organ (see :func:`pipeline.io.seg.classify_segment`).
+    cache : Path, optional
+        Per-file cache (parquet, e.g. ``RESULTS/index/file_cache.parquet``) keyed on (relative
+        path, size, mtime_ns): files whose key is unchanged take their record (or problem) from
+        it, new or changed files are read, removed files drop out, and the cache is rewritten
+        atomically. A cache written under another :func:`cache_key` (schema, tag list, reader
+        version, pydicom version, name patterns) is ignored. Label maps and their sidecars are
+        always read (they are few and depend on their sidecar). ``meta`` reports ``n_read``
+        and ``n_cached``.
 
     Returns
     -------
@@ -299,77 +592,222 @@ def scan_archive(
           (49755003 -> lesion, 91723000 -> organ), then name patterns; sidecar ``kind`` for label
           maps.
         * ``reference_problem``: referenced series or instances missing from the archive.
+
+    Notes
+    -----
+    Classic single-frame CT / MR / PET files are read by
+    :func:`pipeline.io.integrity.read_fast_header` (index tags only, truncation checked from
+    the PixelData length and the file size); everything else, and every file the fast path
+    does not accept, by :func:`pipeline.io.integrity.read_checked_header`.
     """
     root = Path(root)
     if not root.is_dir():
         raise ConfigError(f"archive folder does not exist: {root}", file=root,
                           hint="pass the folder that holds the DICOM files")
-    all_paths: list[Path] = []
-    seen_dirs: set[str] = set()
-    # symbolic links to folders are followed (archives are often assembled from links); a
-    # folder reached twice (link loops, duplicate links) is scanned once
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen_dirs:
-            dirnames[:] = []
-            continue
-        seen_dirs.add(real)
-        dirnames.sort()
-        for name in sorted(filenames):
-            all_paths.append(Path(dirpath) / name)
-    nifti_stems = {sidecar_path(p) for p in all_paths if is_labelmap(p)}
+    lesion_name_patterns = tuple(lesion_name_patterns)
+    organ_name_patterns = tuple(organ_name_patterns)
+    entries, walk_problems = _walk(root)
+    key = cache_key(lesion_name_patterns, organ_name_patterns) if cache is not None else ""
+    if cache is not None:
+        # an unchanged archive: the tables of the last scan, without looking at any file
+        digest = _entries_digest(entries)
+        snap = _read_snapshot(Path(cache), key, digest)
+        if snap is not None:
+            return _from_snapshot(root, snap, walk_problems, progress, len(entries))
+    cached = _read_cache(Path(cache), key) if cache is not None else None
+    labelmaps = {e.rel for e in entries if e.rel.rsplit("/", 1)[-1].lower().endswith(
+        NIFTI_SUFFIXES + NRRD_SUFFIXES)}
+    sidecars = {str(sidecar_path(root / rel)) for rel in labelmaps}
     totalseg_dirs: dict[Path, bool] = {}
-    records: list[dict] = []
-    extras: dict[str, SeriesExtra] = {}
-    problems: list[dict] = []
-    total = len(all_paths)
+    # per entry, in walk order: ("file", record, extra) | ("problem", row) | ("skip",) or,
+    # for cache hits, ("cached",)
+    outcomes: dict[str, tuple] = {}
+    dicom_order: list[str] = []
+    hits: list[str] = []
+    total = len(entries)
+    n_read = 0
 
-    def problem(p: Path, reason: str, cls: str, ds=None) -> None:
-        rec = {"path": p.relative_to(root).as_posix(), "reason": reason, "error_class": cls}
+    def problem_row(rel: str, reason: str, cls: str, ds=None) -> dict:
+        rec = {"path": rel, "reason": reason, "error_class": cls}
         if ds is not None:
             rec.update(patient_id=header_str(ds, "PatientID"),
                        study_uid=header_str(ds, "StudyInstanceUID"),
                        series_uid=header_str(ds, "SeriesInstanceUID"))
-        problems.append(rec)
+        return rec
 
-    for i, p in enumerate(all_paths):
+    if cached is not None and len(cached):
+        c_key = dict(zip(cached["c_path"], zip(cached["c_size"], cached["c_mtime_ns"],
+                                               cached["c_dep"])))
+    else:
+        c_key = {}
+    by_path = {e.path: e for e in entries}
+    deps: dict[str, str] = {}  # label map -> its sidecar's "size:mtime_ns"
+
+    def sidecar_key(p: Path) -> str:
+        sc = by_path.get(str(sidecar_path(p)))
+        return f"{sc.size}:{sc.mtime_ns}" if sc is not None else ""
+
+    for i, e in enumerate(entries):
+        rel = e.rel
         try:
-            if p.is_symlink() and not p.exists():
-                problem(p, "broken symbolic link", "DicomReadError")
-            elif is_labelmap(p):
+            if rel in labelmaps:
+                p = Path(e.path)
                 if not sidecar_path(p).exists() and _in_totalseg_folder(p, totalseg_dirs):
-                    pass  # part of a TotalSegmentator output folder (organ masks)
+                    outcomes[rel] = (_OUTCOME_SKIP,)  # a TotalSegmentator output folder
                 elif not sidecar_path(p).exists():
-                    problem(p, f"label map without sidecar {sidecar_path(p).name} (needs "
-                            "patient_id, study_uid, referenced_series_uid, kind, names)",
-                            "SegmentationError")
+                    outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
+                        rel, f"label map without sidecar {sidecar_path(p).name} (needs "
+                        "patient_id, study_uid, referenced_series_uid, kind, names)",
+                        "SegmentationError"))
                 else:
-                    rec, ex = _labelmap_record(p, root, lesion_name_patterns,
-                                               organ_name_patterns)
-                    records.append(rec)
-                    extras[rec["path"]] = ex
-            elif p in nifti_stems:
-                pass  # sidecar of a label map
+                    deps[rel] = sidecar_key(p)
+                    dicom_order.append(rel)
+                    if deps[rel] and c_key.get(rel) == (e.size, e.mtime_ns, deps[rel]):
+                        outcomes[rel] = ("cached",)
+                        hits.append(rel)
+                    else:
+                        rec, ex = _labelmap_record(p, root, lesion_name_patterns,
+                                                   organ_name_patterns)
+                        outcomes[rel] = (_OUTCOME_FILE, rec, ex)
+                        n_read += 1
+            elif e.path in sidecars:
+                outcomes[rel] = (_OUTCOME_SKIP,)  # sidecar of a label map
+            elif c_key.get(rel) == (e.size, e.mtime_ns, ""):
+                outcomes[rel] = ("cached",)
+                hits.append(rel)
+                dicom_order.append(rel)
             else:
-                _index_dicom(p, root, records, extras, problem, lesion_name_patterns,
-                             organ_name_patterns)
-        except PipelineError as exc:
-            problem(p, exc.message, type(exc).__name__)
+                outcomes[rel] = _dicom_outcome(e, lesion_name_patterns, organ_name_patterns,
+                                               problem_row)
+                dicom_order.append(rel)
+                n_read += 1
         except Exception as exc:  # one bad file never stops the scan
-            problem(p, f"unreadable: {type(exc).__name__}: {exc}", "DicomReadError")
+            if isinstance(exc, PipelineError):
+                row = problem_row(rel, exc.message, type(exc).__name__)
+            else:
+                row = problem_row(rel, f"unreadable: {type(exc).__name__}: {exc}",
+                                  "DicomReadError")
+            outcomes[rel] = (_OUTCOME_PROBLEM, row)  # cached like any other outcome
+            n_read += 1
+            if not dicom_order or dicom_order[-1] != rel:
+                dicom_order.append(rel)
         if progress is not None:
             progress(i + 1, total)
 
-    files = _inherit_labelmap_ids(
-        _typed(pd.DataFrame(records, columns=list(FILE_COLUMNS)), FILE_COLUMNS), extras)
+    # assemble in walk order: fresh rows from dicts, cached rows straight from the cache table
+    order = {e.rel: i for i, e in enumerate(entries)}
+    fresh_files = [o[1] for o in outcomes.values() if o[0] == _OUTCOME_FILE]
+    extras: dict[str, SeriesExtra] = {o[1]["path"]: o[2] for o in outcomes.values()
+                                      if o[0] == _OUTCOME_FILE}
+    problems = list(walk_problems)
+    problems += [o[1] for o in outcomes.values() if o[0] == _OUTCOME_PROBLEM]
+    files = _typed(pd.DataFrame(fresh_files, columns=list(FILE_COLUMNS)), FILE_COLUMNS)
+    probs = _typed(pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), PROBLEM_COLUMNS)
+    if hits:
+        hit = cached.loc[hits]
+        hf = hit[hit["c_outcome"] == _OUTCOME_FILE]
+        cf = hf[[f"f_{k}" for k in FILE_COLUMNS]].rename(columns=lambda c: c[2:])
+        cf = cf.astype({k: ("int64" if t == "int" else "Int64" if t == "Int64" else object)
+                        for k, t in FILE_COLUMNS.items()})
+        for k, t in FILE_COLUMNS.items():
+            if t == "str":
+                cf[k] = cf[k].astype(str)
+        cached_extra = dict(zip(hf["c_path"], hf["c_extra"]))
+        hp = hit[hit["c_outcome"] == _OUTCOME_PROBLEM]
+        cp = hp[[f"p_{k}" for k in PROBLEM_COLUMNS]].rename(columns=lambda c: c[2:])
+        files = pd.concat([files, cf.reset_index(drop=True)], ignore_index=True) \
+            if len(files) else cf.reset_index(drop=True)
+        probs = pd.concat([probs, cp.reset_index(drop=True).astype(str)], ignore_index=True) \
+            if len(probs) else cp.reset_index(drop=True).astype(str)
+    else:
+        cached_extra = {}
+    files = _in_walk_order(files, order)
+    probs = _in_walk_order(probs, order)
+    extras.update({p: _extra_from_json(x) for p, x in cached_extra.items()})
+    files = _inherit_labelmap_ids(files, extras)
     series = _typed(pd.DataFrame(classify_series(files, extras) if len(files) else [],
                                  columns=list(SERIES_COLUMNS)), SERIES_COLUMNS)
-    probs = _typed(pd.DataFrame(problems, columns=list(PROBLEM_COLUMNS)), PROBLEM_COLUMNS)
-    log.info("indexed %d files in %d series under %s; %d problem file(s)",
-             len(files), len(series), root, len(probs))
+    totalseg = _totalseg_records(totalseg_dirs, root, files)
+    if cache is not None:
+        try:
+            _store(Path(cache), key, entries, outcomes, dicom_order, hits, cached, deps,
+                   digest, walk_problems, files, series, probs, totalseg)
+        except OSError as exc:  # a read-only results folder costs speed, not the index
+            log.warning("index cache %s not written (%s); the next scan reads every file",
+                        cache, exc)
+    log.info("indexed %d files in %d series under %s; %d problem file(s); %d read, %d from "
+             "the cache", len(files), len(series), root, len(probs), n_read, len(hits))
     return ArchiveIndex(files=files, series=series, problems=probs, root=root,
-                        meta={"n_scanned": total,
-                              "totalseg_folders": _totalseg_records(totalseg_dirs, root, files)})
+                        meta={"n_scanned": total, "n_read": n_read, "n_cached": len(hits),
+                              "totalseg_folders": totalseg})
+
+
+def _store(cache: Path, key: str, entries, outcomes, dicom_order, hits, cached, deps, digest,
+           walk_problems, files, series, probs, totalseg) -> None:
+    """Write the per-file cache and the last-scan tables (see the module docstring)."""
+    import uuid
+
+    fresh = {rel: outcomes[rel] for rel in dicom_order if outcomes[rel][0] != "cached"}
+    frame = _cache_frame(entries, fresh, [r for r in dicom_order if r in fresh], deps)
+    if hits:
+        keep = cached.loc[hits].reset_index(drop=True)
+        frame = pd.concat([frame, keep[frame.columns].astype(frame.dtypes.to_dict())],
+                          ignore_index=True) if len(frame) else keep[frame.columns]
+    _write_cache(cache, key, frame)
+    walk_paths = {w["path"] for w in walk_problems}
+    meta = {"digest": digest, "token": uuid.uuid4().hex, "n_cached": len(dicom_order),
+            "totalseg_folders": totalseg}
+    for name, df in (("files", files), ("series", series),
+                     ("problems", probs[~probs["path"].isin(walk_paths)])):
+        _write_cache(_snapshot_path(cache, name), key, df, **meta)
+
+
+def _from_snapshot(root: Path, snap: tuple[dict, dict], walk_problems: list[dict], progress,
+                   total: int) -> ArchiveIndex:
+    """The index of an unchanged archive from the last scan's tables; the problems of the walk
+    itself (FIFOs, links out of the root: never cached) are taken from this walk."""
+    tables, meta = snap
+    probs = tables["problems"]
+    if walk_problems:
+        probs = pd.concat([_typed(pd.DataFrame(walk_problems, columns=list(PROBLEM_COLUMNS)),
+                                  PROBLEM_COLUMNS), probs], ignore_index=True)
+    if progress is not None:
+        progress(total, total)
+    n_cached = int(meta.get("n_cached", 0))
+    log.info("archive %s unchanged since the last scan: %d files in %d series, %d problem "
+             "file(s), all from the cache", root, len(tables["files"]), len(tables["series"]),
+             len(probs))
+    return ArchiveIndex(files=tables["files"], series=tables["series"], problems=probs,
+                        root=root, meta={"n_scanned": total, "n_read": 0, "n_cached": n_cached,
+                                         "totalseg_folders": meta.get("totalseg_folders", [])})
+
+
+def _in_walk_order(df: pd.DataFrame, order: dict[str, int]) -> pd.DataFrame:
+    """Rows sorted by the walk position of their path (skipped entries, not in the walk, keep
+    their place at the front); a clean 0..n-1 index."""
+    if df.empty:
+        return df.reset_index(drop=True)
+    pos = df["path"].map(order).fillna(-1)
+    return df.iloc[np.argsort(pos.to_numpy(), kind="stable")].reset_index(drop=True)
+
+
+def _dicom_outcome(e: _Entry, lesion_patterns, organ_patterns, problem_row) -> tuple:
+    """("file", record, extra), ("problem", row) or ("skip",) of one non-label-map file."""
+    fast = read_fast_header(e.path, e.size)
+    if fast is not None:
+        rec = _file_record(e.rel, fast, e.size)
+        return _OUTCOME_FILE, rec, file_extra(fast, rec["dicom_modality"], lesion_patterns,
+                                              organ_patterns)
+    check = read_checked_header(Path(e.path))
+    if check.dataset is None:
+        if check.reason:
+            return _OUTCOME_PROBLEM, problem_row(e.rel, check.reason, check.error_class,
+                                                 check.partial)
+        return (_OUTCOME_SKIP,)
+    ds = check.dataset
+    rec = _file_record(e.rel, ds, e.size)
+    return _OUTCOME_FILE, rec, file_extra(ds, rec["dicom_modality"], lesion_patterns,
+                                          organ_patterns)
 
 
 def _in_totalseg_folder(p: Path, cache: dict[Path, bool]) -> bool:
@@ -423,19 +861,6 @@ def _inherit_labelmap_ids(files: pd.DataFrame, extras: dict[str, SeriesExtra]) -
             if not files.at[i, col]:
                 files.at[i, col] = dicom.at[ref, col]
     return files
-
-
-def _index_dicom(p: Path, root: Path, records: list, extras: dict, problem,
-                 lesion_patterns, organ_patterns) -> None:
-    check = read_checked_header(p)
-    if check.dataset is None:
-        if check.reason:
-            problem(p, check.reason, check.error_class, check.partial)
-        return
-    ds = check.dataset
-    rec = _file_record(p, root, ds, p.stat().st_size)
-    records.append(rec)
-    extras[rec["path"]] = file_extra(ds, rec["dicom_modality"], lesion_patterns, organ_patterns)
 
 
 # =========================================================================== persistence

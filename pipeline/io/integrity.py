@@ -10,6 +10,17 @@ Recognition (:func:`read_checked_header`)
   is indexed, the directory record is neither required nor trusted.
 * Files that are not DICOM get the error class :data:`NOT_DICOM` (listed, not failures).
 
+Fast path (:func:`read_fast_header`)
+------------------------------------
+Classic single-frame CT, MR and PET files (:data:`FAST_SOP_CLASSES`) are parsed in Python up to
+PixelData, reading only the values of :data:`FAST_TAGS` through a small window (skipped values
+are sought past); the PixelData value must end inside the file and hold Rows x Columns x
+SamplesPerPixel x BitsAllocated / 8 bytes (encapsulated: its item headers are walked), and any
+elements after it are walked by their headers. Whatever the fast path is not sure of (no
+preamble, big endian, deflated, another character set, a cut or inconsistent file, a missing
+UID, a non-image object) returns None and is read by :func:`read_checked_header`, which gives
+the documented reasons below.
+
 Truncation check (:func:`check_complete`)
 -----------------------------------------
 pydicom silently accepts a file cut in the middle of an element (it reads what is there), so
@@ -296,3 +307,310 @@ def read_checked_header(path: str | Path) -> HeaderCheck:
         return HeaderCheck(None, f"DICOM file without {', '.join(missing)}: cannot be placed in "
                                  "a series", "MissingTagError", partial=ds)
     return HeaderCheck(ds)
+
+
+# =========================================================================== fast path
+#: SOP classes read by the fast path (:func:`read_fast_header`): classic single-frame CT, MR and
+#: PET images, the bulk of every archive. Everything else (SEG, RTSTRUCT, enhanced multi-frame,
+#: SR, ...) is read in full by :func:`read_checked_header`; those objects are few.
+FAST_SOP_CLASSES = frozenset({
+    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.128",
+})
+#: Tags the fast path extracts: tag -> (keyword, value kind). Kinds follow pydicom's decoding so
+#: that a fast header and a pydicom header give the same index record: ``cs`` (CS, DA, UI:
+#: default character set, trailing NUL/space removed, split on backslash), ``num`` (DS, IS:
+#: every value stripped), ``text`` (LO: the data set's character set, every value right-
+#: stripped), ``us`` (unsigned short).
+FAST_TAGS: dict[int, tuple[str, str]] = {
+    0x00080005: ("SpecificCharacterSet", "cs"),
+    0x00080008: ("ImageType", "cs"),
+    0x00080016: ("SOPClassUID", "cs"),
+    0x00080018: ("SOPInstanceUID", "cs"),
+    0x00080020: ("StudyDate", "cs"),
+    0x00080060: ("Modality", "cs"),
+    0x0008103E: ("SeriesDescription", "text"),
+    0x00100020: ("PatientID", "text"),
+    0x00180010: ("ContrastBolusAgent", "text"),
+    0x0020000D: ("StudyInstanceUID", "cs"),
+    0x0020000E: ("SeriesInstanceUID", "cs"),
+    0x00200011: ("SeriesNumber", "num"),
+    0x00200013: ("InstanceNumber", "num"),
+    0x00200032: ("ImagePositionPatient", "num"),
+    0x00200037: ("ImageOrientationPatient", "num"),
+    0x00200052: ("FrameOfReferenceUID", "cs"),
+    0x00280002: ("SamplesPerPixel", "us"),
+    0x00280008: ("NumberOfFrames", "num"),
+    0x00280010: ("Rows", "us"),
+    0x00280011: ("Columns", "us"),
+    0x00280051: ("CorrectedImage", "cs"),
+    0x00280100: ("BitsAllocated", "us"),
+}
+#: Tags whose presence sends a file to the full read (their sequences are needed, or the file is
+#: a directory): Contrast/Bolus Agent Sequence, shared / per-frame functional groups,
+#: DirectoryRecordSequence.
+_FAST_FALLBACK_TAGS = frozenset({0x00180012, 0x52009229, 0x52009230, 0x00041220})
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+_FAST_CHARSETS = {"": "latin_1", "ISO_IR 6": "latin_1", "ISO_IR 100": "latin_1",
+                  "ISO_IR 192": "utf_8"}
+_IMPLICIT_LE = "1.2.840.10008.1.2"
+_BIG_ENDIAN = "1.2.840.10008.1.2.2"
+_CHUNK = 2048
+_MAX_DEPTH = 16
+_UNDEFINED = 0xFFFFFFFF
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_HHI = struct.Struct("<HHI")
+_HH2sH = struct.Struct("<HH2sH")
+
+
+#: Version of the fast reader's decoding rules; part of the index cache key.
+FAST_READER_VERSION = 1
+
+
+class _Window:
+    """Reads an open file through a small window, so that skipped values are never read."""
+
+    __slots__ = ("fp", "buf", "base")
+
+    def __init__(self, fp, first: bytes):
+        self.fp, self.buf, self.base = fp, first, 0
+
+    def get(self, off: int, n: int) -> bytes:
+        rel = off - self.base
+        if rel >= 0 and rel + n <= len(self.buf):
+            return self.buf[rel:rel + n]
+        self.fp.seek(off)
+        self.buf = self.fp.read(max(n, _CHUNK))
+        self.base = off
+        return self.buf[:n]
+
+
+class _Fallback(Exception):
+    """The fast path cannot decide: read the file with pydicom instead."""
+
+
+def _element(w: _Window, pos: int, implicit: bool) -> tuple[int, bytes, int, int]:
+    """(tag, VR, value length, value offset) of the element header at ``pos``."""
+    hdr = w.get(pos, 8)
+    if len(hdr) < 8:
+        raise _Fallback
+    if implicit:
+        g, e, length = _HHI.unpack(hdr)
+        return (g << 16) | e, b"", length, pos + 8
+    g, e, vr, length = _HH2sH.unpack(hdr)
+    if vr in _LONG_VRS:
+        ext = w.get(pos + 8, 4)
+        if len(ext) < 4:
+            raise _Fallback
+        return (g << 16) | e, vr, _U32.unpack(ext)[0], pos + 12
+    if not (b"AA" <= vr <= b"ZZ"):
+        raise _Fallback  # not explicit VR after all: let pydicom sort it out
+    return (g << 16) | e, vr, length, pos + 8
+
+
+def _skip_items(w: _Window, pos: int, implicit: bool, size: int, depth: int) -> int:
+    """Offset after the sequence delimiter of an undefined-length value starting at ``pos``."""
+    if depth > _MAX_DEPTH:
+        raise _Fallback
+    while True:
+        hdr = w.get(pos, 8)
+        if len(hdr) < 8:
+            raise _Fallback
+        g, e, length = _HHI.unpack(hdr)
+        pos += 8
+        if g != 0xFFFE:
+            raise _Fallback
+        if e == 0xE0DD:
+            return pos
+        if e != 0xE000:
+            raise _Fallback
+        if length == _UNDEFINED:
+            pos = _skip_dataset(w, pos, implicit, size, depth + 1, nested=True)
+        else:
+            pos += length
+            if pos > size:
+                raise _Fallback
+
+
+def _skip_dataset(w: _Window, pos: int, implicit: bool, size: int, depth: int, *,
+                  nested: bool) -> int:
+    """Offset after an undefined-length item (``nested``) or the end of the file."""
+    while True:
+        if not nested and pos == size:
+            return pos
+        tag, vr, length, vpos = _element(w, pos, implicit)
+        if tag == 0xFFFEE00D:
+            return vpos
+        if length == _UNDEFINED:
+            pos = _skip_items(w, vpos, implicit or vr == b"UN", size, depth + 1)
+        else:
+            pos = vpos + length
+            if pos > size:
+                raise _Fallback
+
+
+def _decode(raw: bytes, kind: str, encoding: str):
+    if kind == "us":
+        return _U16.unpack(raw[:2])[0] if len(raw) >= 2 else None
+    if kind == "text":
+        parts = [p.rstrip("\x00 ") for p in raw.decode(encoding).split("\\")]
+    else:
+        s = raw.decode("latin_1").rstrip("\x00 ")
+        parts = s.split("\\")
+        if kind == "num":
+            parts = [p.strip(" \x00") for p in parts]
+    return parts[0] if len(parts) == 1 else parts
+
+
+class FastHeader(dict):
+    """The index tags of one file read by :func:`read_fast_header` (keyword -> value).
+
+    Behaves like the parts of a :class:`pydicom.Dataset` the index uses: ``get(keyword)``,
+    ``keyword in header`` and ``file_meta.get("TransferSyntaxUID")``. Values are ``str``, a
+    ``list`` of ``str`` (multi-valued), or ``int`` (US).
+    """
+
+    file_meta: dict
+
+
+def read_fast_header(path: str | Path, size: int) -> FastHeader | None:
+    """The index tags of a complete classic CT / MR / PET file, or None to read it in full.
+
+    Parses the element headers in Python up to PixelData, reading only the values of
+    :data:`FAST_TAGS` (a few kB per file, through a small window: skipped values are sought
+    past, never read), then checks completeness the cheap way: the PixelData value must end
+    within the file (native: at least Rows x Columns x SamplesPerPixel x BitsAllocated / 8
+    bytes; encapsulated: its 8-byte item headers are walked), and any trailing elements are
+    walked by their headers.
+
+    Parameters
+    ----------
+    path : str or Path
+        The file.
+    size : int
+        Its size in bytes (from the directory walk's stat).
+
+    Returns
+    -------
+    FastHeader or None
+        None whenever the file is not a plain, complete, single-frame image of
+        :data:`FAST_SOP_CLASSES` with a DICM preamble, little endian, in a simple character
+        set (ISO_IR 6 / 100 / 192) with Study, Series and SOP Instance UIDs: the caller then
+        reads it with :func:`read_checked_header`, which gives every problem its documented
+        reason. A file the fast path accepts is one :func:`read_checked_header` accepts too.
+    """
+    with open(path, "rb") as fp:
+        first = fp.read(_CHUNK)
+        if len(first) < 132 + 12 or first[128:132] != b"DICM":
+            return None
+        w = _Window(fp, first)
+        try:
+            return _parse_fast(w, size)
+        except OSError:
+            raise
+        except Exception:  # anything odd: the full read decides, with its documented reasons
+            return None
+
+
+def _parse_fast(w: _Window, size: int) -> FastHeader | None:
+    meta: dict[str, str] = {}
+    pos = 132
+    while True:  # file meta: explicit VR little endian
+        head = w.get(pos, 2)
+        if len(head) < 2 or _U16.unpack(head)[0] != 0x0002:
+            break
+        tag, vr, length, vpos = _element(w, pos, False)
+        if length == _UNDEFINED or vpos + length > size:
+            return None
+        if tag == 0x00020010:
+            meta["TransferSyntaxUID"] = w.get(vpos, length).decode("latin_1").rstrip("\x00 ")
+        elif tag == 0x00020002:
+            meta["MediaStorageSOPClassUID"] = w.get(vpos, length).decode("latin_1").rstrip(
+                "\x00 ")
+        pos = vpos + length
+    ts = meta.get("TransferSyntaxUID", "")
+    if not ts or ts in (_BIG_ENDIAN, DEFLATED_TS):
+        return None
+    implicit = ts == _IMPLICIT_LE
+    raw: dict[int, bytes] = {}
+    # the hot loop: element headers unpacked in place from the window's buffer
+    fast_tags, fallback_tags, pixel_tags, long_vrs = (FAST_TAGS, _FAST_FALLBACK_TAGS,
+                                                      _PIXEL_TAGS, _LONG_VRS)
+    unpack_e, unpack_i, unpack_u32 = _HH2sH.unpack_from, _HHI.unpack_from, _U32.unpack_from
+    buf, base = w.buf, w.base
+    while True:
+        if pos >= size:
+            return None  # no PixelData: not a plain image
+        rel = pos - base
+        if rel < 0 or rel + 12 > len(buf):
+            w.get(pos, 12)
+            buf, base, rel = w.buf, w.base, 0
+            if len(buf) < 8:
+                raise _Fallback
+        if implicit:
+            g, e, length = unpack_i(buf, rel)
+            vr = b""
+            vpos = pos + 8
+        else:
+            g, e, vr, length = unpack_e(buf, rel)
+            if vr in long_vrs:
+                if rel + 12 > len(buf):
+                    raise _Fallback
+                length = unpack_u32(buf, rel + 8)[0]
+                vpos = pos + 12
+            elif b"AA" <= vr <= b"ZZ":
+                vpos = pos + 8
+            else:
+                raise _Fallback
+        tag = (g << 16) | e
+        if tag in pixel_tags:
+            break
+        if tag in fallback_tags:
+            return None
+        if length == _UNDEFINED:
+            pos = _skip_items(w, vpos, implicit or vr == b"UN", size, 1)
+            buf, base = w.buf, w.base
+            continue
+        pos = vpos + length
+        if pos > size:
+            return None
+        if tag in fast_tags:
+            r = vpos - base
+            if r + length <= len(buf):
+                raw[tag] = buf[r:r + length]
+            else:
+                raw[tag] = w.get(vpos, length)
+                buf, base = w.buf, w.base
+    cs = raw.get(0x00080005, b"").decode("latin_1").strip("\x00 ")
+    encoding = _FAST_CHARSETS.get(cs)
+    if encoding is None:
+        return None
+    hd = FastHeader()
+    for tag, value in raw.items():
+        kw, kind = FAST_TAGS[tag]
+        hd[kw] = _decode(value, kind, encoding)
+    hd.file_meta = meta
+    sop = hd.get("SOPClassUID")
+    if not isinstance(sop, str) or sop not in FAST_SOP_CLASSES or any(
+            not isinstance(hd.get(k), str) or not hd.get(k)
+            for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")):
+        return None
+    frames = hd.get("NumberOfFrames", "")
+    if frames not in ("", "1"):
+        return None
+    # PixelData: must end inside the file, and hold the whole native image
+    if length == _UNDEFINED:
+        end = _skip_items(w, vpos, False, size, 1)
+    else:
+        end = vpos + length
+        if end > size:
+            return None
+        rows, cols, bits = hd.get("Rows"), hd.get("Columns"), hd.get("BitsAllocated")
+        spp = hd.get("SamplesPerPixel", 1) or 1
+        if not all(isinstance(v, int) for v in (rows, cols, bits, spp)):
+            return None
+        if length < (rows * cols * spp * bits + 7) // 8:
+            return None
+    if end < size:  # trailing elements (e.g. DataSetTrailingPadding): walk their headers
+        _skip_dataset(w, end, implicit, size, 1, nested=False)
+    return hd

@@ -85,3 +85,107 @@ def test_read_checked_header_outcomes(tmp_path):
     ds.save_as(tmp_path / "noseries.dcm", enforce_file_format=True)
     miss = read_checked_header(tmp_path / "noseries.dcm")
     assert miss.error_class == "MissingTagError" and "SeriesInstanceUID" in miss.reason
+
+
+def _full_and_fast(path):
+    from pipeline.io.classify import file_extra
+    from pipeline.io.index import _file_record
+    from pipeline.io.integrity import read_fast_header
+
+    size = path.stat().st_size
+    fast = read_fast_header(path, size)
+    check = read_checked_header(path)
+    full = None
+    if check.dataset is not None:
+        full = _file_record("x", check.dataset, size), file_extra(check.dataset, "CT", (), ())
+    if fast is None:
+        return full, None
+    return full, (_file_record("x", fast, size), file_extra(fast, "CT", (), ()))
+
+
+def test_fast_header_matches_pydicom(tmp_path):
+    """The fast reader gives the very record pydicom gives, across encodings and odd values."""
+    from pipeline.io.integrity import read_fast_header
+
+    def odd(ds, k):
+        ds.SeriesDescription = " CT ABD  "
+        ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
+        ds.ContrastBolusAgent = "Iohexol 350"
+        ds.InstanceNumber = "0007"
+        ds.PatientID = "Zoë-Ñ 12"
+        ds.SpecificCharacterSet = "ISO_IR 192"
+        ds.CorrectedImage = ["DECY", "ATTN"]
+
+    cases = {
+        "plain": make_series(tmp_path / "a", n=1, order="sorted"),
+        "odd": make_series(tmp_path / "b", n=1, order="sorted", extra=odd),
+        "pet": make_series(tmp_path / "c", modality="PT", n=1, order="sorted"),
+    }
+    paths = [s.paths[0] for s in cases.values()]
+    # implicit VR little endian, encapsulated (RLE), trailing padding after the pixels
+    ds = pydicom.dcmread(paths[0])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.ImplicitVRLittleEndian
+    ds.save_as(tmp_path / "implicit.dcm", implicit_vr=True, little_endian=True)
+    ds = pydicom.dcmread(paths[1])
+    ds.compress(pydicom.uid.RLELossless)
+    ds.save_as(tmp_path / "rle.dcm", enforce_file_format=True)
+    ds = pydicom.dcmread(paths[0])
+    ds.add_new(0xFFFCFFFC, "OB", b"\0" * 64)  # DataSetTrailingPadding
+    ds.save_as(tmp_path / "padded.dcm", enforce_file_format=True)
+    paths += [tmp_path / "implicit.dcm", tmp_path / "rle.dcm", tmp_path / "padded.dcm"]
+    for p in paths:
+        full, fast = _full_and_fast(p)
+        assert fast is not None, p
+        assert fast[0] == full[0], p
+        assert fast[1] == full[1], p
+    rec, ex = _full_and_fast(paths[1])[1]
+    assert rec["patient_id"] == "Zoë-Ñ 12" and rec["series_description"] == "CT ABD"
+    assert rec["image_type"] == "ORIGINAL\\PRIMARY\\AXIAL" and rec["instance_number"] == 7
+    assert ex.contrast_agent == "Iohexol 350" and ex.corrected_image == "DECY\\ATTN"
+    assert read_fast_header(paths[0], paths[0].stat().st_size)["Rows"] == 8
+
+
+def test_fast_header_defers_every_doubtful_file(tmp_path):
+    """Cut, inconsistent, preamble-less, non-image and unusual files are left to the full read
+    (None), which gives each its documented reason."""
+    from pipeline.io.integrity import read_fast_header
+
+    s = make_series(tmp_path / "ct", n=1, rows=64, cols=64, order="sorted")
+    data = s.paths[0].read_bytes()
+
+    def fast(p):
+        return read_fast_header(p, p.stat().st_size)
+
+    for name, blob in [("cut_pixels", data[:-1]), ("cut_header", data[:300]),
+                       ("cut_meta", data[:140]), ("junk", b"hello" * 100), ("empty", b"")]:
+        (tmp_path / name).write_bytes(blob)
+        assert fast(tmp_path / name) is None, name
+    ds = pydicom.dcmread(s.paths[0])
+    ds.PixelData = ds.PixelData[:100]
+    ds.save_as(tmp_path / "short.dcm", enforce_file_format=True)
+    assert fast(tmp_path / "short.dcm") is None
+    del ds.SOPInstanceUID
+    ds.PixelData = pydicom.dcmread(s.paths[0]).PixelData
+    ds.save_as(tmp_path / "nosop.dcm", enforce_file_format=True)
+    assert fast(tmp_path / "nosop.dcm") is None
+    ds = pydicom.dcmread(s.paths[0])
+    ds.SpecificCharacterSet = "ISO_IR 144"  # Cyrillic: left to pydicom's decoders
+    ds.save_as(tmp_path / "cyr.dcm", enforce_file_format=True)
+    assert fast(tmp_path / "cyr.dcm") is None
+    ds = pydicom.dcmread(s.paths[0])
+    ds.SOPClassUID = [ds.SOPClassUID, "1.2.3"]  # multi-valued: nonsense, left to pydicom
+    ds.save_as(tmp_path / "multisop.dcm", enforce_file_format=True)
+    assert fast(tmp_path / "multisop.dcm") is None
+    ds = pydicom.dcmread(s.paths[0])
+    ds.preamble = None
+    pydicom.dcmwrite(tmp_path / "raw.dcm", ds, enforce_file_format=False)
+    assert fast(tmp_path / "raw.dcm") is None
+    # the transfer syntax says big endian (same UID length): the fast reader does not guess
+    (tmp_path / "big.dcm").write_bytes(data.replace(b"1.2.840.10008.1.2.1\0",
+                                                    b"1.2.840.10008.1.2.2\0", 1))
+    assert fast(tmp_path / "big.dcm") is None
+    ct = make_series(tmp_path / "src", n=3)
+    sq = np.array([[0, 0, 0], [3, 0, 0], [3, 3, 0]], float) + ct.positions[1]
+    write_rtstruct(tmp_path / "rt", ref=ct, rois=[(1, "GTV_1", [sq])])
+    assert fast(tmp_path / "rt") is None  # not an image SOP class: read in full
+    assert fast(s.paths[0]) is not None
