@@ -207,14 +207,12 @@ def test_interrupted_write_leaves_old_sheet_and_no_partial_file(tmp_path, monkey
     before = path.read_bytes()
     new = pd.DataFrame({"patient_id": [f"P{i}" for i in range(2000)],
                         "study_uid": [f"1.2.{i}" for i in range(2000)]})
-    real_to_csv = pd.DataFrame.to_csv
+    import pipeline.sheet as sheet_module
 
-    def half_then_crash(self, buf, *a, **k):
-        text = real_to_csv(self, None, *a, **k)
-        buf.write(text[: len(text) // 2])  # part of the new sheet reaches the disk ...
-        raise OSError("disk full")  # ... then the write fails
+    def crash(_fd):  # the new sheet reached the temporary file, then the disk failed
+        raise OSError("disk full")
 
-    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_crash)
+    monkeypatch.setattr(sheet_module.os, "fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         write_study_sheet(new, path)
     monkeypatch.undo()
@@ -222,7 +220,7 @@ def test_interrupted_write_leaves_old_sheet_and_no_partial_file(tmp_path, monkey
     assert [p.name for p in tmp_path.iterdir()] == ["studies.csv"]  # the partial file is gone
     # interrupted before any sheet existed: no file at all
     fresh = tmp_path / "new" / "studies.csv"
-    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_crash)
+    monkeypatch.setattr(sheet_module.os, "fsync", crash)
     with pytest.raises(OSError):
         write_study_sheet(new, fresh)
     monkeypatch.undo()
@@ -301,3 +299,17 @@ def test_output_dir_outside_results_is_pipeline_error(tmp_path):
     with pytest.raises(OutputPathError, match="refusing to write outside the results folder") as ei:
         study_output_dir(tmp_path, {"patient_dir": "..", "study_dir": "cohort"})
     assert isinstance(ei.value, PipelineError) and ei.value.hint
+
+
+def test_unchanged_sheet_is_not_rewritten(tmp_path):
+    """The workflow's cohort step reruns on the sheet's modification time: same content, same file."""
+    import os
+
+    path = tmp_path / "studies.csv"
+    sheet = pd.DataFrame({"patient_id": ["P1"], "study_uid": ["1.2.3"], "notes": [""]})
+    write_study_sheet(sheet, path)
+    os.utime(path, ns=(1_000_000_000, 1_000_000_000))
+    write_study_sheet(sheet.copy(), path)
+    assert path.stat().st_mtime_ns == 1_000_000_000
+    write_study_sheet(sheet.assign(notes=["edited"]), path)
+    assert path.stat().st_mtime_ns != 1_000_000_000
