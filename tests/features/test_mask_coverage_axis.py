@@ -18,9 +18,9 @@ def test_axis_aligned_coverage_is_identical(seed):
     rng = np.random.default_rng(seed)
     n_none = 0
     for _ in range(40):
-        src = Grid((40, 50, 60), tuple(rng.uniform(0.3, 5, 3)), tuple(rng.uniform(-200, 200, 3)))
-        dst = Grid(tuple(int(v) for v in rng.integers(5, 40, 3)), tuple(rng.uniform(0.5, 6, 3)),
-                   tuple(rng.uniform(-220, 100, 3)))
+        src = Grid((40, 50, 60), tuple(rng.uniform(0.3, 3, 3)), tuple(rng.uniform(-5, 5, 3)))
+        dst = Grid(tuple(int(v) for v in rng.integers(20, 40, 3)), tuple(rng.uniform(2, 6, 3)),
+                   tuple(rng.uniform(-20, 40, 3)))
         shape = tuple(int(v) for v in rng.integers(1, 12, 3))
         start = [int(rng.integers(0, n - s)) for n, s in zip((40, 50, 60), shape)]
         bbox = tuple((b, b + s) for b, s in zip(start, shape))
@@ -29,7 +29,7 @@ def test_axis_aligned_coverage_is_identical(seed):
             general = map_mask_coverage(crop, bbox, src, dst, supersample=ss)
             n_none += general is None
             assert _same(general, mask_coverage(crop, bbox, src, dst, supersample=ss))
-    assert n_none < 120  # most cases overlap the destination grid
+    assert n_none < 90  # at least a quarter of the cases overlap the destination grid
 
 
 def test_oblique_grid_uses_the_general_mapping():
