@@ -415,8 +415,9 @@ def _read_pixels(slices: list[_Slice], series_uid: str) -> np.ndarray:
                     hint="the file is damaged or its NumberOfFrames/Rows/Columns are wrong; "
                     "re-export it",
                 )
-            out[k] = arr[f].astype(np.float32) * np.float32(slices[k].slope) + np.float32(
-                slices[k].intercept)
+            # stored -> float32, x slope, + intercept, each rounded to float32 as before, in place
+            np.multiply(arr[f], np.float32(slices[k].slope), out=out[k], dtype=np.float32)
+            out[k] += np.float32(slices[k].intercept)
         del arr
         ds = slices[ks[0]].ds
         if "PixelData" in ds:  # headers leave without their pixels (as a header-only read)
