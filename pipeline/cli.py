@@ -66,6 +66,35 @@ def _load_sheet_and_files(results: Path):
     return _load_sheet(results), idx.read_index(results / "index")
 
 
+#: Study-sheet columns naming a series of the archive (images and DICOM masks).
+STUDY_SERIES_KEYS = ("ct_series_uid", "ce_ct_series_uid", "pet_series_uid", "lesion_mask_ref",
+                     "organ_mask_ref")
+#: The columns of the index's file table that a study job reads.
+STUDY_FILE_COLUMNS = ("path", "series_uid", "sop_instance_uid")
+
+
+def _study_files(results: Path, row: dict):
+    """The index's file rows of the series one study-sheet row names, and the archive root.
+
+    Only the three columns the study reads (:data:`STUDY_FILE_COLUMNS`), in file-table order;
+    the series and problem tables are not read.
+    """
+    import pandas as pd
+
+    from pipeline.errors import ConfigError
+
+    folder = results / "index"
+    root = Path(json.loads((folder / "index.json").read_text(encoding="utf-8"))["root"])
+    try:
+        files = pd.read_csv(folder / "files.csv", dtype=str, keep_default_na=False, na_values=[],
+                            usecols=list(STUDY_FILE_COLUMNS))
+    except ValueError as exc:
+        raise ConfigError(f"index table lacks a column the study needs: {exc}",
+                          file=folder / "files.csv", hint="re-run the index step") from exc
+    uids = {str(row.get(k) or "") for k in STUDY_SERIES_KEYS} - {""}
+    return files[files["series_uid"].isin(uids)].reset_index(drop=True), root
+
+
 def cmd_study(args) -> int:
     from pipeline import config as cfgmod
     from pipeline.cohort import study_output_dir
@@ -74,10 +103,10 @@ def cmd_study(args) -> int:
 
     cfg = cfgmod.load_config(args.settings)
     results = Path(args.results)
-    sheet, index = _load_sheet_and_files(results)
-    row = study_row(sheet, args.patient_dir, args.study_dir)
+    row = study_row(_load_sheet(results), args.patient_dir, args.study_dir)
+    files, root = _study_files(results, row)  # this study's rows only, not the whole index
     out = study_output_dir(results, row)
-    prov = run_study(row, index.files, index.root, cfg, out)
+    prov = run_study(row, files, root, cfg, out)
     print(f"study {args.patient_dir}/{args.study_dir}: {prov['status']}, {prov['n_lesions']} lesions, "
           f"{prov['total_wall_s']:.1f} s -> {out}", file=sys.stderr)
     return 0

@@ -192,15 +192,24 @@ def trace_rays(grid: Grid, origin_lps: np.ndarray, dirs_lps: np.ndarray, t_max: 
     return Traced(t0=np.where(valid, t0, 0.0), t1=np.where(valid, t1, 0.0), valid=valid, idx=idx)
 
 
-def _lookup(arr: np.ndarray, bbox, idx: np.ndarray, valid: np.ndarray, fill=0) -> np.ndarray:
-    """Values of a bbox-cropped array at grid indices (fill outside the box / invalid)."""
+def _lookup(arr: np.ndarray, bbox, idx: np.ndarray, valid: np.ndarray, fill=0,
+            *more: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+    """Values of a bbox-cropped array at grid indices (fill outside the box / invalid).
+
+    ``more`` are further arrays of the same shape on the same box, looked up at the same
+    places (the indices are checked once); then a tuple, ``arr`` first, is returned.
+    """
     lo = np.array([b[0] for b in bbox])
     shp = np.array(arr.shape)
     rel = idx - lo
     inside = valid & np.all((rel >= 0) & (rel < shp), axis=-1)
-    out = np.full(valid.shape, fill, dtype=arr.dtype)
-    out[inside] = arr[tuple(rel[inside].T)]
-    return out
+    where = tuple(rel[inside].T)
+    outs = []
+    for a in (arr, *more):
+        out = np.full(valid.shape, fill, dtype=a.dtype)
+        out[inside] = a[where]
+        outs.append(out)
+    return tuple(outs) if more else outs[0]
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -235,8 +244,11 @@ def evaluate_rays(
     tr = trace_rays(tmap.grid, target_lps, dirs, t_max)
     valid = tr.valid
     n, m = valid.shape
-    flags = _lookup(tmap.flags, tmap.bbox, tr.idx, valid)
-    labels = _lookup(tmap.labels, tmap.bbox, tr.idx, valid)
+    if tmap.labels.shape == tmap.flags.shape:  # one box: the indices are checked once
+        flags, labels = _lookup(tmap.flags, tmap.bbox, tr.idx, valid, 0, tmap.labels)
+    else:
+        flags = _lookup(tmap.flags, tmap.bbox, tr.idx, valid)
+        labels = _lookup(tmap.labels, tmap.bbox, tr.idx, valid)
     les = _lookup(np.asarray(lesion.crop, bool), lesion.bbox_zyx, tr.idx, valid, False)
     in_grid = np.all((tr.idx >= 0) & (tr.idx < np.asarray(tmap.grid.shape_zyx)), axis=-1)
     col = np.arange(m)[None, :]

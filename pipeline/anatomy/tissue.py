@@ -284,8 +284,12 @@ def build_tissue_map(
             labels[d][np.asarray(m.crop, bool)[s]] = i
 
     vessel_tree = None
-    if vessel.any():
-        pts = surface_points_lps(vessel, grid, offset_zyx=tuple(a for a, _ in bb))
+    vbb = bbox_of(vessel)
+    if vbb is not None:
+        # on the vessels' own box: the same faces (outside the box is no vessel) and the same
+        # points, in the same order, without rolling the whole body box six times
+        pts = surface_points_lps(vessel[tuple(slice(a, b) for a, b in vbb)], grid,
+                                 offset_zyx=tuple(a + v for (a, _), (v, _) in zip(bb, vbb)))
         if len(pts):
             vessel_tree = cKDTree(pts, balanced_tree=False, compact_nodes=False)
     base = lung_base_points(lung, grid, tuple(a for a, _ in bb), sigma_mm=diaphragm_sigma_mm,

@@ -105,10 +105,9 @@ def _masked_median(values: np.ndarray, mask: np.ndarray, size: int) -> np.ndarra
     padded = np.pad(np.where(ok, values, np.nan).astype(np.float32), h, constant_values=np.nan)
     idx = np.argwhere(ok)
     offs = np.stack(np.meshgrid(*[np.arange(-h, h + 1)] * 3, indexing="ij"), -1).reshape(-1, 3)
-    nb = np.empty((len(idx), len(offs)), dtype=np.float32)
-    for j, o in enumerate(offs):
-        p = idx + o + h
-        nb[:, j] = padded[p[:, 0], p[:, 1], p[:, 2]]
+    # the windows gathered by flat index (voxel + offset, in elements of ``padded``)
+    steps = np.asarray(padded.strides) // padded.itemsize
+    nb = padded.ravel()[((idx + h) @ steps)[:, None] + (offs @ steps)[None, :]]
     nb.sort(axis=1)  # NaN sort last
     n = np.count_nonzero(np.isfinite(nb), axis=1)
     rows = np.arange(len(idx))

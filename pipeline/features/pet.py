@@ -71,6 +71,73 @@ def sphere_offsets(grid: Grid, radius_mm: float) -> np.ndarray:
     return np.column_stack([dz[keep], dy[keep], dx[keep]]).astype(np.int64)
 
 
+def _axis_diagonal(matrix: np.ndarray) -> np.ndarray | None:
+    """The diagonal of a 3 x 3 matrix whose off-diagonal entries are exactly zero, else None."""
+    off = matrix[~np.eye(3, dtype=bool)]
+    return np.diag(matrix).copy() if np.all(off == 0.0) else None
+
+
+def mask_coverage(
+    crop: np.ndarray, bbox: BBox, src: Grid, dst: Grid, supersample: int = 1
+) -> tuple[BBox, np.ndarray] | None:
+    """:func:`pipeline.geometry.map_mask_coverage`, axis by axis when both grids are axis aligned.
+
+    When the direction matrices of ``src`` and ``dst`` have no off-diagonal terms, the ``dst``
+    voxel of a supersampled point depends on each axis separately: along axis ``a`` the point
+    ``(i + o)`` of ``src`` falls in ``dst`` voxel ``rint(((i + o) * s_a + origin_a - dst_origin_a)
+    * inv_a)`` with the same floating-point operations as the general mapping (the matrix
+    products only add exact zeros). The point counts are then the tensor product of three 1-D
+    count matrices (``dst`` index x ``src`` index) applied to the mask, exact integers in float64
+    as in the general path, so the result is identical bit for bit; it costs O(voxels) instead
+    of 27 x voxels point transforms. Other grids use the general function.
+
+    Returns
+    -------
+    (bbox_dst, coverage) or None, as :func:`pipeline.geometry.map_mask_coverage`.
+    """
+    m_src = src.affine()[:3, :3]
+    fwd = _axis_diagonal(m_src)
+    inv = _axis_diagonal(np.linalg.inv(dst.affine()[:3, :3]))
+    if fwd is None or inv is None or not np.any(crop):
+        return map_mask_coverage(crop, bbox, src, dst, supersample=supersample)
+    crop = np.asarray(crop, dtype=bool)
+    if supersample > 1:
+        offs = (np.arange(supersample) + 0.5) / supersample - 0.5
+    else:
+        offs = np.zeros(1)
+    # (z, y, x) order: the affine's columns are (x, y, z)
+    fwd, inv = fwd[::-1], inv[::-1]
+    o_src = np.asarray(src.origin_lps_mm, dtype=float)[::-1]
+    o_dst = np.asarray(dst.origin_lps_mm, dtype=float)[::-1]
+    mats, los = [], []
+    for a in range(3):
+        i = np.arange(bbox[a][0], bbox[a][0] + crop.shape[a], dtype=np.int64)
+        t = i[:, None].astype(float) + offs[None, :]  # (n_src, supersample)
+        lps = t * fwd[a] + o_src[a]
+        d = np.rint((lps - o_dst[a]) * inv[a]).astype(np.int64)
+        inside = (d >= 0) & (d < dst.shape_zyx[a])
+        if not inside.any():
+            return None
+        lo, hi = int(d[inside].min()), int(d[inside].max()) + 1
+        w = np.zeros((hi - lo, len(i)), dtype=np.float64)
+        rows, cols = np.nonzero(inside)
+        np.add.at(w, (d[rows, cols] - lo, rows), 1.0)
+        mats.append(w)
+        los.append(lo)
+    counts = np.einsum("az,by,cx,zyx->abc", mats[0], mats[1], mats[2],
+                       crop.astype(np.float64), optimize=True)
+    nz = [np.flatnonzero(counts.any(axis=tuple(b for b in range(3) if b != a)))
+          for a in range(3)]
+    if any(len(v) == 0 for v in nz):
+        return None
+    sl = tuple(slice(int(v[0]), int(v[-1]) + 1) for v in nz)
+    counts = counts[sl]
+    point_volume = src.voxel_volume_mm3 / supersample**3
+    coverage = np.clip(counts * point_volume / dst.voxel_volume_mm3, 0.0, 1.0).astype(np.float32)
+    bbox_dst = tuple((lo + int(v[0]), lo + int(v[-1]) + 1) for lo, v in zip(los, nz))
+    return bbox_dst, coverage  # type: ignore[return-value]
+
+
 def lesion_coverage(
     mask: LesionMask, dst: Grid, *, supersample: int = 3
 ) -> tuple[BBox, np.ndarray] | None:
@@ -98,7 +165,7 @@ def lesion_coverage(
             z1 += 1
         if total:
             sub_bbox = ((bz0 + z0, bz0 + z1), by, bx)
-            res = map_mask_coverage(crop[z0:z1], sub_bbox, mask.grid, dst, supersample=supersample)
+            res = mask_coverage(crop[z0:z1], sub_bbox, mask.grid, dst, supersample=supersample)
             if res is not None:
                 parts.append(res)
         z0 = z1

@@ -346,6 +346,54 @@ def _decode(path: str, series_uid: str) -> tuple[np.ndarray, Dataset]:
     return arr, ds
 
 
+#: Uncompressed little-endian transfer syntaxes (Implicit / Explicit VR Little Endian).
+_NATIVE_LITTLE_ENDIAN = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")
+
+
+def _read_whole(path: str | Path) -> Dataset:
+    """One file read once: header and pixel bytes (not decoded).
+
+    A file whose whole read fails is read again without pixels, so that an unreadable header
+    raises :class:`DicomReadError` here, as :func:`load_series_headers` does, and an unreadable
+    pixel part raises later from :func:`_decode` (after the geometry checks, as before).
+    """
+    try:
+        return pydicom.dcmread(str(path))
+    except Exception:  # noqa: BLE001 - the header-only read below reports the error
+        (ds,) = load_series_headers([path])
+        return ds
+
+
+def _native_frames(ds: Dataset) -> np.ndarray | None:
+    """(frames, rows, cols) view of uncompressed greyscale pixels, or None to use pydicom.
+
+    Only for Implicit / Explicit VR Little Endian, SamplesPerPixel 1, BitsStored ==
+    BitsAllocated (8, 16 or 32) and PixelRepresentation 0 / 1: there pydicom's ``pixel_array``
+    is exactly this reinterpretation of the bytes (no bit masking, no sign extension), so the
+    values are identical; everything else goes through :func:`_decode`.
+    """
+    if "PixelData" not in ds:
+        return None
+    ts = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
+    if ts not in _NATIVE_LITTLE_ENDIAN:
+        return None
+    try:
+        bits, stored = int(ds.BitsAllocated), int(ds.BitsStored)
+        rep, spp = int(ds.PixelRepresentation), int(ds.get("SamplesPerPixel", 1) or 1)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        nframes = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
+    if spp != 1 or bits not in (8, 16, 32) or stored != bits or rep not in (0, 1) or nframes < 1:
+        return None
+    dtype = np.dtype(f"<{'u' if rep == 0 else 'i'}{bits // 8}")
+    n = rows * cols * nframes
+    buf = ds.PixelData
+    if not isinstance(buf, bytes) or len(buf) < n * dtype.itemsize:
+        return None
+    return np.frombuffer(buf, dtype=dtype, count=n).reshape(nframes, rows, cols)
+
+
 def _read_pixels(slices: list[_Slice], series_uid: str) -> np.ndarray:
     """Rescaled float32 (N, rows, cols) for ``slices``, each file decoded once."""
     rows, cols = int(slices[0].ds.Rows), int(slices[0].ds.Columns)
@@ -354,7 +402,9 @@ def _read_pixels(slices: list[_Slice], series_uid: str) -> np.ndarray:
     for k, s in enumerate(slices):
         by_file.setdefault(s.file, []).append(k)
     for path, ks in by_file.items():
-        arr, _ = _decode(path, series_uid)
+        arr = _native_frames(slices[ks[0]].ds)
+        if arr is None:
+            arr, _ = _decode(path, series_uid)
         for k in ks:
             f = slices[k].frame or 0
             if f >= arr.shape[0] or arr.shape[1:] != (rows, cols):
@@ -365,9 +415,13 @@ def _read_pixels(slices: list[_Slice], series_uid: str) -> np.ndarray:
                     hint="the file is damaged or its NumberOfFrames/Rows/Columns are wrong; "
                     "re-export it",
                 )
-            out[k] = arr[f].astype(np.float32) * np.float32(slices[k].slope) + np.float32(
-                slices[k].intercept)
+            # stored -> float32, x slope, + intercept, each rounded to float32 as before, in place
+            np.multiply(arr[f], np.float32(slices[k].slope), out=out[k], dtype=np.float32)
+            out[k] += np.float32(slices[k].intercept)
         del arr
+        ds = slices[ks[0]].ds
+        if "PixelData" in ds:  # headers leave without their pixels (as a header-only read)
+            del ds.PixelData
     return out
 
 
@@ -422,7 +476,7 @@ def _assemble(
     slices: list[_Slice] = []
     n_multi = 0
     for p in paths:
-        (ds,) = load_series_headers([p])
+        ds = _read_whole(p)
         uid = str(require(ds, "SeriesInstanceUID", file=p, series_uid=series_uid))
         if uid != series_uid:
             raise DicomReadError(
