@@ -4,9 +4,10 @@
 Report* with one measurement group per lesion:
 
 * **SEG masks** -> TID 1411 *Volumetric ROI Measurements and Qualitative Evaluations* with a
-  ``ReferencedSegment`` (the lesion SEG instance, the lesion's segment number, its frames) and
-  the source CT images of those frames (from each frame's DerivationImageSequence, else by
-  matching frame positions to the CT slices).
+  ``ReferencedSegment`` (the lesion SEG instance and the lesion's segment number; no frame
+  numbers, which DICOM does not allow beside a segment number) and the source CT images of the
+  segment's frames (from each frame's DerivationImageSequence, else by matching frame
+  positions to the CT slices).
 * **RTSTRUCT / label-map masks** (no segment to point at) -> TID 1501 *Measurements and
   Qualitative Evaluations* for the lesion, whose source images are the CT slices within half
   the lesion's 3D diameter of its centroid.
@@ -382,12 +383,16 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
         lesion_headers = ct_headers_of[ref_ct_uid]
         own = {str(h.SOPInstanceUID) for h in lesion_headers}
         if seg is not None and seg_no is not None and str(r.get("mask_series_uid") or mask_ref) == str(seg.SeriesInstanceUID):
-            frames, srcs, pos = _seg_frames(seg, int(seg_no))
+            _frames, srcs, pos = _seg_frames(seg, int(seg_no))
             srcs = [u for u in dict.fromkeys(srcs) if u in own] or _match_positions(lesion_headers, pos)
             src_items = [hd.sr.SourceImageForSegmentation(str(ct_by_uid[u].SOPClassUID), u) for u in srcs]
+            # Segment number only: DICOM forbids ReferencedSegmentNumber together with
+            # ReferencedFrameNumber in one reference (PS3.3 Table 10-3; dciodvfy flags it), and the
+            # segment number already selects the segment's frames. Their derivation images and
+            # positions still pick the source CT slices.
             ref = hd.sr.ReferencedSegment(
                 sop_class_uid=str(seg.SOPClassUID), sop_instance_uid=str(seg.SOPInstanceUID),
-                segment_number=int(seg_no), frame_numbers=frames or None,
+                segment_number=int(seg_no), frame_numbers=None,
                 source_images=src_items or None,
                 source_series=None if src_items else hd.sr.SourceSeriesForSegmentation(ref_ct_uid))
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(

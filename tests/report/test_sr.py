@@ -64,7 +64,8 @@ def test_sr_reads_back_with_every_measurement_and_unit(results):
         assert g["evaluations"]["TIER"] == rk.loc[lid, "tier"].upper()
         assert g["template"] == "1411"
         sop, segnums, frames = g["segment"]
-        assert sop == seg_sop and segnums == [int(row["segment_number"])] and frames
+        # the segment number alone selects the frames: DICOM forbids frame numbers beside it
+        assert sop == seg_sop and segnums == [int(row["segment_number"])] and frames == []
         assert g["source_images"] and set(g["source_images"]) <= ct_sops
         if isinstance(row.get("tracking_uid"), str) and row["tracking_uid"]:
             assert g["tracking_uid"] == row["tracking_uid"]
@@ -72,6 +73,8 @@ def test_sr_reads_back_with_every_measurement_and_unit(results):
     assert sr.PreliminaryFlag == "PRELIMINARY" and sr.VerificationFlag == "UNVERIFIED"
     assert sr.CompletionFlag == "COMPLETE"
     assert [c.CodingSchemeDesignator for c in sr.CodingSchemeIdentificationSequence] == ["99HITIT"]
+    scheme = sr.CodingSchemeIdentificationSequence[0]
+    assert scheme.CodingSchemeName and scheme.CodingSchemeResponsibleOrganization
     assert str(sr.PatientName) == "" and str(sr.PatientBirthDate) == ""
     assert sr.PatientID == "PHANTOM001" and sr.StudyInstanceUID == prov["study_uid"]
     ev = sr.CurrentRequestedProcedureEvidenceSequence[0]
