@@ -7,7 +7,7 @@ through the same ``hitit`` step commands the Snakefile calls, then the review ou
 (:func:`pipeline.report.run.build_reports`: key images, worksheets, SR, dashboard).
 
 ``chromium``: Debian's chromium, installed with apt-get when missing (skips with the reason
-only when that is impossible).
+only when that is impossible). ``dciodvfy``: dicom3tools' DICOM validator, likewise.
 """
 
 from __future__ import annotations
@@ -102,4 +102,52 @@ def chromium():
     exe, reason = ensure_chromium()
     if exe is None:
         pytest.skip(f"headless Chromium unavailable: {reason}")
+    return exe
+
+
+def ensure_debian_tool(executable: str, package: str, timeout_s: float = 900.0) -> tuple[str | None, str]:
+    """Path of a command-line tool, installing its Debian package with apt-get when missing.
+
+    Returns
+    -------
+    (path, "") or (None, reason) - the reason says why the tool is unavailable (not root, no
+    apt-get, the install failed).
+    """
+    import os
+    import subprocess
+    import tempfile
+
+    found = shutil.which(executable)
+    if found:
+        return found, ""
+    if os.geteuid() != 0:
+        return None, f"{executable} is not installed and the tests are not running as root"
+    if not shutil.which("apt-get"):
+        return None, f"{executable} is not installed and apt-get is not available"
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    # pytest-xdist workers may get here together: one installs, the others wait on the lock
+    with _lock(Path(tempfile.gettempdir()) / f"hitit-apt-{package}.lock"):
+        try:
+            if not shutil.which(executable):
+                for cmd in (["apt-get", "update"],
+                            ["apt-get", "install", "-y", "--no-install-recommends", package]):
+                    res = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True,
+                                         timeout=timeout_s)
+                    if res.returncode != 0:
+                        tail = (res.stderr or res.stdout).strip().splitlines()[-3:]
+                        return None, f"`{' '.join(cmd)}` failed: {' | '.join(tail)}"
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"installing {package} failed: {exc}"
+    found = shutil.which(executable)
+    if found:
+        return found, ""
+    return None, f"apt-get install {package} finished but {executable} is not on PATH"
+
+
+@pytest.fixture(scope="session")
+def dciodvfy():
+    """Path of dicom3tools' ``dciodvfy`` (Debian package installed by apt-get when missing)."""
+    exe, reason = ensure_debian_tool("dciodvfy", "dicom3tools")
+    if exe is None:
+        pytest.skip(f"dciodvfy (dicom3tools) unavailable: {reason}")
     return exe
