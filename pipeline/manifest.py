@@ -27,6 +27,7 @@ import pandas as pd
 
 from pipeline.io import index as idx
 from pipeline.io.labelmap import sidecar_path
+from pipeline.io.tables import write_text_atomic
 from pipeline.sheet import read_study_sheet, sheet_for_index, sheet_path, write_study_sheet
 
 log = logging.getLogger(__name__)
@@ -87,25 +88,6 @@ def study_manifest(row: dict, files: pd.DataFrame, root: Path) -> dict:
     }
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` atomically unless the file already holds it. True when written."""
-    path = Path(path)
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return True
-
-
 def write_manifests(sheet: pd.DataFrame, files: pd.DataFrame, root: Path,
                     results: Path) -> tuple[int, int]:
     """One manifest per sheet row, each rewritten only when it changed.
@@ -118,7 +100,7 @@ def write_manifests(sheet: pd.DataFrame, files: pd.DataFrame, root: Path,
     for row in sheet.to_dict(orient="records"):
         m = study_manifest(row, files, root)
         text = json.dumps(m, indent=1, sort_keys=True) + "\n"
-        if write_if_changed(manifest_path(results, row["patient_dir"], row["study_dir"]), text):
+        if write_text_atomic(manifest_path(results, row["patient_dir"], row["study_dir"]), text):
             written += 1
         else:
             unchanged += 1

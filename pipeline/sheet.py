@@ -19,7 +19,6 @@ rule (every cell a string, empty = ``""``) and one notion of "the patient's earl
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -112,31 +111,10 @@ def write_study_sheet(sheet: pd.DataFrame, path: str | Path) -> Path:
     Path
         ``path``.
     """
+    from pipeline.io.tables import write_text_atomic
+
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = _as_str(sheet).to_csv(index=False, lineterminator="\n")
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return path  # unchanged: keep its modification time (the workflow's rerun trigger)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory file descriptors
-        return path
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+    write_text_atomic(path, _as_str(sheet).to_csv(index=False, lineterminator="\n"))
     return path
 
 

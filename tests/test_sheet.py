@@ -207,7 +207,7 @@ def test_interrupted_write_leaves_old_sheet_and_no_partial_file(tmp_path, monkey
     before = path.read_bytes()
     new = pd.DataFrame({"patient_id": [f"P{i}" for i in range(2000)],
                         "study_uid": [f"1.2.{i}" for i in range(2000)]})
-    import pipeline.sheet as sheet_module
+    import pipeline.io.tables as sheet_module
 
     def crash(_fd):  # the new sheet reached the temporary file, then the disk failed
         raise OSError("disk full")

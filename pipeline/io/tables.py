@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +13,46 @@ FAILURE_COLUMNS = [
     "patient_id", "study_uid", "stage", "error_class", "message", "file", "series_uid", "tag",
     "hint", "severity",
 ]
+
+
+def write_text_atomic(path: Path, text: str, *, only_if_changed: bool = True) -> bool:
+    """Write ``text`` durably and atomically: temporary file in the same folder, fsync,
+    ``os.replace``, fsync of the folder. A reader sees the old content or the new, never a
+    partial file; on failure the temporary file is removed and the old file is left as it was.
+
+    With ``only_if_changed``, a file that already holds ``text`` is not rewritten, so its
+    modification time (a workflow rerun trigger) says when its content last changed.
+
+    Returns
+    -------
+    bool
+        True when the file was written.
+    """
+    path = Path(path)
+    if only_if_changed and path.is_file() and path.read_text(encoding="utf-8") == text:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:  # pragma: no cover - platforms without directory file descriptors
+        return True
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+    return True
 
 
 def write_table(df: pd.DataFrame, path: Path, *, parquet: bool = False) -> None:
