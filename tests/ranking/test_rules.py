@@ -100,7 +100,7 @@ CASES = [
     # informational: fires whenever a target point exists; the source list is the setting
     ("NO_RIM_BIAS", dict(), dict(centroid_x_mm=None, **NO_PET),
      set_cfg(["target_point", "sources"], ["suv_peak"]), dict(NO_PET), False),
-    ("NONCONTRAST_CONSPICUITY", dict(noncontrast_cnr=0.5), dict(noncontrast_cnr=2.0),
+    ("NONCONTRAST_CONSPICUITY", dict(noncontrast_cnr=0.5, us_window=True), dict(noncontrast_cnr=2.0),
      set_leaf("noncontrast_cnr", value=3.0), "silent", True),
     ("US_WINDOW", dict(us_window=True), dict(us_window=True, path_length_mm=150.0),
      set_leaf("path_length_mm", value=200.0), "silent", True),
@@ -561,3 +561,14 @@ def test_vessel_abut_message_gives_gap_and_voxel(cfg):
     o = outcome(lesion("a", vessel_distance_mm=0.0, vessel_name="aorta"), cfg)
     assert "abuts the aorta (measured gap 0.0 mm), a major vessel" in dict(
         (c, m) for c, _, m in o.messages)["VESSEL_ABUT"]
+
+
+def test_noncontrast_conspicuity_is_not_switched_off_by_a_ct_ultrasound_window(cfg):
+    """us_window is CT geometry (no bone or air on the path), not ultrasound visibility: a lesion
+    with non-contrast CNR < 1 is flagged with or without it, and told to confirm visibility."""
+    for window in (True, False, None):
+        o = outcome(lesion("a", noncontrast_cnr=0.4, us_window=window), cfg)
+        assert "NONCONTRAST_CONSPICUITY" in o.fired, window
+        msg = dict((c, m) for c, _, m in o.messages)["NONCONTRAST_CONSPICUITY"]
+        assert "confirm visibility on ultrasound or non-contrast CT" in msg
+    assert "NONCONTRAST_CONSPICUITY" not in outcome(lesion("a", noncontrast_cnr=1.5), cfg).fired
