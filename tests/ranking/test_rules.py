@@ -102,6 +102,9 @@ CASES = [
      set_cfg(["target_point", "sources"], ["suv_peak"]), dict(NO_PET), False),
     ("NONCONTRAST_CONSPICUITY", dict(noncontrast_cnr=0.5, us_window=True), dict(noncontrast_cnr=2.0),
      set_leaf("noncontrast_cnr", value=3.0), "silent", True),
+    ("NONCONTRAST_NO_WINDOW", dict(noncontrast_cnr=0.5, us_window=False),
+     dict(noncontrast_cnr=2.0, us_window=False),
+     set_leaf("noncontrast_cnr", value=3.0), "silent", True),
     ("US_WINDOW", dict(us_window=True), dict(us_window=True, path_length_mm=150.0),
      set_leaf("path_length_mm", value=200.0), "silent", True),
     ("PATH", dict(safe_path_found=False), dict(safe_path_found=True),
@@ -180,7 +183,7 @@ def test_rule_fires_is_silent_and_follows_config(cfg, code, fire, silent, mutate
 def test_rule_unknown_when_its_column_is_missing(cfg):
     o = outcome(lesion("a"), cfg)
     for code in ("NECROTIC", "PATH", "US_WINDOW", "MOBILITY", "INTRAVASCULAR", "NEEDLE_GAUGE",
-                 "NEW_OR_GROWING", "NONCONTRAST_CONSPICUITY"):
+                 "NEW_OR_GROWING", "NONCONTRAST_CONSPICUITY", "NONCONTRAST_NO_WINDOW"):
         assert code in o.not_evaluated
         assert code not in o.fired
 
@@ -571,4 +574,6 @@ def test_noncontrast_conspicuity_is_not_switched_off_by_a_ct_ultrasound_window(c
         assert "NONCONTRAST_CONSPICUITY" in o.fired, window
         msg = dict((c, m) for c, _, m in o.messages)["NONCONTRAST_CONSPICUITY"]
         assert "confirm visibility on ultrasound or non-contrast CT" in msg
+        # without a path for ultrasound guidance the board decides as well
+        assert ("NONCONTRAST_NO_WINDOW" in o.fired) is (window is not True)
     assert "NONCONTRAST_CONSPICUITY" not in outcome(lesion("a", noncontrast_cnr=1.5), cfg).fired
