@@ -62,12 +62,20 @@ def replacement_uid(raw: str) -> str:
     return f"2.25.{uuid.uuid5(_UID_NAMESPACE, str(raw)).int}"
 
 
+_REPORTED: set[str] = set()
+
+
 def checked_uid(raw: str, *, tag: str, where: str = "") -> str:
     """``raw`` when it is a valid UID (or empty), else its :func:`replacement_uid`, logged as a
-    warning naming the tag, the place and the (cleaned, shortened) raw value."""
+    warning naming the tag, the place (first file) and the (cleaned, shortened) raw value, once
+    per raw value and process."""
     if not raw or is_valid_uid(raw):
         return raw
     new = replacement_uid(raw)
+    if new in _REPORTED:  # one warning per invalid value and process, not one per file
+        log.debug("invalid %s in %s replaced by %s", tag, where, new)
+        return new
+    _REPORTED.add(new)
     shown = clean_text(raw)
     shown = shown if len(shown) <= 80 else f"{shown[:80]}... ({len(raw)} characters)"
     log.warning("invalid %s %r%s replaced by the generated UID %s (a UID is at most %d "

@@ -135,6 +135,8 @@ def test_checked_uid_logs_the_replacement(caplog):
     assert checked_uid("", tag="StudyInstanceUID") == ""
     with caplog.at_level("WARNING"):
         new = checked_uid(";rm -rf /" + "x" * 10000, tag="StudyInstanceUID", where="a/b.dcm")
+        again = checked_uid(";rm -rf /" + "x" * 10000, tag="StudyInstanceUID", where="a/c.dcm")
+    assert again == new  # reported once
     assert new == replacement_uid(";rm -rf /" + "x" * 10000)
     [rec] = caplog.records
     msg = rec.getMessage()

@@ -106,3 +106,38 @@ def test_no_segmentation_at_all_keeps_the_plain_message(tmp_path):
     assert NO_LESION_SEGMENTATION in row["notes"].split("; ")
     with pytest.raises(SegmentationError, match=r"no lesion segmentation \(SEG, RTSTRUCT"):
         L.load_study_masks(L.StudyInputs(row, index.files, index.root), {}, load_config())
+
+
+def test_dicomdir_referencing_absent_files_is_a_problem(tmp_path):
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    ct = make_series(tmp_path / "ct", study_uid=generate_uid(), n=2, names="bare")
+    names = sorted(p.name for p in ct.paths)
+
+    def dicomdir(path, file_ids):
+        dd = Dataset()
+        dd.file_meta = FileMetaDataset()
+        dd.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+        dd.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        dd.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        dd.FileSetID = "T"
+        recs = []
+        for fid in file_ids:
+            r = Dataset()
+            r.DirectoryRecordType = "IMAGE"
+            r.ReferencedFileID = fid
+            recs.append(r)
+        dd.DirectoryRecordSequence = recs
+        dd.save_as(path, enforce_file_format=True)
+
+    # present (also in another case), absent, and one that would leave the folder
+    dicomdir(tmp_path / "DICOMDIR", [["CT", names[0].upper()], ["CT", "GONE1"], ["..", "etc"]])
+    (tmp_path / "sub").mkdir()
+    dicomdir(tmp_path / "sub" / "DICOMDIR", [])
+    index = scan_archive(tmp_path)
+    probs = index.problems.set_index("path")
+    assert "sub/DICOMDIR" not in probs.index  # a DICOMDIR with nothing absent is skipped
+    reason = probs.loc["DICOMDIR", "reason"]
+    assert reason == "DICOMDIR references 2 file(s) that are not in the archive: CT/GONE1, ../etc"
+    assert len(index.files) == 2  # the images themselves are indexed
