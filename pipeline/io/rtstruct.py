@@ -24,9 +24,8 @@ its ContourImageSequences name is loaded, :class:`SegmentationError` names the f
 A partly present series (a cropped or partly transferred export that keeps the SeriesInstanceUID
 but only some of the instances the structure set lists) is rasterized on the loaded slices:
 contours that lie off the loaded slices and name an absent instance (or no instance) are
-skipped, and one warning gives the counts
-(absent instances, skipped and rasterized contours). Only when no contour falls on a loaded slice
-is it an error. A contour that names an absent instance yet lies on a loaded slice is a broken
+skipped, and one warning gives the counts (absent instances, skipped and rasterized contours).
+Only when no contour falls on a loaded slice is it an error. A contour that names an absent instance yet lies on a loaded slice is a broken
 reference (the slice is there under another UID): an error naming the UID.
 """
 
@@ -372,8 +371,8 @@ def read_rtstruct(
                f"skipped, {used} rasterized on the loaded slices")
         if used == 0:
             raise SegmentationError(
-                msg + ": no contour falls on a loaded "
-                "slice", file=path, series_uid=rt_uid, tag=tag_label("ReferencedSOPInstanceUID"),
+                f"{msg}: no contour falls on a loaded slice", file=path, series_uid=rt_uid,
+                tag=tag_label("ReferencedSOPInstanceUID"),
                 hint="the slices the structures were drawn on are missing from the archive; "
                 "transfer the complete image series or choose another segmentation")
         warn.append(msg)

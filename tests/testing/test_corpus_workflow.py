@@ -165,8 +165,8 @@ def test_corpus_through_the_workflow(tmp_path_factory):
             _check_case(run, name)
         except AssertionError as exc:
             problems.append(f"{name}: {exc}")
-    for check in (_check_documentation, _check_unsafe_ids, _check_outputs_hold_no_hostile_identifier,
-                  _check_no_study_lost):
+    for check in (_check_documentation, _check_unsafe_ids,
+                  _check_outputs_hold_no_hostile_identifier, _check_no_study_lost):
         try:
             check(run)
         except AssertionError as exc:
