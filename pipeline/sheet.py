@@ -28,6 +28,7 @@ import pandas as pd
 
 from pipeline.config import CONFIG_DIR
 from pipeline.errors import ConfigError
+from pipeline.io.classify import blocking_reference_problems
 from pipeline.io.index import ArchiveIndex
 from pipeline.records import CTPhase, Modality
 
@@ -42,6 +43,10 @@ STUDY_SHEET_COLUMNS: tuple[str, ...] = (
     "patient_id", "study_uid", "ct_series_uid", "ce_ct_series_uid", "pet_series_uid",
     "lesion_mask_source", "lesion_mask_ref", "organ_mask_source", "organ_mask_ref", "notes",
 )
+#: Start of the ``notes`` part of a study without a usable lesion segmentation; when a SEG /
+#: RTSTRUCT / label map exists but cannot be used it is followed by ": " and, per candidate,
+#: "source ref (file path): why" (e.g. its referenced series is not in the archive), " | "-joined.
+NO_LESION_SEGMENTATION = "no lesion segmentation"
 #: Columns the workflow adds when it writes ``RESULTS/cohort/studies.csv``.
 WORKFLOW_COLUMNS: tuple[str, ...] = ("study_date", "patient_dir", "study_dir")
 
@@ -282,7 +287,10 @@ def build_study_sheet(
       that has a usable candidate. Candidates: SEG / RTSTRUCT series and label maps of the study
       whose ``segment_kind`` is lesion or mixed (unknown only if no source has one, noted) and
       whose references are intact: a segmentation whose referenced series is not in the study
-      or has other ``reference_problem`` is skipped with a note. Among candidates: those
+      or has another blocking ``reference_problem`` is skipped with a note (an RTSTRUCT on a
+      partly present series is kept, noted). When no lesion candidate is left, the note
+      "no lesion segmentation" says which candidates were skipped and why (file, referenced
+      UID). Among candidates: those
       referencing the chosen CT, then the contrast CT, then the PET; then most segments; then
       smallest UID. ``lesion_mask_ref`` is the SeriesInstanceUID (SEG, RTSTRUCT) or the label
       map's path relative to the archive root.
@@ -298,6 +306,7 @@ def build_study_sheet(
         return pd.DataFrame(columns=[*STUDY_SHEET_COLUMNS, "study_date"])
     dates = study_dates(index)
     usable = series[series["excluded_reason"] == ""]
+    archive_series = set(series["series_uid"])
     for (pid, study), g_all in series.groupby(["patient_id", "study_uid"], sort=True):
         g = usable[(usable["patient_id"] == pid) & (usable["study_uid"] == study)]
         notes: list[str] = []
@@ -350,6 +359,7 @@ def build_study_sheet(
             notes.append("CT-only study: SUV features unavailable")
 
         study_series = set(g_all["series_uid"])
+        skipped: dict[str, list[str]] = {}  # label -> why each candidate was unusable
         chosen_images = [r["series_uid"] for r in (ct, ce, pet) if r is not None]
 
         def candidates(kinds: set[str], label: str) -> dict[str, list[pd.Series]]:
@@ -366,13 +376,26 @@ def build_study_sheet(
                     refs = [u for u in r["referenced_series_uids"].split(";") if u]
                     outside = [u for u in refs if u not in study_series]
                     name = r["first_path"] if mod == Modality.LABELMAP.value else r["series_uid"]
+                    where = (f"{src} {name}" if mod == Modality.LABELMAP.value
+                             else f"{src} {name} (file {r['first_path']})")
                     if outside:
-                        notes.append(f"{src} {name} skipped for {label}: referenced series "
-                                     f"{', '.join(outside)} not in this study")
+                        absent = [u for u in outside if u not in archive_series]
+                        other = [u for u in outside if u in archive_series]
+                        why = ", ".join(
+                            [f"referenced series {', '.join(absent)} not in the archive"]
+                            * bool(absent)
+                            + [f"referenced series {', '.join(other)} not in this study"]
+                            * bool(other))
+                        notes.append(f"{src} {name} skipped for {label}: {why}")
+                        skipped.setdefault(label, []).append(f"{where}: {why}")
+                        continue
+                    blocking = blocking_reference_problems(r["reference_problem"])
+                    if blocking:
+                        notes.append(f"{src} {name} skipped for {label}: {'; '.join(blocking)}")
+                        skipped.setdefault(label, []).append(f"{where}: {', '.join(blocking)}")
                         continue
                     if r["reference_problem"]:
-                        notes.append(f"{src} {name} skipped for {label}: {r['reference_problem']}")
-                        continue
+                        notes.append(f"{src} {name}: {r['reference_problem']}")
                     ok.append(r)
                 res[src] = ok
             return res
@@ -408,8 +431,11 @@ def build_study_sheet(
             if les_src:
                 notes.append(f"lesion mask {les_ref}: segment kind unknown (no lesion category "
                              "or name pattern matched); assumed to hold lesions")
+            elif skipped.get("lesions"):
+                notes.append(f"{NO_LESION_SEGMENTATION}: "
+                             + " | ".join(dict.fromkeys(skipped["lesions"])))
             else:
-                notes.append("no lesion segmentation")
+                notes.append(NO_LESION_SEGMENTATION)
         org_src, org_ref = choose({"organ", "mixed"}, "organs")
         if not org_src:
             ts = [t for t in index.meta.get("totalseg_folders", []) if t.get("study_uid") == study]

@@ -245,6 +245,21 @@ def excluded_reason(dm: str, sop_classes: set[str], image_types: list[str], desc
     return "", False
 
 
+#: Prefix of a ``reference_problem`` part that does not make a segmentation unusable: an RTSTRUCT
+#: whose referenced series is in the archive with only some of the instances it lists (a cropped
+#: or partly transferred export); its contours on the present slices are rasterized.
+PARTLY_PRESENT = "partly present series"
+
+
+def blocking_reference_problems(reference_problem: str) -> list[str]:
+    """The parts of a ``reference_problem`` cell that make the segmentation unusable.
+
+    Parts are separated by ``"; "``; a :data:`PARTLY_PRESENT` part is not blocking.
+    """
+    return [p for p in (reference_problem or "").split("; ")
+            if p and not p.startswith(PARTLY_PRESENT)]
+
+
 def series_segment_kind(kinds: list[str]) -> str:
     """lesion / organ / mixed / unknown from the kinds of a series' segments ("" if none)."""
     c = Counter(kinds)
@@ -304,10 +319,18 @@ def classify_series(files: pd.DataFrame, extras: dict[str, SeriesExtra]) -> list
         missing_series = [r for r in refs if r not in all_series]
         if missing_series:
             problems.append(f"referenced series not in the archive: {', '.join(missing_series)}")
-        missing_sops = [s for s in dict.fromkeys(ref_sops) if s not in all_sops]
+        uniq_sops = list(dict.fromkeys(ref_sops))
+        missing_sops = [s for s in uniq_sops if s not in all_sops]
         if missing_sops:
-            problems.append(f"{len(missing_sops)} referenced image instance(s) not in the "
-                            f"archive (first {missing_sops[0]})")
+            text = (f"{len(missing_sops)} referenced image instance(s) not in the archive "
+                    f"(first {missing_sops[0]})")
+            partial = (mod == Modality.RTSTRUCT.value and refs and not missing_series
+                       and len(missing_sops) < len(uniq_sops))
+            if partial:
+                text = (f"{PARTLY_PRESENT}: {len(missing_sops)} of {len(uniq_sops)} referenced "
+                        f"image instance(s) not in the archive (first {missing_sops[0]}), "
+                        "contours on the present slices are used")
+            problems.append(text)
         if mod in (Modality.SEG.value, Modality.RTSTRUCT.value) and not refs:
             problems.append("names no referenced image series")
         kinds = [k for _, k in segs]

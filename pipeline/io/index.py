@@ -72,6 +72,7 @@ from pipeline.io.labelmap import (
     read_sidecar,
     sidecar_path,
 )
+from pipeline.io.sanitize import checked_uid
 from pipeline.io.seg import (
     DEFAULT_LESION_NAME_PATTERNS,
     DEFAULT_ORGAN_NAME_PATTERNS,
@@ -200,7 +201,8 @@ def _file_record(rel: str, ds, size: int) -> dict:
     return {
         "path": rel,
         "patient_id": header_str(ds, "PatientID"),
-        "study_uid": header_str(ds, "StudyInstanceUID"),
+        "study_uid": checked_uid(header_str(ds, "StudyInstanceUID"),
+                                 tag="StudyInstanceUID (0020,000D)", where=rel),
         "series_uid": header_str(ds, "SeriesInstanceUID"),
         "sop_instance_uid": header_str(ds, "SOPInstanceUID"),
         "sop_class_uid": header_str(ds, "SOPClassUID"),
@@ -373,7 +375,7 @@ def _walk(root: Path) -> tuple[list[_Entry], list[dict]]:
 
 # =========================================================================== file cache
 #: Layout version of the file cache; a cache of another version is ignored.
-CACHE_SCHEMA = 1
+CACHE_SCHEMA = 2  # 2: invalid StudyInstanceUIDs replaced at ingestion
 _EXTRA_FIELDS = ("contrast_agent", "corrected_image", "study_date", "segments", "ref_series",
                  "ref_sops")
 _OUTCOME_FILE, _OUTCOME_PROBLEM, _OUTCOME_SKIP = "file", "problem", "skip"

@@ -7,7 +7,8 @@ Recognition (:func:`read_checked_header`)
   0008 and a dataset that pydicom can parse. Headers are read with
   ``pydicom.dcmread(..., stop_before_pixels=True)``; no pixel data is read.
 * **DICOMDIR** files (MediaStorageSOPClassUID 1.2.840.10008.1.3.10) are skipped: the tree itself
-  is indexed, the directory record is neither required nor trusted.
+  is indexed, the directory record is neither required nor trusted. A DICOMDIR whose records
+  reference files that are not there (:func:`dicomdir_absent_files`) is a problem row listing them.
 * Files that are not DICOM get the error class :data:`NOT_DICOM` (listed, not failures).
 
 Fast path (:func:`read_fast_header`)
@@ -266,6 +267,31 @@ class HeaderCheck:
     partial: pydicom.Dataset | None = None
 
 
+def dicomdir_absent_files(ds, folder: Path) -> list[str]:
+    """ReferencedFileIDs of a DICOMDIR's records that do not exist under ``folder`` (its own
+    folder), as "/"-joined paths in record order; a file differing only in case counts as present
+    (file IDs are upper case, copies often are not)."""
+    absent: list[str] = []
+    for rec in ds.get("DirectoryRecordSequence", []) or []:
+        fid = rec.get("ReferencedFileID", None)
+        if not fid:
+            continue
+        parts = [str(x) for x in (fid if isinstance(fid, (list, pydicom.multival.MultiValue))
+                                  else [fid])]
+        if any(q in ("", ".", "..") or "/" in q or "\\" in q for q in parts):
+            absent.append("/".join(parts))  # never looked up: it would leave the folder
+            continue
+        cur = Path(folder)
+        for part in parts:
+            nxt = cur / part
+            if not nxt.exists() and cur.is_dir():
+                nxt = next((c for c in cur.iterdir() if c.name.upper() == part.upper()), nxt)
+            cur = nxt
+        if not cur.is_file():
+            absent.append("/".join(parts))
+    return list(dict.fromkeys(absent))
+
+
 def read_checked_header(path: str | Path) -> HeaderCheck:
     """Recognise ``path`` as DICOM by content, read its header and check it is complete.
 
@@ -293,6 +319,11 @@ def read_checked_header(path: str | Path) -> HeaderCheck:
                            "DicomReadError")
     ms = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or "")
     if ms == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        absent = dicomdir_absent_files(ds, p.parent)
+        if absent:
+            return HeaderCheck(None, f"DICOMDIR references {len(absent)} file(s) that are not in "
+                               f"the archive: {', '.join(absent[:20])}"
+                               + (" ..." if len(absent) > 20 else ""), "DicomReadError")
         log.debug("skipping DICOMDIR %s", p)
         return HeaderCheck(None)
     if not preamble and not (has_value(ds, "SOPInstanceUID") or has_value(ds, "Modality")):

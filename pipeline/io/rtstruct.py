@@ -18,8 +18,15 @@ References
 ----------
 The RTSTRUCT must reference the image series it is rasterized on: if its
 RTReferencedSeriesSequence names series and ``series_uid`` is not among them, or (when
-``sop_instance_uids`` of the loaded series are given) a ContourImageSequence names an instance that
-is not in the series, :class:`SegmentationError` names the file and the UID.
+``sop_instance_uids`` of the loaded series are given) it names no series and none of the instances
+its ContourImageSequences name is loaded, :class:`SegmentationError` names the file and the UID.
+
+A partly present series (a cropped or partly transferred export that keeps the SeriesInstanceUID
+but only some of the instances the structure set lists) is rasterized on the loaded slices:
+contours that lie off the loaded slices and name an absent instance (or no instance) are
+skipped, and one warning gives the counts (absent instances, skipped and rasterized contours).
+Only when no contour falls on a loaded slice is it an error. A contour that names an absent instance yet lies on a loaded slice is a broken
+reference (the slice is there under another UID): an error naming the UID.
 """
 
 from __future__ import annotations
@@ -209,8 +216,9 @@ def read_rtstruct(
         the decisive RTROIInterpretedType values (GTV -> lesion, EXTERNAL -> organ); see
         :func:`classify_roi`.
     sop_instance_uids : collection of str, optional
-        SOPInstanceUIDs of the loaded image series; when given, every ContourImageSequence
-        reference must be among them.
+        SOPInstanceUIDs of the loaded image series; when given, contours drawn on instances
+        that are not among them are skipped with a warning (partly present series), and an
+        error is raised when no contour is left.
     slice_tolerance : float
         Largest distance of a contour from its slice, as a fraction of the slice step.
     warnings : list of str, optional
@@ -252,13 +260,16 @@ def read_rtstruct(
             hint="rasterize the structure set on the series it was drawn on (add that series to "
             "the archive) or choose another segmentation in the study sheet",
         )
+    missing: set[str] = set()
     if sop_instance_uids is not None:
         known = set(sop_instance_uids)
-        missing = [u for u in ref_sops if u not in known]
-        if missing:
+        missing = {u for u in ref_sops if u not in known}
+        if missing and ref_sops and len(missing) == len(ref_sops) and not ref_series:
+            # nothing ties the structure set to this series: neither a series reference nor a
+            # single loaded instance
             raise SegmentationError(
                 f"RTSTRUCT references {len(missing)} image instance(s) that are not in series "
-                f"{series_uid}, first {missing[0]}",
+                f"{series_uid}, first {ref_sops[0]}",
                 file=path, series_uid=rt_uid, tag=tag_label("ReferencedSOPInstanceUID"),
                 hint="the referenced CT slices are missing from the archive or the structure set "
                 "belongs to another series; add the slices or choose another segmentation",
@@ -271,6 +282,7 @@ def read_rtstruct(
             contours_by_roi[int(rc.ReferencedROINumber)] = list(rc.get("ContourSequence", []) or [])
 
     out: list[LesionMask] = []
+    n_contours = n_absent = 0
     for roi in roi_table(ds):
         n, name = roi["roi_number"], roi["name"]
         polys: dict[int, list[np.ndarray]] = {}  # slice -> contours as (N, 2) (y, x) indices
@@ -283,15 +295,31 @@ def read_rtstruct(
                 warn.append(msg)
                 log.warning(msg)
                 continue
+            n_contours += 1
+            img_refs = [str(x.ReferencedSOPInstanceUID)
+                        for x in c.get("ContourImageSequence", []) or []
+                        if "ReferencedSOPInstanceUID" in x]
             pts = np.asarray([float(v) for v in data], dtype=float).reshape(-1, 3)
             zyx = grid.lps_to_zyx(pts)
             zc = float(zyx[:, 0].mean())
             k = int(np.rint(zc))
             spread = float(np.ptp(zyx[:, 0]))
-            if abs(zc - k) > slice_tolerance or not (0 <= k < nz) or spread > slice_tolerance:
-                img_refs = [str(x.ReferencedSOPInstanceUID)
-                            for x in c.get("ContourImageSequence", []) or []
-                            if "ReferencedSOPInstanceUID" in x]
+            on_grid = not (abs(zc - k) > slice_tolerance or not (0 <= k < nz)
+                           or spread > slice_tolerance)
+            absent_refs = [u for u in img_refs if u in missing]
+            if absent_refs and on_grid:
+                # the slice is loaded but under another UID: a broken reference, not a crop
+                raise SegmentationError(
+                    f"ROI {n} '{name}' contour {ci + 1} references image instance "
+                    f"{absent_refs[0]}, which is not in series {series_uid}, yet lies on its "
+                    f"loaded slice {k}",
+                    file=path, series_uid=rt_uid, tag=tag_label("ReferencedSOPInstanceUID"),
+                    hint="the structure set's image references are broken or it belongs to "
+                    "another series; re-export it from the series it was drawn on")
+            if not on_grid and missing and (not img_refs or absent_refs):
+                n_absent += 1  # drawn on a slice that is not in the (partly present) series
+                continue
+            if not on_grid:
                 ref_txt = f" (ContourImageSequence references {img_refs[0]})" if img_refs else ""
                 raise SegmentationError(
                     f"ROI {n} '{name}' contour {ci + 1} at LPS z {pts[:, 2].mean():.2f} mm lies on "
@@ -334,6 +362,21 @@ def read_rtstruct(
                 segment_number=int(n),
             )
         )
+    if missing:
+        used = n_contours - n_absent
+        msg = (f"RTSTRUCT {path.name} (series {rt_uid}): {len(missing)} of {len(ref_sops)} "
+               f"referenced image instance(s) are not in series {series_uid} (partly present "
+               f"series, first missing {next(u for u in ref_sops if u in missing)}); "
+               f"{n_absent} of {n_contours} closed contour(s) lie on absent slices and were "
+               f"skipped, {used} rasterized on the loaded slices")
+        if used == 0:
+            raise SegmentationError(
+                f"{msg}: no contour falls on a loaded slice", file=path, series_uid=rt_uid,
+                tag=tag_label("ReferencedSOPInstanceUID"),
+                hint="the slices the structures were drawn on are missing from the archive; "
+                "transfer the complete image series or choose another segmentation")
+        warn.append(msg)
+        log.warning(msg)
     return out
 
 

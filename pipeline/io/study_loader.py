@@ -278,6 +278,7 @@ def read_mask_file(
     sop_uids_of=None,
     own_grid_when_unloaded: bool = False,
     mask_ref: str = "",
+    warnings: list[str] | None = None,
 ) -> list[LesionMask]:
     """Read one segmentation object onto the grid of the series it was drawn on.
 
@@ -304,6 +305,9 @@ def read_mask_file(
     mask_ref : str
         The study sheet's reference (for ``source_uid`` of TotalSegmentator masks; default the
         folder name).
+    warnings : list of str, optional
+        Appended with the reader's warnings (e.g. an RTSTRUCT on a partly present series: the
+        counts of absent instances and of skipped / rasterized contours).
 
     Returns
     -------
@@ -349,7 +353,7 @@ def read_mask_file(
             )
         sops = sop_uids_of(ref_uid) if sop_uids_of is not None else None
         return rtstruct.read_rtstruct(path, grid=grids[ref_uid], series_uid=ref_uid,
-                                      sop_instance_uids=sops, **pats)
+                                      sop_instance_uids=sops, warnings=warnings, **pats)
     if source == "labelmap":
         if own_grid_when_unloaded and not labelmap.sidecar_path(path).exists():
             names, kind, ref_uid = {}, SegmentKind.UNKNOWN, ""
@@ -378,7 +382,7 @@ def read_mask_file(
 
 
 def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, Grid],
-               cfg: dict) -> list[LesionMask]:
+               cfg: dict, *, warnings: list[str] | None = None) -> list[LesionMask]:
     """Read the segmentation object a study-sheet row names onto its referenced grid.
 
     Parameters
@@ -392,6 +396,8 @@ def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, G
         :attr:`StudyImages.grids_by_series_uid`.
     cfg : dict
         Validated configuration (name patterns).
+    warnings : list of str, optional
+        Appended with the reader's warnings (see :func:`read_mask_file`).
 
     Returns
     -------
@@ -414,7 +420,8 @@ def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, G
     else:
         raise SegmentationError(f"unknown mask source {source!r} in the study sheet",
                                 hint=f"use one of {', '.join(MASK_SOURCES)}")
-    return read_mask_file(source, path, grids, cfg, sop_uids_of=inputs.sop_uids, mask_ref=ref)
+    return read_mask_file(source, path, grids, cfg, sop_uids_of=inputs.sop_uids, mask_ref=ref,
+                          warnings=warnings)
 
 
 def mask_grid_series_uid(mask: LesionMask, grids: Mapping[str, Grid]) -> str:
@@ -458,6 +465,21 @@ class StudyMasks:
     used_series: dict[str, str] = field(default_factory=dict)
 
 
+def _unusable_lesion_segmentations(notes: str) -> str:
+    """The reasons the study sheet's ``notes`` give for skipped lesion segmentations ("" if none).
+
+    :func:`pipeline.sheet.build_study_sheet` writes them as ``"no lesion segmentation: "`` +
+    one "source ref (file path): why" per candidate.
+    """
+    from pipeline.sheet import NO_LESION_SEGMENTATION
+
+    head = NO_LESION_SEGMENTATION + ": "
+    for part in (notes or "").split("; "):
+        if part.startswith(head):
+            return part[len(head):]
+    return ""
+
+
 def load_study_masks(inputs: StudyInputs, grids: Mapping[str, Grid], cfg: dict) -> StudyMasks:
     """The study's lesion masks (required) and organ masks (optional).
 
@@ -487,12 +509,21 @@ def load_study_masks(inputs: StudyInputs, grids: Mapping[str, Grid], cfg: dict) 
     warnings: list[str] = []
     source, ref = inputs.uid("lesion_mask_source"), inputs.uid("lesion_mask_ref")
     if not source or not ref:
+        why = _unusable_lesion_segmentations(inputs.uid("notes"))
+        if why:
+            raise SegmentationError(
+                "no usable lesion segmentation: the study's lesion segmentation(s) cannot be "
+                f"used: {why}",
+                hint="add the referenced image series to the archive (or re-export the "
+                "segmentation from the series in the archive), or name another segmentation in "
+                "the study sheet",
+            )
         raise SegmentationError(
             "no lesion segmentation (SEG, RTSTRUCT or label map) found for this study",
             hint="add a lesion segmentation to the archive or name one in the study sheet",
         )
     used["lesion_mask"] = ref
-    lesions = [m for m in read_masks(inputs, source, ref, grids, cfg)
+    lesions = [m for m in read_masks(inputs, source, ref, grids, cfg, warnings=warnings)
                if m.kind != SegmentKind.ORGAN and m.voxel_count > 0]
     if not lesions:
         raise SegmentationError("the lesion segmentation holds no non-empty lesion segment",

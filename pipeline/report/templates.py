@@ -393,14 +393,33 @@ DASHBOARD = _MACROS + r"""<!DOCTYPE html>
 """
 
 
+def shown(value):
+    """What a ``{{ ... }}`` expression of a page prints: text without control characters.
+
+    The one place where text reaches a page (the environment's ``finalize``, applied to every
+    expression before HTML escaping): strings lose NUL, escape and other control characters
+    (:func:`pipeline.io.sanitize.clean_text`); markup the code built itself (``Markup``: the
+    CSS, the script, macro output whose parts went through here) and non-text values are kept.
+    """
+    from markupsafe import Markup
+
+    from pipeline.io.sanitize import clean_text
+
+    if isinstance(value, Markup) or not isinstance(value, str):
+        return value
+    return clean_text(value)
+
+
 @lru_cache(maxsize=1)
 def environment():
-    """The Jinja2 environment (HTML autoescaping on)."""
+    """The Jinja2 environment (HTML autoescaping on; every printed string through
+    :func:`shown`)."""
     from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
     env = Environment(loader=DictLoader({"worksheet.html": WORKSHEET, "dashboard.html": DASHBOARD}),
                       autoescape=select_autoescape(default=True, default_for_string=True),
-                      undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False)
+                      undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False,
+                      finalize=shown)
     from pipeline.report.figures import fmt
 
     env.globals["fmt"] = fmt

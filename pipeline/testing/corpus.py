@@ -37,7 +37,7 @@ variable_spacing                  warning                     variable slice spa
 gantry_tilt                       warning                     gantry tilt                             volume
 mixed_orientations                error    GeometryError      ImageOrientationPatient                 failures
 duplicate_instances               warning                     duplicate                               volume
-seg_of_another_series             error    SegmentationError  no lesion segmentation                  failures
+seg_of_another_series             error    SegmentationError  not in the archive                      failures
 seg_some_segments_empty           load                                                                (6 lesions)
 seg_all_segments_empty            error    SegmentationError  no non-empty lesion segment             failures
 pet_without_weight                warning                     PatientWeight (0010,1030)               suv_reason
@@ -64,6 +64,10 @@ ct_only                           warning                     no PET series     
 pet_only_labelmap                 load                        PET-only study                          notes
 rtstruct_only                     load                                                                (8 lesions)
 rtstruct_contours_off_slices      error    SegmentationError  lies on no slice                        failures
+rtstruct_partly_present_series    warning                     partly present series                   notes
+rtstruct_of_absent_series         error    SegmentationError  not in the archive                      failures
+invalid_study_uid                 load                                                                (8 lesions)
+control_characters_in_patient_id  load                                                                (8 lesions)
 labelmap_only                     load                                                                (8 lesions)
 ================================  =======  =================  ======================================  ===========
 
@@ -126,6 +130,14 @@ What each case does to the reference files:
 * ``rtstruct_only``: lesions as RTSTRUCT only (no SEG).
 * ``rtstruct_contours_off_slices``: RTSTRUCT only, every contour moved 500 mm along z (beyond
   the CT).
+* ``rtstruct_partly_present_series``: RTSTRUCT only, the top 20 CT slices not transferred (the
+  structure set still lists them): the contours on the 36 present slices are used.
+* ``rtstruct_of_absent_series``: RTSTRUCT only, referencing a CT series (and instances) that is
+  not in the archive.
+* ``invalid_study_uid``: StudyInstanceUID ';rm -rf /' followed by 10,000 digits in every file
+  (the study gets a generated 2.25 UID).
+* ``control_characters_in_patient_id``: PatientID with an escape sequence and a bell (ESC [31m,
+  BEL).
 * ``labelmap_only``: lesions as the NIfTI label map with its JSON sidecar only.
 
 ``pet_only_labelmap`` checks that a study without CT still gives its lesion rows (shape and
@@ -382,6 +394,7 @@ class _Ctx:
     patient_id: str | None = None
     json_files: dict[str, dict] = field(default_factory=dict)
     uid_map: dict[str, str] = field(default_factory=dict)
+    expected_lesions: int | None = None  # set by a builder when it depends on the data
 
     def rels(self, prefix: str) -> list[str]:
         """Relative paths under ``prefix/`` sorted by ascending z (slice position)."""
@@ -400,6 +413,10 @@ class _Ctx:
     def add_from_base(self, rel: str) -> None:
         self.files[rel] = copy.deepcopy(self.base[rel])
 
+
+#: The StudyInstanceUID of case ``invalid_study_uid`` (not a UID: 10,009 characters, a shell
+#: command).
+INVALID_STUDY_UID = ";rm -rf /" + "1" * 10000
 
 Builder = Callable[[_Ctx], None]
 _CASES: list[tuple[str, dict, Builder]] = []
@@ -567,7 +584,7 @@ def _dups(c: _Ctx) -> None:
 
 # ------------------------------------------------------------------ segmentations
 @_case("seg_of_another_series", outcome="error", error_class="SegmentationError",
-       message="no lesion segmentation", where="failures",
+       message="not in the archive", where="failures",
        description="the SEG references a CT series that is not in the archive")
 def _seg_other(c: _Ctx) -> None:
     from pydicom.uid import generate_uid
@@ -874,6 +891,64 @@ def _rt_off(c: _Ctx) -> None:
                               for i, x in enumerate(v)]
 
 
+@_case("rtstruct_partly_present_series", outcome="warning", message="partly present series",
+       where="notes",
+       description="RTSTRUCT only, the top 20 CT slices not transferred (the structure set "
+       "still lists them): the contours on the 36 present slices are used")
+def _rt_partial(c: _Ctx) -> None:
+    del c.files["SEG_lesions.dcm"]
+    c.add_from_base("RTSTRUCT_lesions.dcm")
+    rels = c.ct()
+    gone = {str(c.files[r].SOPInstanceUID) for r in rels[-20:]}
+    for r in rels[-20:]:
+        del c.files[r]
+    kept = 0
+    for rc in c.files["RTSTRUCT_lesions.dcm"].ROIContourSequence:
+        refs = [str(ci.ReferencedSOPInstanceUID) for ct in rc.ContourSequence
+                for ci in ct.get("ContourImageSequence", [])]
+        kept += any(u not in gone for u in refs)
+    c.expected_lesions = kept
+
+
+@_case("rtstruct_of_absent_series", outcome="error", error_class="SegmentationError",
+       message="not in the archive", where="failures",
+       description="RTSTRUCT only, referencing a CT series (and instances) that is not in the "
+       "archive")
+def _rt_absent(c: _Ctx) -> None:
+    from pydicom.uid import generate_uid
+
+    del c.files["SEG_lesions.dcm"]
+    c.add_from_base("RTSTRUCT_lesions.dcm")
+    rt = c.files["RTSTRUCT_lesions.dcm"]
+    new = {}
+    for fr in rt.ReferencedFrameOfReferenceSequence:
+        for st in fr.RTReferencedStudySequence:
+            for se in st.RTReferencedSeriesSequence:
+                se.SeriesInstanceUID = generate_uid()
+                for ci in se.ContourImageSequence:
+                    ci.ReferencedSOPInstanceUID = new.setdefault(
+                        str(ci.ReferencedSOPInstanceUID), generate_uid())
+    for rc in rt.ROIContourSequence:
+        for ct in rc.ContourSequence:
+            for ci in ct.get("ContourImageSequence", []):
+                ci.ReferencedSOPInstanceUID = new.setdefault(str(ci.ReferencedSOPInstanceUID),
+                                                             generate_uid())
+
+
+@_case("invalid_study_uid", outcome="load", expected_lesions=8,
+       description="StudyInstanceUID ';rm -rf /' followed by 10,000 digits in every file (the "
+       "study gets a generated 2.25 UID)")
+def _bad_study_uid(c: _Ctx) -> None:
+    for ds in c.files.values():
+        ds.StudyInstanceUID = INVALID_STUDY_UID
+
+
+@_case("control_characters_in_patient_id", outcome="load", expected_lesions=8,
+       description="PatientID with an escape sequence and a bell (ESC [31m, BEL)")
+def _ctrl_id(c: _Ctx) -> None:
+    c.patient_id = "CTRL\x1b[31m\x07 01"
+
+
 @_case("labelmap_only", outcome="load", expected_lesions=8,
        description="lesions as the NIfTI label map with its JSON sidecar only")
 def _lm_only(c: _Ctx) -> None:
@@ -940,6 +1015,7 @@ def write_corpus(outdir: str | Path, *, seed: int = 0, only: list[str] | None = 
     """
     from pydicom.uid import generate_uid
 
+    from pipeline.io.sanitize import is_valid_uid, replacement_uid
     from pipeline.testing.phantom import generate_patient, phantom_arrays
 
     outdir = Path(outdir)
@@ -1004,7 +1080,11 @@ def write_corpus(outdir: str | Path, *, seed: int = 0, only: list[str] | None = 
         for role, rel in (("seg", "SEG_lesions.dcm"), ("rtstruct", "RTSTRUCT_lesions.dcm")):
             if rel in ctx.files:
                 series[role] = str(ctx.files[rel].SeriesInstanceUID)
+        if study and not is_valid_uid(study):
+            study = replacement_uid(study)  # what the index uses instead
         exp = dict(expect)
+        if ctx.expected_lesions is not None:
+            exp["expected_lesions"] = ctx.expected_lesions
         if name == "pet_only_labelmap":
             exp["expected_lesions"] = len(pet_names)
         cases.append(CorpusCase(name=name, folder=case_dir, patient_id=pid, study_uid=study,

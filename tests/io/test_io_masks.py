@@ -391,16 +391,32 @@ def test_rt_utils_rtstruct_with_hole_matches_independent_rasterizer():
 
 
 @pytest.mark.parametrize("name", ["invalid_reference_rt.dcm", "non_existent_reference_rt.dcm"])
-@pytest.mark.parametrize("with_sops", [True, False])
-def test_rt_utils_broken_references(name, with_sops):
+def test_rt_utils_broken_references(name):
     uid, sops, vol = _rt_utils_ct()
     path = DATA / "rt_utils" / "mock_data" / name
     with pytest.raises(SegmentationError) as ei:
-        read_rtstruct(path, grid=vol.grid, series_uid=uid,
-                      sop_instance_uids=sops if with_sops else None)
+        read_rtstruct(path, grid=vol.grid, series_uid=uid, sop_instance_uids=None)
     e = ei.value
     assert e.file == str(path) and name in str(e)
     assert "2.16.840.1.114362.1.11940992.23790159890.5634234" in e.message  # names the UID
+
+
+@pytest.mark.parametrize(("name", "n_missing", "n_refs"), [
+    ("invalid_reference_rt.dcm", 3, 5), ("non_existent_reference_rt.dcm", 1, 3)])
+def test_rt_utils_references_to_absent_slices_are_a_partly_present_series(name, n_missing,
+                                                                           n_refs):
+    """The mock CT has the slices at z 60 and 65 mm; each ROI also has a contour at z 70 mm
+    naming a third instance that is not there: the loaded slices are rasterized, with a warning."""
+    uid, sops, vol = _rt_utils_ct()
+    path = DATA / "rt_utils" / "mock_data" / name
+    warnings: list[str] = []
+    masks = read_rtstruct(path, grid=vol.grid, series_uid=uid, sop_instance_uids=sops,
+                          warnings=warnings)
+    assert masks and all(m.grid is vol.grid for m in masks)
+    [w] = [w for w in warnings if "partly present" in w]
+    assert f"{n_missing} of {n_refs} referenced image instance(s)" in w
+    assert "4 of 12 closed contour(s) lie on absent slices" in w and "8 rasterized" in w
+    assert "2.16.840.1.114362.1.11940992.23790159890.5634234" in w  # names the first missing UID
 
 
 # ------------------------------------------------------------------ label maps
@@ -591,3 +607,62 @@ def test_dcmqi_seg_with_frames_not_byte_aligned():
     (m,) = read_seg(d / "seg" / "label.seg", grids={uid: grid})
     ref = sitk.GetArrayFromImage(sitk.ReadImage(str(d / "nrrd" / "label.nrrd"))) == 1
     assert ref.sum() > 100 and np.array_equal(m.full(), ref)
+
+
+def _first_slices(grid, n):
+    """The grid of the first ``n`` slices of ``grid`` (a cropped export of the same series)."""
+    from dataclasses import replace
+
+    return replace(grid, shape_zyx=(n, *grid.shape_zyx[1:]))
+
+
+def test_rtstruct_on_partly_present_series_keeps_loaded_slices(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    g = vol.grid
+    kept = _square(g, 2, 0.5, 3.5, 0.5, 4.5)    # slice 2: y 1..3, x 1..4 (12 voxels)
+    absent = _square(g, 5, 1.5, 3.5, 1.5, 2.5)  # slice 5: not loaded
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[(1, "GTV", [kept, absent])])
+    warnings: list[str] = []
+    masks = read_rtstruct(tmp_path / "rt.dcm", grid=_first_slices(g, 4), series_uid=s.series_uid,
+                          sop_instance_uids=s.sop_uids[:4], warnings=warnings, **PAT)
+    assert len(masks) == 1
+    expect = np.zeros((4, *g.shape_zyx[1:]), bool)
+    expect[2, 1:4, 1:5] = True
+    assert np.array_equal(masks[0].full(), expect)
+    [w] = [w for w in warnings if "partly present" in w]
+    assert "3 of 7 referenced image instance(s)" in w
+    assert "1 of 2 closed contour(s) lie on absent slices" in w and "1 rasterized" in w
+
+
+def test_rtstruct_on_partly_present_series_with_contour_image_refs(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    g = vol.grid
+    # the only contour is drawn on (and names) the absent slice 6: nothing is left
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, contour_sop=s.sop_uids[6],
+                   rois=[(1, "GTV", [_square(g, 6, 0.5, 3.5, 0.5, 4.5)])])
+    with pytest.raises(SegmentationError, match="no contour falls on a loaded slice") as ei:
+        read_rtstruct(tmp_path / "rt.dcm", grid=_first_slices(g, 4), series_uid=s.series_uid,
+                      sop_instance_uids=s.sop_uids[:4], **PAT)
+    assert "0 rasterized" in ei.value.message and ei.value.file == str(tmp_path / "rt.dcm")
+    assert s.sop_uids[4] in ei.value.message  # first missing instance named
+
+
+def test_rtstruct_partly_present_none_on_loaded_slices_fails(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    g = vol.grid
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, rois=[(1, "GTV", [_square(g, 5, 1, 3, 1, 3)])])
+    with pytest.raises(SegmentationError, match="1 of 1 closed contour"):
+        read_rtstruct(tmp_path / "rt.dcm", grid=_first_slices(g, 2), series_uid=s.series_uid,
+                      sop_instance_uids=s.sop_uids[:2], **PAT)
+
+
+def test_rtstruct_reference_to_absent_instance_on_loaded_slice_is_broken(tmp_path, oblique_ct):
+    s, vol = oblique_ct
+    g = vol.grid
+    # names the absent slice 6 but lies on loaded slice 1: a broken reference, not a crop
+    write_rtstruct(tmp_path / "rt.dcm", ref=s, contour_sop=s.sop_uids[6],
+                   rois=[(1, "GTV", [_square(g, 1, 0.5, 3.5, 0.5, 4.5)])])
+    with pytest.raises(SegmentationError, match="yet lies on its loaded slice 1") as ei:
+        read_rtstruct(tmp_path / "rt.dcm", grid=_first_slices(g, 4), series_uid=s.series_uid,
+                      sop_instance_uids=s.sop_uids[:4], **PAT)
+    assert s.sop_uids[6] in ei.value.message

@@ -101,3 +101,68 @@ def test_logs_carry_no_patient_names(tmp_path, caplog):
     assert len(caplog.records) >= 3
     for part in ("Doe", "Jane", "Secret"):
         assert part not in text
+
+
+# ------------------------------------------------------------------ UIDs and shown text
+@pytest.mark.parametrize(("uid", "ok"), [
+    ("1.2.840.10008.1.2", True), ("0", True), ("1.0.3", True), ("2.25." + "9" * 39, True),
+    ("1." + "2" * 62, True),           # 64 characters
+    ("1." + "2" * 63, False),          # 65 characters
+    ("1.02.3", False), ("01.2", False), ("1..2", False), (".1.2", False), ("1.2.", False),
+    ("", False), ("1.2.3 ", False), (";rm -rf /", False), ("1.2.a", False), ("1" * 10000, False),
+    ("١.٢", False),                    # non-ASCII digits
+])
+def test_is_valid_uid(uid, ok):
+    from pipeline.io.sanitize import is_valid_uid
+
+    assert is_valid_uid(uid) is ok
+
+
+def test_replacement_uid_is_valid_stable_and_distinct():
+    from pipeline.io.sanitize import is_valid_uid, replacement_uid
+
+    raw = [";rm -rf /", "1" * 10000, "1.02.3", "1.2.3\x00"]
+    new = [replacement_uid(r) for r in raw]
+    assert all(is_valid_uid(u) and u.startswith("2.25.") and len(u) <= 44 for u in new)
+    assert len(set(new)) == len(raw)
+    assert new == [replacement_uid(r) for r in raw]
+
+
+def test_checked_uid_logs_the_replacement(caplog):
+    from pipeline.io.sanitize import checked_uid, replacement_uid
+
+    assert checked_uid("1.2.3", tag="StudyInstanceUID") == "1.2.3"
+    assert checked_uid("", tag="StudyInstanceUID") == ""
+    with caplog.at_level("WARNING"):
+        new = checked_uid(";rm -rf /" + "x" * 10000, tag="StudyInstanceUID", where="a/b.dcm")
+        again = checked_uid(";rm -rf /" + "x" * 10000, tag="StudyInstanceUID", where="a/c.dcm")
+    assert again == new  # reported once
+    assert new == replacement_uid(";rm -rf /" + "x" * 10000)
+    [rec] = caplog.records
+    msg = rec.getMessage()
+    assert "StudyInstanceUID" in msg and "a/b.dcm" in msg and new in msg
+    assert "10009 characters" in msg and len(msg) < 400
+
+
+def test_clean_text_removes_control_characters_only():
+    from pipeline.io.sanitize import clean_text
+
+    assert clean_text("a\x00b\x1b[0m\x7fc\x85d\u00e9\t\n\r") == "ab[0mcdé\t\n\r"
+    assert clean_text(None) == "" and clean_text(12) == "12"
+
+
+def test_index_replaces_an_invalid_study_uid(tmp_path):
+    """A series whose StudyInstanceUID is not a UID gets one generated replacement for all its
+    files; valid UIDs are untouched."""
+    from io_synth import make_series
+
+    from pipeline.io.index import scan_archive
+    from pipeline.io.sanitize import is_valid_uid, replacement_uid
+
+    bad = ";rm -rf /" + "9" * 200
+    make_series(tmp_path / "bad", study_uid=bad, n=3, patient_id="P1")
+    good = make_series(tmp_path / "good", n=2, patient_id="P2")
+    index = scan_archive(tmp_path)
+    studies = dict(zip(index.files["patient_id"], index.files["study_uid"]))
+    assert studies == {"P1": replacement_uid(bad), "P2": good.study_uid}
+    assert index.files["study_uid"].map(is_valid_uid).all()

@@ -224,3 +224,26 @@ def test_cli_entry_points(results, tmp_path):
     assert a.func is cli.cmd_study and a.no_sr
     assert p.parse_args(["dashboard", "--results", "R"]).func is cli.cmd_dashboard
     assert p.parse_args(["report", "--results", "R"]).func is cli.cmd_all
+
+
+def test_control_characters_never_reach_a_page(tmp_path):
+    """A PatientID with NUL / escape bytes and a failure message with a bell: the dashboard
+    shows the text without any control character; tabs and newlines stay."""
+    from pipeline.report.templates import render, shown
+
+    (tmp_path / "cohort").mkdir()
+    pid = "P\x001\x1b[31m\x7f\x85"
+    pd.DataFrame([{"patient_id": pid, "study_uid": "1.2.3", "patient_dir": "P1",
+                   "study_dir": "1.2.3", "study_date": "20240101"}]).to_csv(
+        tmp_path / "cohort" / "studies.csv", index=False)
+    pd.DataFrame([{"patient_id": pid, "study_uid": "1.2.3", "stage": "study",
+                   "error_class": "SegmentationError", "message": "bad\x07 news\x00",
+                   "file": "", "series_uid": "", "tag": "", "hint": "", "severity": "error"}]
+                 ).to_csv(tmp_path / "cohort" / "failures.csv", index=False)
+    html = D.write_dashboard(tmp_path).read_text(encoding="utf-8")
+    assert "bad news" in html
+    assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", html)
+    assert shown("a\tb\nc\x00") == "a\tb\nc" and shown(3.5) == 3.5
+    page = render("dashboard.html", **{**D.dashboard_context(tmp_path),
+                                        "results_name": "r\x00es"})
+    assert "res" in page and "\x00" not in page

@@ -111,12 +111,40 @@ def _check_case(run, name):
 
 def _check_unsafe_ids(run):
     res = run["results"].resolve()
-    for name in ("unsafe_patient_id_dotdot", "unsafe_patient_id_unicode", "empty_patient_id"):
+    for name in ("unsafe_patient_id_dotdot", "unsafe_patient_id_unicode", "empty_patient_id",
+                 "invalid_study_uid", "control_characters_in_patient_id"):
         row = _study_row(run, run["cases"][name])
         assert SAFE.match(row["patient_dir"]), row["patient_dir"]
         prov = (res / "studies" / row["patient_dir"] / row["study_dir"] / "provenance.json")
         assert prov.resolve().exists() and res in prov.resolve().parents
     assert not (run["results"].parent / "x").exists()
+
+
+def _check_outputs_hold_no_hostile_identifier(run):
+    """Every DICOM object written has valid UIDs (the invalid StudyInstanceUID was replaced);
+    no page holds a control character (the PatientID with ESC / BEL)."""
+    import pydicom
+
+    from pipeline.io.sanitize import is_valid_uid
+
+    bad = []
+    for p in sorted(run["results"].rglob("*.dcm")):
+        ds = pydicom.dcmread(p)
+
+        def cb(_ds, elem, p=p):
+            if elem.VR == "UI" and elem.value:
+                vals = elem.value if isinstance(elem.value, (list, pydicom.multival.MultiValue)) \
+                    else [elem.value]
+                bad.extend(f"{p.relative_to(run['results'])}: {elem.keyword} {str(v)[:40]!r}"
+                           for v in vals if not is_valid_uid(str(v)))
+        ds.walk(cb)
+    assert not bad, "\n".join(bad[:10])
+    control = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+    pages = sorted(run["results"].rglob("*.html"))
+    assert pages
+    for p in pages:
+        found = control.findall(p.read_text(encoding="utf-8"))
+        assert not found, (p.relative_to(run["results"]), found[:5])
 
 
 def _check_no_study_lost(run):
@@ -137,7 +165,8 @@ def test_corpus_through_the_workflow(tmp_path_factory):
             _check_case(run, name)
         except AssertionError as exc:
             problems.append(f"{name}: {exc}")
-    for check in (_check_documentation, _check_unsafe_ids, _check_no_study_lost):
+    for check in (_check_documentation, _check_unsafe_ids,
+                  _check_outputs_hold_no_hostile_identifier, _check_no_study_lost):
         try:
             check(run)
         except AssertionError as exc:
