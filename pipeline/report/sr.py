@@ -192,17 +192,22 @@ def _evidence_copy(ds):
     """A minimal dataset for the SR evidence and patient/study module (no name, birth date, sex)."""
     from pydicom.dataset import Dataset
 
+    from pipeline.io.sanitize import checked_uid, clean_text, safe_id
+
     e = Dataset()
     for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality",
                "FrameOfReferenceUID", "SpecificCharacterSet"):
         if kw in ds:
             setattr(e, kw, ds.data_element(kw).value)
-    e.PatientID = str(ds.get("PatientID", "") or "")
+    if "StudyInstanceUID" in ds:  # the same replacement the index made for an invalid one
+        e.StudyInstanceUID = checked_uid(str(ds.StudyInstanceUID), tag="StudyInstanceUID (0020,000D)")
+    pid = clean_text(str(ds.get("PatientID", "") or ""))
+    e.PatientID = pid if len(pid) <= 64 else safe_id(pid)[:64]  # LO: at most 64 characters
     e.PatientName = ""
     e.PatientBirthDate = ""
     e.PatientSex = ""
-    e.AccessionNumber = str(ds.get("AccessionNumber", "") or "")
-    e.StudyID = str(ds.get("StudyID", "") or "")
+    e.AccessionNumber = clean_text(str(ds.get("AccessionNumber", "") or ""))[:16]  # SH
+    e.StudyID = clean_text(str(ds.get("StudyID", "") or ""))[:16]  # SH
     e.StudyDate = str(ds.get("StudyDate", "") or "")
     e.StudyTime = str(ds.get("StudyTime", "") or "")
     e.ReferringPhysicianName = ""
