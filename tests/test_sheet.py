@@ -233,7 +233,9 @@ def test_interrupted_replace_leaves_no_partial_file(tmp_path, monkeypatch):
     def no_replace(src, dst):
         raise KeyboardInterrupt  # interrupted between the fsync and the rename
 
-    monkeypatch.setattr(sheetmod.os, "replace", no_replace)
+    import pipeline.io.tables as tables  # the sheet is written by io.tables.write_text_atomic
+
+    monkeypatch.setattr(tables.os, "replace", no_replace)
     with pytest.raises(KeyboardInterrupt):
         write_study_sheet(pd.DataFrame({"patient_id": ["P1"]}), path)
     assert list(tmp_path.iterdir()) == []
