@@ -45,7 +45,8 @@ Boundaries are on RECIST's side: PR is "at least a 30 % decrease", PD "at least 
   iRECIST's "progression in a category that did not meet iUPD"); further non-target progression
   (a member flagged now that was not flagged at the iUPD timepoint, or a flagged one grown by
   >= ``confirm_sod_increase_mm`` since then); the sum of the new lesions (>= ``new_lesion_min_mm``)
-  up by >= ``confirm_new_sum_increase_mm``; or an additional new lesion. iCPD then stays iCPD.
+  up by >= ``confirm_new_sum_increase_mm``; an additional new lesion; or an equivocal new lesion of
+  the iUPD timepoint now >= ``new_lesion_min_mm`` (iRECIST). iCPD then stays iCPD.
   The reference of the comparisons is the first iUPD of the episode (the timepoint the bar was
   set), recomputed over the current members.
 * Not confirmed: iUPD stays while one of its criteria still holds; when none holds any more, the
@@ -360,7 +361,14 @@ def _normalise(timepoints: Sequence[TimepointInput]) -> list[dict[str, Observati
             if ob.measure_mm is not None and (not math.isfinite(ob.measure_mm) or ob.measure_mm < 0):
                 raise PipelineError(f"expected a finite measure >= 0 mm, found {ob.measure_mm} for {where}",
                                     hint="use None for a lesion that cannot be measured")
-            cat = Category(ob.category)
+            try:
+                cat = Category(ob.category)
+                Status(ob.status), MeasureKind(ob.measure_kind)
+            except ValueError as exc:
+                raise PipelineError(
+                    f"expected an itRECIST category, status and measure kind for {where}, found {exc}",
+                    hint="categories T-I / T-NI / NT-I / NT-NI / NEW; status present / disappeared / "
+                         "not_evaluable / new; measure kind longest_diameter / short_axis") from None
             if pos == 0 and (cat == Category.NEW or ob.status == Status.NEW):
                 raise PipelineError(f"expected no new lesion at the baseline, found {where}",
                                     hint="categorise baseline lesions as T-I, T-NI, NT-I or NT-NI")
@@ -534,10 +542,14 @@ def _confirmations(group: _Group, lk: _Look, k: int, t: int, obs: list[dict[str,
         if m_now is not None and m_k is not None and m_now - m_k >= c["confirm_sod_increase_mm"] - _EPS_MM:
             out.append(f"further non-target progression ({tid} {_mm(m_k)} -> {_mm(m_now)})")
     if group.counts_new:
-        extra = [tid for tid in lk.new_counted if tid not in ref.new_counted]
+        extra = [tid for tid in lk.new_counted if tid not in ref.new_counted and tid not in ref.new_equivocal]
         if extra:
             out.append("additional new lesion (" + ", ".join(
                 f"{tid} {_mm(obs_t[tid].measure_mm)}" for tid in extra) + ")")
+        grown = [tid for tid in lk.new_counted if tid in ref.new_equivocal]
+        if grown:
+            out.append(f"equivocal new lesion now >= {c['new_lesion_min_mm']:g} mm (" + ", ".join(
+                f"{tid} {_mm(obs_k[tid].measure_mm)} -> {_mm(obs_t[tid].measure_mm)}" for tid in grown) + ")")
         rise = lk.new_sum - ref.new_sum
         if ref.new_counted and rise >= c["confirm_new_sum_increase_mm"] - _EPS_MM:
             out.append(f"new lesions' sum up {rise:.1f} mm ({ref.new_sum:.1f} -> {lk.new_sum:.1f} mm), "
@@ -584,7 +596,7 @@ def _normal(group: _Group, lk: _Look, obs_t: dict[str, Observation], c: dict[str
         return Response.IPR, "all targets gone" + node_txt + ", but " + why + equivocal
     bar = lk.baseline * (1.0 + c["partial_response_pct"] / 100.0)
     if lk.sod <= bar + _EPS_MM:
-        return Response.IPR, f"sum <= baseline {c['partial_response_pct']:+g} %" + equivocal
+        return Response.IPR, f"sum at least {-c['partial_response_pct']:g} % below baseline" + equivocal
     return Response.ISD, "neither iPR nor iUPD" + equivocal
 
 
@@ -658,8 +670,8 @@ def _baseline_row(tp: TimepointInput, obs0: dict[str, Observation]) -> Timepoint
         targets = sorted(tid for tid, o in obs0.items() if o.category in group.targets)
         sods[group.name] = _sum_at(targets, obs0) if targets else None
         nt = sum(1 for o in obs0.values() if o.category in group.nontargets)
-        parts.append(f"{group.sum_label} sum {_mm(sods[group.name])} ({_n(len(targets), 'target')}, "
-                     f"{_n(nt, 'non-target')})")
+        total = _mm(sods[group.name]) if targets else "none"
+        parts.append(f"{group.sum_label} sum {total} ({_n(len(targets), 'target')}, {_n(nt, 'non-target')})")
     zero = {k: (0.0 if v is not None and v > _EPS_MM else None) for k, v in sods.items()}
     return TimepointResponse(
         timepoint_index=tp.index, study_uid=tp.study_uid, study_date=tp.study_date,

@@ -66,6 +66,10 @@ def test_baseline_row_sums_and_row_format(cfg):
     assert list(row) == RESPONSE_COLUMNS[1:]
     assert row["response_overall"] == "" and row["timepoint_index"] == 0 and row["sod_ti_mm"] == 56.0
     assert "T-I sum 56.0 mm (2 targets, 0 non-targets)" in row["reasons"]
+    assert "targets sum 156.0 mm (3 targets, 1 non-target)" in row["reasons"]
+    rows = assess_patient([tp(0, ob("x", "NT-I", 12.0))], cfg)
+    assert rows[0].sod_ti_mm is None and rows[0].change_ti_from_baseline_pct is None
+    assert "T-I sum none (0 targets, 1 non-target)" in rows[0].reasons
 
 
 def test_as_row_writes_enum_values(cfg):
@@ -343,6 +347,17 @@ def test_new_lesion_under_minimum_is_equivocal_not_progression(cfg):
     assert rows[1].response_overall == Response.IUPD
 
 
+def test_equivocal_new_lesion_grown_confirms_an_iupd(cfg):
+    # T-NI 50 -> 62 (+24 %, +12 mm: iUPD) with an equivocal new lesion of 4 mm; tp2 targets 62 (no further
+    # growth) but the new lesion is 7 mm (>= 5 mm, now unequivocal): progression in the new-lesion
+    # category -> iCPD
+    rows = assess_patient([tp(0, ob("b", "T-NI", 50.0)),
+                           tp(1, ob("b", "T-NI", 62.0), ob("N", "NEW", 4.0)),
+                           tp(2, ob("b", "T-NI", 62.0), ob("N", "NEW", 7.0, Status.PRESENT))], cfg)
+    assert resp(rows, "overall") == [None, Response.IUPD, Response.ICPD]
+    assert "equivocal new lesion now >= 5 mm (N 4.0 mm -> 7.0 mm)" in rows[2].reasons
+
+
 # --------------------------------------------------------------------------------------------------
 # NI -> I reclassification
 
@@ -460,6 +475,7 @@ def test_later_timepoints_never_change_earlier_rows(cfg):
     ([tp(0, ob("a", "T-I", -1.0))], "finite measure >= 0"),
     ([tp(0, ob("a", "T-I", 10.0), ob("a", "T-I", 11.0))], "one observation per track"),
     ([], "at least the baseline"),
+    ([tp(0, Observation("a", "T-X", LD, 10.0, Status.PRESENT))], "expected an itRECIST category"),
 ])
 def test_bad_input_is_a_pipeline_error(cfg, tps, match):
     with pytest.raises(PipelineError, match=match):
