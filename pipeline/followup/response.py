@@ -83,7 +83,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.errors import ConfigError, PipelineError
@@ -292,8 +292,6 @@ _INJECTED = _Group("injected", frozenset({Category.T_I}), frozenset({Category.NT
 _NONINJECTED = _Group("noninjected", frozenset({Category.T_NI}), frozenset({Category.NT_NI}), True, "T-NI")
 _GROUPS = (_OVERALL, _INJECTED, _NONINJECTED)
 
-_TARGETS = frozenset({Category.T_I, Category.T_NI})
-_NONTARGETS = frozenset({Category.NT_I, Category.NT_NI})
 _ALLOWED_CHANGES = {(Category.T_NI, Category.T_I), (Category.NT_NI, Category.NT_I)}
 
 _BEST_ORDER = (Response.ICR, Response.IPR, Response.ISD, Response.IUPD, Response.ICPD, Response.NE)
@@ -362,31 +360,27 @@ def _normalise(timepoints: Sequence[TimepointInput]) -> list[dict[str, Observati
                 raise PipelineError(f"expected a finite measure >= 0 mm, found {ob.measure_mm} for {where}",
                                     hint="use None for a lesion that cannot be measured")
             try:
-                cat = Category(ob.category)
-                Status(ob.status), MeasureKind(ob.measure_kind)
+                cat, status, kind = Category(ob.category), Status(ob.status), MeasureKind(ob.measure_kind)
             except ValueError as exc:
                 raise PipelineError(
                     f"expected an itRECIST category, status and measure kind for {where}, found {exc}",
                     hint="categories T-I / T-NI / NT-I / NT-NI / NEW; status present / disappeared / "
                          "not_evaluable / new; measure kind longest_diameter / short_axis") from None
-            if pos == 0 and (cat == Category.NEW or ob.status == Status.NEW):
+            if pos == 0 and (cat == Category.NEW or status == Status.NEW):
                 raise PipelineError(f"expected no new lesion at the baseline, found {where}",
                                     hint="categorise baseline lesions as T-I, T-NI, NT-I or NT-NI")
             if ob.track_id not in first_seen:
                 first_seen[ob.track_id] = pos
-                if pos > 0 and cat != Category.NEW and ob.status != Status.NEW:
-                    if cat in _TARGETS or cat in _NONTARGETS:
-                        raise PipelineError(
-                            f"expected a track first seen after the baseline to be NEW, found {cat.value} "
-                            f"for {where}",
-                            hint="target / non-target designations are locked at the baseline; lesions "
-                                 "appearing later are new lesions")
+                if pos > 0 and cat != Category.NEW and status != Status.NEW:
+                    raise PipelineError(
+                        f"expected a track first seen after the baseline to be NEW, found {cat.value} for {where}",
+                        hint="target / non-target designations are locked at the baseline; lesions appearing "
+                             "later are new lesions")
             if first_seen[ob.track_id] > 0:
                 if cat != Category.NEW:
                     log.info("%s was first seen after the baseline: kept as a new lesion (not %s)",
                              where, cat.value)
-                ob = Observation(ob.track_id, Category.NEW, ob.measure_kind, ob.measure_mm, ob.status,
-                                 ob.nontarget_progression)
+                cat = Category.NEW
             else:
                 prev = last.get(ob.track_id)
                 if prev is not None and prev.category != cat and (prev.category, cat) not in _ALLOWED_CHANGES:
@@ -395,9 +389,8 @@ def _normalise(timepoints: Sequence[TimepointInput]) -> list[dict[str, Observati
                         f"and NT-NI -> NT-I may change), found {cat.value}",
                         hint="categories are locked at the baseline; record an injection of a noninjected "
                              "lesion as NI -> I from its timepoint on")
-                if cat != ob.category:
-                    ob = Observation(ob.track_id, cat, ob.measure_kind, ob.measure_mm, ob.status,
-                                     ob.nontarget_progression)
+            ob = Observation(ob.track_id, cat, kind, None if ob.measure_mm is None else float(ob.measure_mm),
+                             status, bool(ob.nontarget_progression))
             obs_t[ob.track_id] = ob
             last[ob.track_id] = ob
         # a baseline lesion without observation here: not evaluable, never silently dropped
@@ -448,7 +441,6 @@ class _Look:
     new_counted: list[str]
     new_equivocal: list[str]
     new_sum: float
-    notes: list[str] = field(default_factory=list)
 
 
 def _sum_at(members: list[str], obs_s: dict[str, Observation]) -> float | None:

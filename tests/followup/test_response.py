@@ -458,6 +458,19 @@ def test_best_overall_response_order(cfg):
     assert [r.best_overall_response for r in rows] == [None, Response.NE, Response.ISD]
 
 
+def test_plain_strings_work_like_enums(cfg):
+    # a caller reading the tracking CSV may pass the values as strings
+    as_str = [TimepointInput(0, "1.1", "20260101", (Observation("a", "T-I", "short_axis", 16.0, "present"),)),
+              TimepointInput(1, "1.2", "20260201", (Observation("a", "T-I", "short_axis", 9.0, "present"),
+                                                    Observation("N", "NEW", "longest_diameter", 3.0, "new")))]
+    as_enum = [tp(0, ob("a", "T-I", 16.0, kind=SA)), tp(1, ob("a", "T-I", 9.0, kind=SA), ob("N", "NEW", 3.0))]
+    got, want = assess_patient(as_str, cfg), assess_patient(as_enum, cfg)
+    # node 16 -> 9 mm: gone; injected group ignores the 3 mm new lesion -> iCR; overall: equivocal new
+    # lesion present -> no iCR, all targets gone -> iPR
+    assert got[1].response_injected == want[1].response_injected == Response.ICR
+    assert got[1].response_overall == want[1].response_overall == Response.IPR
+
+
 def test_later_timepoints_never_change_earlier_rows(cfg):
     sizes = [50.0, 62.0, 52.0, 62.0, 67.0, 20.0]
     tps = [tp(i, ob("a", "T-I", 30.0 - i), ob("b", "T-NI", s)) for i, s in enumerate(sizes)]
