@@ -219,3 +219,30 @@ def test_study_reference_prefers_the_noncontrast_ct(case, tmp_path):
     assert "no CT" in warning
     with pytest.raises(FollowupError, match="no CT"):
         R.read_reference(tmp_path / R.REFERENCE_FILE)
+
+
+# --------------------------------------------------------------------------- the study job
+def test_study_job_writes_the_reference_and_a_placeholder_when_it_fails(case, tmp_path):
+    from pipeline.config import load_config
+    from pipeline.io.index import scan_archive
+    from pipeline.sheet import build_study_sheet
+    from pipeline.study import run_study
+    from pipeline.testing import phantom
+
+    root = tmp_path / "archive"
+    phantom.generate_patient(root, patient_index=1, size="small", seed=0)
+    index = scan_archive(root)
+    row = build_study_sheet(index).iloc[0].to_dict()
+    prov = run_study(row, index.files, root, load_config(), tmp_path / "ok")
+    assert prov["status"] == "done", prov["failures"]
+    ref = R.read_reference(tmp_path / "ok" / R.REFERENCE_FILE)
+    assert ref.series_uid == row["ct_series_uid"]
+    # the phantom's non-contrast CT read back from DICOM gives the same block means
+    assert ref.grid.same_as(case["ref_b"].grid)
+    assert np.abs(ref.hu.astype(int) - case["ref_b"].hu).max() <= 1
+
+    bad = dict(row, ct_series_uid="1.2.826.0.1.3680043.99.1", ce_ct_series_uid="")
+    prov = run_study(bad, index.files, root, load_config(), tmp_path / "failed")
+    assert prov["status"] == "failed"
+    with pytest.raises(FollowupError, match="no registration reference"):
+        R.read_reference(tmp_path / "failed" / R.REFERENCE_FILE)
