@@ -59,6 +59,7 @@ from scipy import ndimage
 
 from pipeline.errors import FollowupError
 from pipeline.features.registration import (
+    CLAMP_HU,
     MIN_LOWRES_VOXELS,
     SAMPLING_SEED,
     SMOOTHING_SIGMAS_VOX,
@@ -76,10 +77,11 @@ REFERENCE_FILE = "registration_ref.npz"
 REFERENCE_FORMAT = 1
 #: Registration statuses.
 STATUSES = ("ok", "failed", "identity")
-#: Rotations about the body axis tried by the coarse initial search, degrees.
-SEARCH_ANGLES_DEG = tuple(float(a) for a in range(-20, 21, 5))
-#: Shifts along the body axis tried by the coarse initial search, mm.
-SEARCH_SHIFTS_MM = tuple(float(s) for s in range(-60, 61, 10))
+#: Rotations about the body axis tried by the coarse initial search, degrees (then refined by
+#: half a step on either side of the best).
+SEARCH_ANGLES_DEG = (-20.0, -10.0, 0.0, 10.0, 20.0)
+#: Shifts along the body axis tried by the coarse initial search, mm (refined likewise).
+SEARCH_SHIFTS_MM = tuple(float(v) for v in range(-60, 61, 10))
 #: Air inside the body below this HU is lung (or bowel gas).
 LUNG_THRESHOLD_HU = -400.0
 #: An air component counts as a lung from this volume (mL): bowel gas stays below it.
@@ -350,26 +352,37 @@ def register_followup(baseline: ReferenceVolume, followup: ReferenceVolume,
 
     # ---- initialisation: body centres of mass, then a coarse search about / along the body axis
     axis = f_grid.slice_normal / np.linalg.norm(f_grid.slice_normal)
-    best = (np.inf, 0.0, 0.0)
-    search = _method(c, _coarse(fmask, mask=True), shrink=1)
+    # The metric of the search is computed here on the x2 level, over the WHOLE baseline body:
+    # follow-up values outside its field of view count as air (-1000 HU). SimpleITK's metrics
+    # skip such samples instead, and mutual information then improves just by sliding most of
+    # the samples out of a short scan's field of view.
     f_small, m_small = _coarse(f_img), _coarse(m_img)
-    for ang in SEARCH_ANGLES_DEG:
-        for dz in SEARCH_SHIFTS_MM:
-            tx = _euler(cf, cm - cf + dz * axis, ang)
-            search.SetInitialTransform(tx, inPlace=True)
-            try:
-                v = float(search.MetricEvaluate(f_small, m_small))
-            except RuntimeError:  # too few samples inside the moving image
-                continue
-            if np.isfinite(v) and v < best[0]:
-                best = (v, ang, dz)
+    f_sel = sitk.GetArrayViewFromImage(_coarse(fmask, mask=True)) > 0
+    f_val = sitk.GetArrayFromImage(f_small)[f_sel]
+
+    def metric(ang: float, dz: float) -> float:
+        moved = sitk.Resample(m_small, f_small, _euler(cf, cm - cf + dz * axis, ang),
+                              sitk.sitkLinear, CLAMP_HU[0], sitk.sitkFloat32)
+        return _search_metric(f_val, sitk.GetArrayViewFromImage(moved)[f_sel], c)
+
+    best = min((metric(a, z), a, z) for a in SEARCH_ANGLES_DEG for z in SEARCH_SHIFTS_MM)
+    da = (SEARCH_ANGLES_DEG[1] - SEARCH_ANGLES_DEG[0]) / 2
+    dd = (SEARCH_SHIFTS_MM[1] - SEARCH_SHIFTS_MM[0]) / 2
+    best = min([best] + [(metric(best[1] + i * da, best[2] + j * dd), best[1] + i * da,
+                          best[2] + j * dd) for i in (-1, 0, 1) for j in (-1, 0, 1) if i or j])
     notes.append(f"init: body centres of mass, then rotation {best[1]:+.0f} deg about and shift "
                  f"{best[2]:+.0f} mm along the body axis (coarse metric search)")
     rigid = _euler(cf, cm - cf + best[2] * axis, best[1])
 
     # ---- rigid, then affine
+    # the optimisation samples only baseline body where the initially placed follow-up has data
+    # (a margin inside its field of view), so the sample set does not change as it moves
+    fov0 = _moved(m_grid, np.ones(m_grid.shape_zyx, bool), f_grid, rigid)
+    rmask = ndimage.binary_dilation(f_body) & ndimage.binary_erosion(fov0, iterations=2)
+    if not rmask.any():
+        rmask = ndimage.binary_dilation(f_body)
     try:
-        reg = _method(c, fmask)
+        reg = _method(c, f_grid.to_sitk(rmask.astype(np.uint8)))
         reg.SetInitialTransform(rigid, inPlace=True)
         reg.Execute(f_img, m_img)
     except RuntimeError as exc:
@@ -439,6 +452,20 @@ def _euler(centre: np.ndarray, translation: np.ndarray, angle_z_deg: float) -> s
     tx.SetTranslation(tuple(float(v) for v in translation))
     tx.SetRotation(0.0, 0.0, float(np.radians(angle_z_deg)))
     return tx
+
+
+def _search_metric(a: np.ndarray, b: np.ndarray, c: dict) -> float:
+    """Metric of the coarse search on paired samples (lower is better): minus the mutual
+    information (``mattes``; joint histogram of ``histogram_bins`` bins over the HU clamp) or
+    the mean squared difference (``mean_squares``)."""
+    if c["metric"] != "mattes":
+        return float(np.mean((a - b) ** 2))
+    n = int(c["histogram_bins"])
+    h, _, _ = np.histogram2d(a, b, bins=n, range=[CLAMP_HU, CLAMP_HU])
+    p = h / max(h.sum(), 1.0)
+    pa, pb = p.sum(1), p.sum(0)
+    nz = p > 0
+    return -float(np.sum(p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])))
 
 
 def _coarse(img: sitk.Image, mask: bool = False) -> sitk.Image:
