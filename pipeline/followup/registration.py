@@ -87,7 +87,8 @@ STATUSES = ("ok", "failed", "identity")
 #: Rotations about the body axis tried by the coarse initial search, degrees (then refined by
 #: half a step on either side of the best).
 SEARCH_ANGLES_DEG = (-20.0, -10.0, 0.0, 10.0, 20.0)
-#: Shifts along the body axis tried by the coarse initial search, mm (refined likewise).
+#: Shifts along the body axis tried by the coarse initial search, mm (refined likewise); the
+#: range grows by half the difference of the two bodies' lengths along the axis.
 SEARCH_SHIFTS_MM = tuple(float(v) for v in range(-60, 61, 10))
 #: Air inside the body below this HU is lung (or bowel gas).
 LUNG_THRESHOLD_HU = -400.0
@@ -372,7 +373,13 @@ def register_followup(baseline: ReferenceVolume, followup: ReferenceVolume,
                               sitk.sitkLinear, CLAMP_HU[0], sitk.sitkFloat32)
         return _search_metric(f_val, sitk.GetArrayViewFromImage(moved)[f_sel], c)
 
-    best = min((metric(a, z), a, z) for a in SEARCH_ANGLES_DEG for z in SEARCH_SHIFTS_MM)
+    # scans of different length (chest vs chest-abdomen-pelvis): the centres of mass differ by
+    # up to half the difference of the body lengths, so the shift range grows with it
+    half = abs(_body_length_mm(f_body, f_grid, axis) - _body_length_mm(m_body, m_grid, axis)) / 2
+    step = SEARCH_SHIFTS_MM[1] - SEARCH_SHIFTS_MM[0]
+    reach = max(SEARCH_SHIFTS_MM[-1], step * np.ceil((half + SEARCH_SHIFTS_MM[-1] / 2) / step))
+    shifts = np.arange(-reach, reach + step / 2, step)
+    best = min((metric(a, z), a, z) for a in SEARCH_ANGLES_DEG for z in shifts)
     da = (SEARCH_ANGLES_DEG[1] - SEARCH_ANGLES_DEG[0]) / 2
     dd = (SEARCH_SHIFTS_MM[1] - SEARCH_SHIFTS_MM[0]) / 2
     best = min([best] + [(metric(best[1] + i * da, best[2] + j * dd), best[1] + i * da,
@@ -459,6 +466,14 @@ def _euler(centre: np.ndarray, translation: np.ndarray, angle_z_deg: float) -> s
     tx.SetTranslation(tuple(float(v) for v in translation))
     tx.SetRotation(0.0, 0.0, float(np.radians(angle_z_deg)))
     return tx
+
+
+def _body_length_mm(body: np.ndarray, grid: Grid, axis: np.ndarray) -> float:
+    """Extent of the body mask along ``axis`` (LPS unit vector), mm."""
+    ks = np.flatnonzero(body.any(axis=(1, 2)))
+    ends = grid.zyx_to_lps(np.array([[ks[0], 0, 0], [ks[-1], 0, 0]], float))
+    return float(abs((ends[1] - ends[0]) @ axis)) + float(abs(grid.slice_normal @ axis)) * float(
+        grid.spacing_xyz_mm[2])
 
 
 def _search_metric(a: np.ndarray, b: np.ndarray, c: dict) -> float:
