@@ -58,7 +58,12 @@ from pipeline.testing.phantom.design import (
     patient_design,
     pet_grid,
 )
-from pipeline.testing.phantom.render import PhantomArrays, _check_hosts, _render, quantize_pet_slices
+from pipeline.testing.phantom.render import (
+    PhantomArrays,
+    _check_hosts,
+    _render,
+    quantize_pet_slices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +224,9 @@ def rigid_matrix(translation_mm, rot_z_deg: float, rot_x_deg: float = 0.0) -> np
     return m
 
 
-def motion_parameters(patient_index: int, seed: int, t: int) -> tuple[tuple[float, ...], float, float]:
+def motion_parameters(
+    patient_index: int, seed: int, t: int
+) -> tuple[tuple[float, ...], float, float]:
     """(translation mm, rotation about z deg, rotation about x deg) of follow-up ``t`` >= 1.
 
     Patient 1 uses :data:`NOMINAL_MOTION`; others add seeded jitter (x, y +-3 mm, z +-1 mm, the
