@@ -208,3 +208,27 @@ def test_standard_lesions_keep_their_tiers_in_the_extended_phantom(runs):
     _, ext = runs["seg"]  # same organ source as the standard run
     assert len(std) == 8
     pd.testing.assert_series_equal(std["tier"], ext.loc[std.index, "tier"])
+
+
+# --------------------------------------------------------------------------- ranking target rule
+def test_ranking_target_point_sources_follow_the_configuration():
+    """The ranking's target point (derive_columns) agrees with the anatomy stage: SUVpeak centre
+    for an avid lesion, else the viable point when the centre is necrotic, else the centroid;
+    dropping ``viable`` from the configured sources brings the centroid back."""
+    cfg = load_config()["ranking"]
+    base = dict(lesion_id="a", centroid_x_mm=0.0, centroid_y_mm=0.0, centroid_z_mm=0.0)
+    viable = dict(viable_target_x_mm=25.0, viable_target_y_mm=0.0, viable_target_z_mm=0.0)
+    peak = dict(suv_peak=6.0, suv_max=7.0, suv_peak_x_mm=-24.0, suv_peak_y_mm=1.0,
+                suv_peak_z_mm=2.0)
+    rows = pd.DataFrame([dict(base, lesion_id="necrotic", **viable),
+                         dict(base, lesion_id="necrotic_avid", **viable, **peak),
+                         dict(base, lesion_id="viable_centre")])
+    df = derive_columns(rows, cfg).set_index("lesion_id")
+    assert df["target_point_source"].to_dict() == {
+        "necrotic": "viable", "necrotic_avid": "suv_peak", "viable_centre": "centroid"}
+    assert df.loc["necrotic", "target_x_mm"] == 25.0
+    assert "necrotic core" in df.loc["necrotic", "target_point_label"]
+    cfg["target_point"]["sources"] = ["suv_peak", "centroid"]
+    df = derive_columns(rows, cfg).set_index("lesion_id")
+    assert df.loc["necrotic", "target_point_source"] == "centroid"
+    assert df.loc["necrotic", "target_x_mm"] == 0.0
