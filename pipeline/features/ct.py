@@ -401,7 +401,7 @@ def _necrosis(row: dict, mask, ctx, ncfg: dict, cgrid, les, roi, space, hu: dict
     row["necrosis_reason"] = how + "; ".join(crit) + (f"; {pet_note}" if pet_note else "") + (
         f"; {size}x{size}x{size} median within the lesion" if size > 1 else "")
     core = (ct_nec if ct_nec is not None else nec) & valid
-    point = viable_target_point(les, core, cgrid)
+    point = viable_target_point(les & valid, core, cgrid)
     if point is not None:
         row["viable_target_x_mm"], row["viable_target_y_mm"], row["viable_target_z_mm"] = (
             float(v) for v in point)
@@ -442,13 +442,14 @@ def viable_target_point(lesion: np.ndarray, necrotic: np.ndarray, grid) -> np.nd
         return None
     idx = np.argwhere(les)
     c = idx.mean(axis=0)
-    centre = idx[int(np.argmin(np.linalg.norm((idx - c) * np.asarray(grid.spacing_xyz_mm[::-1]), axis=1)))]
+    spacing_zyx = np.asarray(grid.spacing_xyz_mm[::-1], dtype=float)
+    centre = idx[int(np.argmin(np.linalg.norm((idx - c) * spacing_zyx, axis=1)))]
     if not nec[tuple(centre)]:
         return None
     viable = les & ~nec
     if not viable.any():
         return None
     depth = ndimage.distance_transform_edt(np.pad(viable, 1),
-                                           sampling=tuple(grid.spacing_xyz_mm[::-1]))[1:-1, 1:-1, 1:-1]
+                                           sampling=tuple(spacing_zyx))[1:-1, 1:-1, 1:-1]
     k = np.unravel_index(int(np.argmax(depth)), depth.shape)
     return grid.zyx_to_lps(np.asarray(k, float)[None, :])[0]

@@ -139,9 +139,11 @@ node_inguinal_R        (-60, -98.616854, -62) (10, 8, 10)  6.5   40 / 80    righ
   diameter stays under 10 mm (9.0 mm; centred between voxels it measures 10 mm).
   ``nodule_superficial_8mm`` (skin depth 9.7 mm; 10.0 mm in jittered patients) is small but
   superficial with an ultrasound window, so at worst ``board_review``; ``nodule_deep_8mm``
-  (skin depth 61.6 mm) has a needle-hit probability under 0.5 and stays ``not_suitable``; ``node_axillary_L`` and
-  ``node_inguinal_R`` (skin depth 5.0 mm, anchored like ``node_axillary_R``) are nodal RECIST
-  targets (short axis >= 15 mm) at two different stations, so organ diversity tells them apart.
+  (skin depth 61.6 mm) has a needle-hit probability under 0.5 and stays ``not_suitable``;
+  ``node_axillary_L`` and ``node_inguinal_R`` (skin depth 5.0 mm, anchored like
+  ``node_axillary_R``) are nodal RECIST targets (short axis >= 15 mm) at two different stations,
+  so organ diversity tells them apart. Jittered patients may measure the 8 mm nodules at 10 mm
+  (their centres leave the voxel centres).
 * Jittered extended patients draw the standard lesions first from the same random stream, so
   their first 8 lesions and demographics equal the standard patient's.
 
