@@ -203,6 +203,9 @@ LESION_COLUMNS: tuple[Column, ...] = (
     _c("necrosis_fraction_pet", "float", "1", "features.ct", "necrosis_reason",
        "necrotic fraction by the PET-cold criterion alone"),
     _c("necrosis_reason", "str", "", "features.ct", "", "criteria used, or why necrosis is empty"),
+    *(_c(f"viable_target_{a}_mm", "float", "mm", "features.ct", "necrosis_reason",
+         f"viable tissue farthest from border and necrotic core when the centre is necrotic, LPS {a}")
+      for a in "xyz"),
     _c("radiomics_reason", "str", "", "features.radiomics", "",
        "why radiomics columns are empty (per image)"),
     # ---- site (pipeline.anatomy.site)
@@ -262,7 +265,7 @@ LESION_COLUMNS: tuple[Column, ...] = (
     _c("target_y_mm", "float", "mm", "anatomy.stage", "", "needle target point, LPS y"),
     _c("target_z_mm", "float", "mm", "anatomy.stage", "", "needle target point, LPS z"),
     _c("target_point_source", "str", "", "anatomy.stage", "",
-       "source of the target point: suv_peak or centroid"),
+       "source of the target point: suv_peak, viable or centroid"),
     _c("target_point_note", "str", "", "anatomy.stage", "", "why a later source was used, or empty"),
     # ---- needle path (pipeline.anatomy.access)
     _c("path_length_mm", "float", "mm", "anatomy.access", "access_reason",
@@ -286,6 +289,11 @@ LESION_COLUMNS: tuple[Column, ...] = (
        "normal liver crossed between capsule and lesion on the planned path (liver targets)"),
     _c("pleura_crossings", "int", "", "anatomy.access", "access_reason",
        "entries into the lung between skin and lesion"),
+    _c("fissure_crossings", "int", "", "anatomy.access", "fissure_reason",
+       "lung fissures (lobe to lobe) crossed by the planned path outside the lesion"),
+    _c("fissure_lobes", "str", "", "anatomy.access", "fissure_reason",
+       "lobes the planned path passes through outside the lesion, target side first"),
+    _c("fissure_reason", "str", "", "anatomy.access", "", "why fissure crossings were not evaluated"),
     _c("target_organ_entries", "int", "", "anatomy.access", "access_reason",
        "entries into the target organ (capsule crossings) between skin and lesion"),
     _c("vessel_clearance_mm", "float", "mm", "anatomy.access", "vessel_clearance_reason",

@@ -155,7 +155,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         try:
             from pipeline.report.keyimages import write_key_images
 
-            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows)
+            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows,
+                             ct_roles={v.series_uid: r for r, v in img.ct_by_role.items()})
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")

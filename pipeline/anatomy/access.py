@@ -34,6 +34,13 @@ Method
 7. **Ultrasound window.** True when some safe direction (coarse or refined) has no gas and no
    bone on its path outside the lesion and a length at most ``us_max_depth_mm``.
 
+8. **Fissures** (:func:`fissure_crossings`, when lung lobe masks are known, e.g.
+   TotalSegmentator's ``lung_upper_lobe_left`` ...): along the chosen path, outside the lesion,
+   the lobes passed through; going from one lobe to another within ``fissure_max_gap_mm`` of
+   path is a fissure crossed (two pleural layers: a higher pneumothorax risk). A gap longer than
+   that is not a fissure (the path left the lung). Without lobe masks nothing is said
+   (``fissure_crossings`` empty with ``fissure_reason``).
+
 Columns (see :func:`plan_access`): the entry point (LPS mm), the unit needle direction from
 the entry towards the target, lengths to the lesion surface and to the target, aerated lung
 crossed between the skin and the lesion surface, pleura crossings (entries into the lung
@@ -89,6 +96,7 @@ class AccessSettings:
     min_parenchyma_mm: float = 0.0
     parenchyma_length_allowance_mm: float = 0.0
     parenchyma_terms: tuple[str, ...] = ("liver",)
+    fissure_max_gap_mm: float = 5.0
 
     @classmethod
     def from_config(cls, a: dict) -> AccessSettings:
@@ -107,6 +115,7 @@ class AccessSettings:
             min_parenchyma_mm=float(a.get("min_parenchyma_mm", 0.0)),
             parenchyma_length_allowance_mm=float(a.get("parenchyma_length_allowance_mm", 0.0)),
             parenchyma_terms=tuple(a.get("parenchyma_terms", ("liver",))),
+            fissure_max_gap_mm=float(a.get("fissure_max_gap_mm", 5.0)),
         )
 
 
@@ -544,13 +553,82 @@ def plan_access(
     return out
 
 
+@dataclass(frozen=True)
+class LobeMap:
+    """Lung lobe labels of a study on the lesion grid.
+
+    Attributes
+    ----------
+    grid : Grid
+        The lesion grid.
+    labels : (z, y, x) uint8 array
+        0 = no lobe, k = ``names[k - 1]``, on the index box ``bbox`` of ``grid``.
+    bbox : tuple of 3 (start, stop)
+        Index box (z, y, x) of ``labels`` on ``grid``.
+    names : tuple of str
+        Lobe names (as the masks were named, e.g. ``lung_upper_lobe_left``).
+    """
+
+    grid: Grid
+    labels: np.ndarray
+    bbox: tuple
+    names: tuple[str, ...]
+
+
+def fissure_crossings(lobes: LobeMap, lesion: LesionMask, entry_lps: np.ndarray,
+                      target_lps: np.ndarray, *, max_gap_mm: float) -> tuple[int, list[str]]:
+    """Fissures crossed by the straight path from ``target_lps`` to ``entry_lps``.
+
+    The segment is traced voxel by voxel (:func:`trace_rays`); lesion voxels are skipped. Each
+    time the path, having been in lobe A, reaches a different lobe B within ``max_gap_mm`` of
+    path (a fissure: the lobes touch, or a thin unlabelled gap between them), one crossing is
+    counted. A longer gap (the path left the lung and came back, through pleura) is not one.
+
+    Parameters
+    ----------
+    lobes : LobeMap
+    lesion : LesionMask
+        The target lesion (same grid as ``lobes``).
+    entry_lps, target_lps : (3,) LPS mm
+        Skin entry and target point of the planned path.
+    max_gap_mm : float
+        Longest unlabelled stretch (mm) between two lobes that still counts as a fissure.
+
+    Returns
+    -------
+    (crossings, lobe names passed, target side first, consecutive repeats merged)
+    """
+    target = np.asarray(target_lps, float)
+    d = np.asarray(entry_lps, float) - target
+    length = float(np.linalg.norm(d))
+    if length <= 0:
+        return 0, []
+    tr = trace_rays(lobes.grid, target, (d / length)[None, :], length)
+    lab = _lookup(lobes.labels, lobes.bbox, tr.idx, tr.valid)[0]
+    les = _lookup(np.asarray(lesion.crop, bool), lesion.bbox_zyx, tr.idx, tr.valid, False)[0]
+    crossings, seq = 0, []
+    cur, cur_end = 0, -math.inf
+    for k in np.flatnonzero(tr.valid[0] & ~les):
+        v = int(lab[k])
+        if v == 0:
+            continue
+        if v != cur:
+            if cur and tr.t0[0, k] - cur_end <= max_gap_mm + 1e-9:
+                crossings += 1
+            seq.append(lobes.names[v - 1])
+            cur = v
+        cur_end = float(tr.t1[0, k])
+    return crossings, seq
+
+
 def empty_access_columns() -> dict:
     """The planner's columns, all empty (None / "")."""
     keys = ("path_length_mm", "path_length_to_surface_mm", "entry_x_mm", "entry_y_mm",
             "entry_z_mm", "path_direction_x", "path_direction_y", "path_direction_z",
             "path_angle_from_axial_deg", "aerated_lung_path_mm", "pleura_crossings",
             "target_organ_entries", "liver_parenchyma_path_mm", "vessel_clearance_mm", "us_window",
-            "safe_direction_fraction")
+            "safe_direction_fraction", "fissure_crossings")
     out = {k: None for k in keys}
-    out.update({"safe_path_found": None, "vessel_clearance_reason": "", "access_reason": ""})
+    out.update({"safe_path_found": None, "vessel_clearance_reason": "", "access_reason": "",
+                "fissure_lobes": "", "fissure_reason": ""})
     return out

@@ -34,7 +34,9 @@ vessel_reason
 diaphragm_distance_mm (+ _reason)    lung base distance (mobility)
 critical_structure_distance_mm,      nearest of ``anatomy.critical_structures``
 critical_structure_name (+ _reason)
-target_x_mm/_y_mm/_z_mm,             the needle's target point (:func:`target_point`)
+target_x_mm/_y_mm/_z_mm,             the needle's target point (:func:`target_point`): SUVpeak
+                                     centre, else viable tissue when the centre is necrotic,
+                                     else the centroid
 target_point_source, target_point_note
 safe_path_found, path_length_mm,     :func:`pipeline.anatomy.access.plan_access`
 path_length_to_surface_mm,
@@ -47,6 +49,8 @@ target_organ_entries,
 vessel_clearance_mm (+ _reason),
 us_window, safe_direction_fraction,
 access_reason
+fissure_crossings, fissure_lobes,    lung fissures crossed by the planned path when lobe masks are
+fissure_reason                       known (:func:`pipeline.anatomy.access.fissure_crossings`)
 ==================================== =================================================================
 """
 
@@ -59,9 +63,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage as ndi
 
-from pipeline.anatomy.access import AccessSettings, empty_access_columns, plan_access
+from pipeline.anatomy.access import (
+    AccessSettings,
+    LobeMap,
+    empty_access_columns,
+    fissure_crossings,
+    plan_access,
+)
 from pipeline.anatomy.body import SkinSurface, body_mask
-from pipeline.anatomy.organs import canonical_organs
+from pipeline.anatomy.organs import canonical_organs, normalise_name
 from pipeline.anatomy.safety import (
     critical_columns,
     diaphragm_distance,
@@ -77,7 +87,7 @@ log = logging.getLogger(__name__)
 
 #: Target-point rule used when the configuration has no ``ranking.target_point`` (the same
 #: defaults as the ranking, so that the planned path and the ranking's target agree).
-DEFAULT_TARGET_POINT = {"sources": ["suv_peak", "centroid"], "avid_min_suv_max": 2.5}
+DEFAULT_TARGET_POINT = {"sources": ["suv_peak", "viable", "centroid"], "avid_min_suv_max": 2.5}
 
 
 @dataclass
@@ -96,6 +106,9 @@ class AnatomyContext:
         Organ masks on ``grid``, keyed by structure (:func:`canonical_organs`).
     tissue : TissueMap or None
         Bone, gas, lung, vessel flags and organ labels (None with ``tissue_reason``).
+    lobes : LobeMap or None
+        Lung lobe labels when the organ masks name lobes (TotalSegmentator
+        ``lung_upper_lobe_left`` ...), for fissure crossings; None when lobes are unknown.
     notes : list of str
         How the anatomy was built (for provenance / warnings).
     """
@@ -107,6 +120,7 @@ class AnatomyContext:
     organs: dict[str, LesionMask] = field(default_factory=dict)
     tissue: TissueMap | None = None
     tissue_reason: str = ""
+    lobes: LobeMap | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -131,6 +145,29 @@ def organs_on_grid(organs: dict[str, LesionMask], grid: Grid) -> dict[str, Lesio
     return out
 
 
+def lobe_map(organs: Mapping[str, LesionMask], grid: Grid) -> LobeMap | None:
+    """Lung lobe labels from organ masks whose name names a lobe, or None without any.
+
+    A mask is a lobe when its normalised name contains ``lobe`` and ``lung`` or a lobe word
+    (``upper``, ``middle``, ``lower``): TotalSegmentator's ``lung_upper_lobe_left`` ...,
+    ``RUL``-style names are not guessed. Masks must already be on ``grid``
+    (:func:`organs_on_grid`); a voxel claimed by two lobes keeps the first (name order).
+    """
+    names = sorted(n for n in organs if "lobe" in normalise_name(n) and any(
+        w in normalise_name(n) for w in ("lung", "upper", "middle", "lower")))
+    if not names:
+        return None
+    boxes = [organs[n].bbox_zyx for n in names]
+    bbox = tuple((min(b[a][0] for b in boxes), max(b[a][1] for b in boxes)) for a in range(3))
+    labels = np.zeros(tuple(b1 - b0 for b0, b1 in bbox), dtype=np.uint8)
+    for k, n in enumerate(names, start=1):
+        m = organs[n]
+        sl = tuple(slice(b[0] - o[0], b[1] - o[0]) for b, o in zip(m.bbox_zyx, bbox))
+        sub = labels[sl]
+        sub[(sub == 0) & np.asarray(m.crop, bool)] = k
+    return LobeMap(grid=grid, labels=labels, bbox=bbox, names=tuple(names))
+
+
 def prepare(cts: dict[str, Volume], lesion_grid: Grid, organs: dict[str, LesionMask],
             cfg: dict, *, organ_segment_names: Mapping[int, str] | None = None
             ) -> AnatomyContext:
@@ -148,8 +185,13 @@ def prepare(cts: dict[str, Volume], lesion_grid: Grid, organs: dict[str, LesionM
         (:func:`pipeline.anatomy.organs.structures_of_codes`).
     """
     a = cfg["anatomy"]
+    on_grid = organs_on_grid(organs, lesion_grid)
     ctx = AnatomyContext(grid=lesion_grid, organs=canonical_organs(
-        organs_on_grid(organs, lesion_grid), segment_names=organ_segment_names))
+        on_grid, segment_names=organ_segment_names))
+    ctx.lobes = lobe_map(on_grid, lesion_grid)
+    if ctx.lobes is not None:
+        ctx.notes.append(f"lung lobes known ({', '.join(ctx.lobes.names)}): fissure crossings "
+                         "of needle paths evaluated")
     ct = next((v for v in cts.values() if v.grid.same_as(lesion_grid)), None)
     if ct is None:
         ctx.skin_reason = "no CT on the lesion mask's grid"
@@ -192,10 +234,14 @@ def target_point(mask: LesionMask, features: dict | None, cfg: dict
     """The needle's target point: (LPS mm, source, note).
 
     Same rule as the ranking (``ranking.target_point``): the first usable source among
-    ``suv_peak`` (the SUVpeak sphere centre, only for an avid lesion: ``suv_max >=
-    avid_min_suv_max``, and only if it falls inside the CT lesion mask) and ``centroid`` (the
-    lesion centroid; for a lesion whose centroid lies outside its own mask, e.g. a C-shaped
-    lesion, the lesion voxel nearest to the centroid, with a note).
+    ``suv_peak`` (the SUVpeak sphere centre, the most active part on PET, only for an avid
+    lesion: ``suv_max >= avid_min_suv_max``, and only if it falls inside the CT lesion mask),
+    ``viable`` (when the lesion centre is necrotic, the viable tissue farthest from the lesion
+    border and the non-enhancing core: ``viable_target_*_mm`` of
+    :func:`pipeline.features.ct.viable_target_point`; never inside the core) and ``centroid``
+    (the lesion centroid; for a lesion whose centroid lies outside its own mask, e.g. a C-shaped
+    lesion, the lesion voxel nearest to the centroid, with a note). The note says where the
+    point is and why when a later source was used.
     """
     f = features or {}
     tp = dict(DEFAULT_TARGET_POINT)
@@ -212,6 +258,19 @@ def target_point(mask: LesionMask, features: dict | None, cfg: dict
             if _in_lesion(mask, p):
                 return p, "suv_peak", ""
             notes.append("SUVpeak centre outside the CT lesion mask")
+        elif src == "viable":
+            xyz = [f.get(f"viable_target_{ax}_mm") for ax in "xyz"]
+            if not all(_finite(v) for v in xyz):
+                continue
+            p = np.array([float(v) for v in xyz])
+            if not _in_lesion(mask, p):
+                notes.append("viable target point outside the lesion mask")
+                continue
+            nf = f.get("necrosis_fraction")
+            how = f" ({float(nf):.0%} necrotic)" if _finite(nf) else ""
+            notes.append(f"lesion centre necrotic{how}: target in the viable tissue farthest "
+                         "from the lesion border and the non-enhancing core")
+            return p, "viable", "; ".join(notes)
         elif src == "centroid":
             xyz = [f.get(f"centroid_{ax}_mm") for ax in "xyz"]
             if all(_finite(v) for v in xyz):
@@ -294,6 +353,7 @@ def lesion_columns(mask: LesionMask, ctx: AnatomyContext, cfg: dict,
     if ctx.tissue is None:
         row.update(empty_access_columns())
         row["access_reason"] = f"needle path not planned: {ctx.tissue_reason}"
+        row["fissure_reason"] = "no planned needle path"
         return row
     term = organ
     if organ == "unknown":
@@ -303,4 +363,20 @@ def lesion_columns(mask: LesionMask, ctx: AnatomyContext, cfg: dict,
     if organ == "unknown" and term == "lung" and acc.get("access_reason", "") == "":
         acc["access_reason"] = "organ unknown: planned as a lung target (surrounded by gas)"
     row.update(acc)
+    row.update(_fissure_columns(mask, ctx, acc, point, a["access"]))
     return row
+
+
+def _fissure_columns(mask: LesionMask, ctx: AnatomyContext, acc: dict, point: np.ndarray,
+                     acfg: dict) -> dict:
+    """``fissure_crossings``, ``fissure_lobes``, ``fissure_reason`` of the planned path."""
+    if ctx.lobes is None:
+        return {"fissure_crossings": None, "fissure_lobes": "",
+                "fissure_reason": "lung lobes not segmented: fissure crossings not evaluated"}
+    if not acc.get("safe_path_found"):
+        return {"fissure_crossings": None, "fissure_lobes": "",
+                "fissure_reason": "no planned needle path"}
+    entry = np.array([acc[f"entry_{ax}_mm"] for ax in "xyz"], dtype=float)
+    n, seq = fissure_crossings(ctx.lobes, mask, entry, point,
+                               max_gap_mm=float(acfg.get("fissure_max_gap_mm", 5.0)))
+    return {"fissure_crossings": int(n), "fissure_lobes": " > ".join(seq), "fissure_reason": ""}

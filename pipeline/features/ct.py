@@ -50,6 +50,14 @@ the contrast CT from about +150 HU (whole lesion) to under 2.5 HU.
   mean filter would shift it whenever a threshold is not midway between the two). ``necrosis_fraction_ct``,
   ``necrosis_fraction_pet`` give each criterion alone; ``necrosis_reason`` says which criteria
   were used or why the value is None.
+* ``viable_target_x_mm``, ``_y_mm``, ``_z_mm`` -- where to aim in a lesion whose centre is
+  necrotic (LPS mm, on the lesion's grid): when the lesion voxel nearest its centroid is in the
+  non-enhancing core (the CT criterion above, or the combined one without a CT criterion), the
+  viable lesion voxel farthest (3D distance, spacing aware) from both the lesion border and the
+  necrotic core -- the middle of the thickest viable part, never the core. Empty when the centre
+  is viable (the centroid is then a viable target) or necrosis was not measured. The anatomy
+  stage uses it for the needle target when the SUVpeak centre is not used
+  (:func:`pipeline.anatomy.stage.target_point`).
 """
 
 from __future__ import annotations
@@ -84,6 +92,7 @@ def _empty_columns(status: str) -> dict:
         "noncontrast_cnr": None, "contrast_cnr": None, "cnr_ring_region": "",
         "noncontrast_cnr_reason": "", "necrosis_fraction": None, "necrosis_fraction_ct": None,
         "necrosis_fraction_pet": None, "necrosis_reason": "",
+        "viable_target_x_mm": None, "viable_target_y_mm": None, "viable_target_z_mm": None,
     })
     return row
 
@@ -391,6 +400,11 @@ def _necrosis(row: dict, mask, ctx, ncfg: dict, cgrid, les, roi, space, hu: dict
     row["necrosis_fraction"] = frac(nec)
     row["necrosis_reason"] = how + "; ".join(crit) + (f"; {pet_note}" if pet_note else "") + (
         f"; {size}x{size}x{size} median within the lesion" if size > 1 else "")
+    core = (ct_nec if ct_nec is not None else nec) & valid
+    point = viable_target_point(les & valid, core, cgrid)
+    if point is not None:
+        row["viable_target_x_mm"], row["viable_target_y_mm"], row["viable_target_z_mm"] = (
+            float(v) for v in point)
     if "nc" in hu and "ce" in hu:
         # viable = interior voxels not necrotic by the CT criterion (enhancement is a CT notion;
         # the coarser PET would leave necrotic border voxels in the viable set)
@@ -399,3 +413,43 @@ def _necrosis(row: dict, mask, ctx, ncfg: dict, cgrid, les, roi, space, hu: dict
         if viable.any():
             row["enhancement_viable_hu"] = float((hu["ce"] - hu["nc"])[viable].astype(
                 np.float64).mean())
+
+
+def viable_target_point(lesion: np.ndarray, necrotic: np.ndarray, grid) -> np.ndarray | None:
+    """Where to aim in a lesion whose centre is necrotic, or None when the centre is viable.
+
+    Parameters
+    ----------
+    lesion : (z, y, x) bool array
+        The lesion on ``grid``.
+    necrotic : (z, y, x) bool array
+        Its necrotic (non-enhancing) voxels on ``grid``.
+    grid : Grid
+        The arrays' grid (voxel centres in LPS mm).
+
+    Returns
+    -------
+    (3,) LPS mm or None
+        None when the lesion voxel nearest the lesion centroid is not necrotic, or no viable
+        voxel is left. Otherwise the centre of the viable voxel (lesion and not necrotic)
+        farthest from the nearest non-viable voxel (lesion border or necrotic core; 3D
+        Euclidean distance with the grid spacing); ties go to the first voxel in (z, y, x)
+        order, so the result is deterministic.
+    """
+    les = np.asarray(lesion, bool)
+    nec = np.asarray(necrotic, bool) & les
+    if not nec.any():
+        return None
+    idx = np.argwhere(les)
+    c = idx.mean(axis=0)
+    spacing_zyx = np.asarray(grid.spacing_xyz_mm[::-1], dtype=float)
+    centre = idx[int(np.argmin(np.linalg.norm((idx - c) * spacing_zyx, axis=1)))]
+    if not nec[tuple(centre)]:
+        return None
+    viable = les & ~nec
+    if not viable.any():
+        return None
+    depth = ndimage.distance_transform_edt(np.pad(viable, 1),
+                                           sampling=tuple(spacing_zyx))[1:-1, 1:-1, 1:-1]
+    k = np.unravel_index(int(np.argmax(depth)), depth.shape)
+    return grid.zyx_to_lps(np.asarray(k, float)[None, :])[0]

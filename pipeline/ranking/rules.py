@@ -59,10 +59,13 @@ use that ratio first and the absolute SUVmax only when there is no liver referen
 
 Target point (NO_RIM_BIAS)
 --------------------------
-The paper: viable cells are not more frequent at the periphery, so nothing here prefers the rim.
+The paper: viable cells are not more frequent at the periphery, so nothing here prefers the rim;
+and the needle must never aim at a necrotic, non-enhancing core.
 The target point is the first available source of ``ranking.target_point.sources``: the SUVpeak
 sphere centre (``suv_peak_x/y/z_mm``, the most active part, used only when the lesion is avid:
-``suv_max >= target_point.avid_min_suv_max``) or the lesion centroid (``centroid_x/y/z_mm``).
+``suv_max >= target_point.avid_min_suv_max``), the viable tissue farthest from the lesion border
+and the core when the lesion centre is necrotic (``viable_target_x/y/z_mm``, written by the
+feature stage only in that case) or the lesion centroid (``centroid_x/y/z_mm``).
 It is written as ``target_x_mm``, ``target_y_mm``, ``target_z_mm`` and ``target_point_source``;
 the informational rule NO_RIM_BIAS states it in the explanation.
 
@@ -102,14 +105,19 @@ DERIVATION_INPUTS = (
     "path_length_mm", "skin_depth_mm", "short_axis_mm", "organ", "suv_max",
     "suv_peak", "suv_peak_x_mm", "suv_peak_y_mm", "suv_peak_z_mm",
     "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "viable_target_x_mm", "viable_target_y_mm", "viable_target_z_mm",
     "liver_reference_suv_mean", "liver_reference_suv_sd", "lesion_to_liver_suvpeak_ratio",
     "vessel_distance_mm", "vessel_abut_basis",
 )
 
 _TARGET_LABELS = {
-    "suv_peak": "SUVpeak centre (the most active part)",
-    "centroid": "lesion centroid",
+    "suv_peak": "SUVpeak centre (the most active part on PET), not the rim",
+    "viable": ("viable tissue farthest from the border and the necrotic core (the lesion centre "
+               "is necrotic), never the non-enhancing core"),
+    "centroid": "lesion centroid, not the rim",
 }
+#: Column prefix of each target-point source.
+_TARGET_PREFIX = {"suv_peak": "suv_peak", "viable": "viable_target", "centroid": "centroid"}
 
 
 @dataclass(frozen=True)
@@ -389,12 +397,14 @@ def target_points(df: pd.DataFrame, cfg_target: dict) -> pd.DataFrame:
 
     ``suv_peak`` is usable when SUVpeak and its sphere centre are known and ``suv_max >=
     cfg_target["avid_min_suv_max"]`` (the hottest part of a non-avid lesion is noise);
-    ``centroid`` when the centroid is known. Neither is a rim point (NO_RIM_BIAS).
+    ``viable`` when ``viable_target_*_mm`` are known (the lesion centre is necrotic);
+    ``centroid`` when the centroid is known. None is a rim preference (NO_RIM_BIAS).
 
     Returns
     -------
     DataFrame with ``target_x_mm``, ``target_y_mm``, ``target_z_mm`` (LPS mm, NaN if none),
-    ``target_point_source`` ("suv_peak", "centroid" or "") and ``target_point_label``.
+    ``target_point_source`` ("suv_peak", "viable", "centroid" or "") and
+    ``target_point_label``.
     """
     out = pd.DataFrame(index=df.index)
     for ax in "xyz":
@@ -403,7 +413,7 @@ def target_points(df: pd.DataFrame, cfg_target: dict) -> pd.DataFrame:
     todo = pd.Series(True, index=df.index)
     avid = _num(df, "suv_max") >= float(cfg_target["avid_min_suv_max"])
     for src in cfg_target["sources"]:
-        prefix = "suv_peak" if src == "suv_peak" else "centroid"
+        prefix = _TARGET_PREFIX[src]
         xyz = [_num(df, f"{prefix}_{ax}_mm") for ax in "xyz"]
         ok = todo & xyz[0].notna() & xyz[1].notna() & xyz[2].notna()
         if src == "suv_peak":

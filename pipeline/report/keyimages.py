@@ -6,14 +6,17 @@ the needle path (ALGORITHM.md section 5). The study job, which holds the volumes
 
 ``<lesion_id>.png``
     Axial CT through the lesion centre in a soft-tissue window (W400/L40) with the lesion
-    contour, and beside it the PET (SUV) fused on the same CT slice.
+    contour; when the study has both CT phases (and their roles are known), the contrast CT and
+    beside it the non-contrast CT -- the phase the needle is guided on -- on the same plane; then
+    the PET (SUV) fused on the same CT slice.
 ``<lesion_id>.npz``
     The compact crop the worksheet redraws from, after the ranking: one to three 2D slices
     (``centre``: the slice through the lesion centroid; ``target``: through the needle target when
     it is on another slice; ``needle``: an oblique plane containing the planned needle path when
     the lesion row has a skin entry point), each with its CT (HU, int16), lesion mask, PET (SUV,
-    float32, resampled onto the CT slice) and its geometry (a one-slice :class:`Grid`: the
-    pixel -> LPS mapping). Never a whole volume.
+    float32, resampled onto the CT slice), the other CT phase on the same plane when there is
+    one (``ct_other``, int16) and its geometry (a one-slice :class:`Grid`: the pixel -> LPS
+    mapping). Never a whole volume.
 ``pet_mip.png`` / ``pet_mip.npz``
     Coronal maximum-intensity projection of the SUV volume with the lesion labels, and the
     projection itself (float32, 2D) with the PET grid to place labels later.
@@ -61,6 +64,10 @@ FORMAT_VERSION = 1
 SOFT_TISSUE_WINDOW = (400.0, 40.0)
 HEADER_PX = 22
 GAP_PX = 4
+#: CT phase names (``LesionCrops.ct_phase`` / ``other_phase``, the study's CT roles) as shown.
+_PHASE_TEXT = {"contrast": "contrast-enhanced", "noncontrast": "non-contrast"}
+#: Panel order of the CT phases: contrast first, the non-contrast CT (needle guidance) beside it.
+_PHASE_ORDER = {"contrast": 0, "noncontrast": 1}
 
 
 # --------------------------------------------------------------------------- slice crops
@@ -78,6 +85,8 @@ class SliceCrop:
         The lesion mask on this slice.
     pet : (h, w) float32 or None
         PET (SUV, or the units of the PET volume) resampled onto the slice.
+    ct_other_hu : (h, w) int16 or None
+        The other CT phase (:attr:`LesionCrops.other_phase`) resampled onto the same slice.
     """
 
     kind: str
@@ -85,6 +94,7 @@ class SliceCrop:
     ct_hu: np.ndarray
     mask: np.ndarray
     pet: np.ndarray | None = None
+    ct_other_hu: np.ndarray | None = None
 
     def project(self, points_lps) -> np.ndarray:
         """(N, 3): column, row (pixels of this slice) and signed distance from its plane (mm)."""
@@ -102,6 +112,8 @@ class LesionCrops:
     ct_series_uid: str = ""
     pet_units: str = ""
     notes: tuple[str, ...] = ()
+    ct_phase: str = ""
+    other_phase: str = ""
 
     def get(self, kind: str) -> SliceCrop | None:
         """The slice of this kind, or None."""
@@ -253,6 +265,9 @@ def extract_lesion_crops(
     suv=None,
     context_mm: float = 40.0,
     path_margin_mm: float = 150.0,
+    ct_phase: str = "",
+    other_ct=None,
+    other_phase: str = "",
 ) -> LesionCrops:
     """Cut the key-image slices of one lesion out of the study's volumes.
 
@@ -272,6 +287,13 @@ def extract_lesion_crops(
     path_margin_mm : float
         When the row has no entry point, the in-plane margin kept so that a needle path planned
         later (at most this long) still fits on the slice.
+    ct_phase : {"contrast", "noncontrast", ""}
+        Phase of ``ct`` ("" unknown).
+    other_ct : Volume, optional
+        The other CT phase (``other_phase``), sampled on the same slices so that the key image
+        shows the non-contrast CT (needle guidance) beside the contrast CT. Used only in the
+        frame of reference of ``ct`` (else a note says why it is not shown).
+    other_phase : {"contrast", "noncontrast", ""}
 
     Returns
     -------
@@ -318,6 +340,11 @@ def extract_lesion_crops(
     if ct.series_uid and mask.referenced_series_uid and ct.series_uid != mask.referenced_series_uid:
         notes.append(f"CT series {ct.series_uid} shown; the mask was drawn on "
                      f"{mask.referenced_series_uid} (same frame of reference assumed)")
+    if other_ct is not None and (getattr(other_ct, "frame_of_reference_uid", "") or "") != (
+            getattr(ct, "frame_of_reference_uid", "") or ""):
+        notes.append(f"{_PHASE_TEXT.get(other_phase, 'other')} CT not shown: it is in another "
+                     "frame of reference than the CT the lesion is drawn on")
+        other_ct, other_phase = None, ""
     slices = []
     for kind, sg in plans:
         ct_s = _sample_on(ct.array, ct.grid, sg, "linear", -1024.0)[0]
@@ -326,11 +353,17 @@ def extract_lesion_crops(
         if suv is not None:
             pet_s = _sample_on(suv.array, suv.grid, sg, "linear", 0.0)[0].astype(np.float32)
         ct_i16 = np.clip(np.rint(ct_s), -32768, 32767).astype(np.int16)
-        slices.append(SliceCrop(kind, sg, ct_i16, m_s, pet_s))
+        other_i16 = None
+        if other_ct is not None:
+            o = _sample_on(other_ct.array, other_ct.grid, sg, "linear", -1024.0)[0]
+            other_i16 = np.clip(np.rint(o), -32768, 32767).astype(np.int16)
+        slices.append(SliceCrop(kind, sg, ct_i16, m_s, pet_s, other_i16))
     return LesionCrops(
         lesion_id=str(lesion_id), lesion_label=str(mask.name), slices=tuple(slices),
         centroid_lps=tuple(float(v) for v in centroid), ct_series_uid=str(ct.series_uid or ""),
         pet_units="" if suv is None else str(suv.units), notes=tuple(notes),
+        ct_phase=str(ct_phase or ""), other_phase=str(other_phase or "") if other_ct is not None
+        else "",
     )
 
 
@@ -364,6 +397,7 @@ def save_crops(path: Path, crops: LesionCrops) -> Path:
         "centroid_lps": np.asarray(crops.centroid_lps, dtype=float),
         "ct_series_uid": np.asarray(crops.ct_series_uid), "pet_units": np.asarray(crops.pet_units),
         "notes": np.asarray(list(crops.notes) or [""]), "n_slices": np.asarray(len(crops.slices)),
+        "ct_phase": np.asarray(crops.ct_phase), "other_phase": np.asarray(crops.other_phase),
     }
     for i, s in enumerate(crops.slices):
         p = f"s{i}_"
@@ -372,6 +406,8 @@ def save_crops(path: Path, crops: LesionCrops) -> Path:
         arrays[p + "mask"] = np.asarray(s.mask, dtype=bool)
         if s.pet is not None:
             arrays[p + "pet"] = np.asarray(s.pet, dtype=np.float32)
+        if s.ct_other_hu is not None:
+            arrays[p + "ct_other"] = np.asarray(s.ct_other_hu, dtype=np.int16)
         arrays.update(_grid_arrays(p, s.grid))
     buf = io.BytesIO()
     np.savez_compressed(buf, **arrays)
@@ -387,12 +423,15 @@ def load_crops(path: Path) -> LesionCrops:
             p = f"s{i}_"
             slices.append(SliceCrop(
                 kind=str(z[p + "kind"]), grid=_grid_from(z, p), ct_hu=z[p + "ct"],
-                mask=z[p + "mask"].astype(bool), pet=z[p + "pet"] if p + "pet" in z else None))
+                mask=z[p + "mask"].astype(bool), pet=z[p + "pet"] if p + "pet" in z else None,
+                ct_other_hu=z[p + "ct_other"] if p + "ct_other" in z else None))
         return LesionCrops(
             lesion_id=str(z["lesion_id"]), lesion_label=str(z["lesion_label"]),
             slices=tuple(slices), centroid_lps=tuple(float(v) for v in z["centroid_lps"]),
             ct_series_uid=str(z["ct_series_uid"]), pet_units=str(z["pet_units"]),
-            notes=tuple(str(n) for n in z["notes"] if str(n)))
+            notes=tuple(str(n) for n in z["notes"] if str(n)),
+            ct_phase=str(z["ct_phase"]) if "ct_phase" in z else "",
+            other_phase=str(z["other_phase"]) if "other_phase" in z else "")
 
 
 # --------------------------------------------------------------------------- rendering
@@ -462,6 +501,21 @@ class KeyImage:
     alt: str
     notes: list[str] = field(default_factory=list)
     size: tuple[int, int] = (0, 0)
+    phases: tuple[str, ...] = ()
+
+
+def ct_panels(crops: LesionCrops, s: SliceCrop) -> list[tuple[str, np.ndarray]]:
+    """(phase, HU slice) of the CT panels of slice ``s`` in display order.
+
+    One panel (the CT the lesion is drawn on) unless the other phase was saved: then the
+    contrast CT first and the non-contrast CT beside it (the phase the needle is guided on).
+    A phase is ``""`` when unknown.
+    """
+    pan = [(crops.ct_phase, s.ct_hu)]
+    if s.ct_other_hu is not None and crops.other_phase:
+        pan.append((crops.other_phase, s.ct_other_hu))
+        pan.sort(key=lambda t: _PHASE_ORDER.get(t[0], 2))
+    return pan
 
 
 def _font(size: int):
@@ -546,10 +600,11 @@ def _orientation_letters(grid: Grid) -> dict[str, str]:
     return {"left": left, "right": right, "top": top, "bottom": bottom}
 
 
-def _panel_rgb(s: SliceCrop, pm: PanelMap, *, fused: bool, pet_max: float) -> tuple[np.ndarray, np.ndarray]:
+def _panel_rgb(s: SliceCrop, pm: PanelMap, *, fused: bool, pet_max: float,
+               ct_hu: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     rr, cc = pm.sample_coords()
     w, lvl = SOFT_TISSUE_WINDOW
-    hu = _interp(s.ct_hu, rr, cc, 1, -1024.0)
+    hu = _interp(s.ct_hu if ct_hu is None else ct_hu, rr, cc, 1, -1024.0)
     grey = np.clip((hu - (lvl - w / 2)) / w, 0, 1)
     rgb = np.repeat((grey * 255)[..., None], 3, axis=2)
     if fused and s.pet is not None:
@@ -629,7 +684,11 @@ def render_key_image(
     with_pet: bool = True,
     prefer: str = "centre",
 ) -> KeyImage:
-    """Draw a lesion's key image: CT panel (contour) and, when PET was saved, a fused panel.
+    """Draw a lesion's key image: CT panel(s) (contour) and, when PET was saved, a fused panel.
+
+    With both CT phases saved (:func:`ct_panels`) the contrast CT and the non-contrast CT (the
+    phase the needle is guided on) are drawn side by side on the same plane, with the same
+    contour, target and needle path.
 
     Parameters
     ----------
@@ -680,7 +739,8 @@ def render_key_image(
         hm = float(half_mm)
     mpp = 2 * hm / panel_px
     fused = with_pet and s.pet is not None
-    n_pan = 2 if fused else 1
+    cts = ct_panels(crops, s)
+    n_pan = len(cts) + (1 if fused else 0)
     W = n_pan * panel_px + (n_pan - 1) * GAP_PX
     H = HEADER_PX + panel_px
     canvas = np.full((H, W, 3), 24, dtype=np.uint8)
@@ -692,7 +752,9 @@ def render_key_image(
     for p in range(n_pan):
         pm = PanelMap(p * (panel_px + GAP_PX), HEADER_PX, panel_px, panel_px, float(c0), float(r0),
                       float(mpp), float(sx), float(sy), s.grid)
-        rgb, _ = _panel_rgb(s, pm, fused=(p == 1), pet_max=pet_max)
+        is_pet = p >= len(cts)
+        rgb, _ = _panel_rgb(s, pm, fused=is_pet, pet_max=pet_max,
+                            ct_hu=None if is_pet else cts[p][1])
         canvas[pm.y0:pm.y0 + panel_px, pm.x0:pm.x0 + panel_px] = rgb
         pms.append(pm)
     img = Image.fromarray(canvas)
@@ -705,8 +767,10 @@ def render_key_image(
     draw.text((4, HEADER_PX // 2), head + (f" · {subtitle}" if subtitle else ""), font=font,
               fill=(255, 255, 255), anchor="lm")
     z_mm = float(s.grid.origin_lps_mm[2])
-    labels = [f"CT W{SOFT_TISSUE_WINDOW[0]:.0f}/L{SOFT_TISSUE_WINDOW[1]:.0f}",
-              f"PET/CT SUV 0-{pet_max:.1f}"]
+    win = f"W{SOFT_TISSUE_WINDOW[0]:.0f}/L{SOFT_TISSUE_WINDOW[1]:.0f}"
+    ct_label = {"contrast": f"CT+C {win}", "noncontrast": f"non-contrast CT {win}"}
+    labels = [ct_label.get(ph, f"CT {win}") if len(cts) > 1 else f"CT {win}" for ph, _ in cts]
+    labels.append(f"PET/CT SUV 0-{pet_max:.1f}")
     for p, pm in enumerate(pms):
         _decorate(draw, pm, labels[p], small)
     tgt = needle.target_lps if needle is not None else target_lps
@@ -750,6 +814,11 @@ def render_key_image(
         f"{crops.lesion_label} ({crops.lesion_id})")
     alt = (f"Key image of lesion {name}: CT slice {where} ({plane}), soft-tissue window "
            f"W400/L40, lesion contour in yellow")
+    if len(cts) > 1:
+        alt += ("; " + " and ".join(
+            f"{pos} panel: {_PHASE_TEXT.get(ph, ph)} CT" for pos, (ph, _) in
+            zip(("left", "middle" if fused else "right"), cts))
+            + " on the same plane (the needle is guided on the non-contrast CT)")
     if fused:
         alt += f"; right panel: PET SUV (0 to {pet_max:.1f}, inferno colour map) fused on the same slice, contour in sky blue"
     if needle is not None:
@@ -760,7 +829,7 @@ def render_key_image(
     if notes:
         alt += " (" + "; ".join(notes) + ")"
     return KeyImage(png=buf.getvalue(), panels=pms, slice_kind=s.kind, alt=alt + ".",
-                    notes=notes, size=(W, H))
+                    notes=notes, size=(W, H), phases=tuple(ph for ph, _ in cts))
 
 
 def _clip_line(p, q, box):
@@ -924,6 +993,27 @@ def _ct_for(ct, mask):
     return vols[0]
 
 
+def _phases_for(ct, vol, ct_roles: Mapping[str, str] | None):
+    """(phase of ``vol``, the other-phase Volume or None, its phase) from the study's CT roles.
+
+    Roles come from ``ct_roles`` (SeriesInstanceUID -> "noncontrast" / "contrast") or, when
+    ``ct`` is keyed by role, from its keys. Unknown roles: ("", None, "").
+    """
+    if not isinstance(ct, Mapping):
+        return "", None, ""
+    roles = dict(ct_roles or {})
+    if not roles and set(ct) <= set(_PHASE_ORDER):
+        roles = {getattr(v, "series_uid", ""): k for k, v in ct.items()}
+    mine = roles.get(getattr(vol, "series_uid", ""), "")
+    if mine not in _PHASE_ORDER:
+        return "", None, ""
+    want = "contrast" if mine == "noncontrast" else "noncontrast"
+    for v in ct.values():
+        if v is not vol and roles.get(getattr(v, "series_uid", "")) == want:
+            return mine, v, want
+    return mine, None, ""
+
+
 def key_image_name(lesion_id: str) -> str:
     """File stem of a lesion's key image files (a safe identifier)."""
     from pipeline.io.sanitize import safe_id
@@ -941,6 +1031,7 @@ def write_key_images(
     rows: Sequence[Mapping] | None = None,
     context_mm: float = 40.0,
     path_margin_mm: float = 150.0,
+    ct_roles: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Write every lesion's key image and crop, and the PET MIP, into ``out_dir/keyimages``.
 
@@ -963,6 +1054,10 @@ def write_key_images(
     rows : sequence of mapping, optional
         The lesion table rows (matched by ``lesion_id``): centroid, SUVpeak centre, target and
         entry points when present.
+    ct_roles : mapping SeriesInstanceUID -> {"noncontrast", "contrast"}, optional
+        The CT phases of ``ct`` (a mapping). With both phases known, each key image shows the
+        contrast CT and the non-contrast CT (needle guidance) side by side; ``index.json``
+        lists the phases shown per lesion (``phases``, panel order).
 
     Returns
     -------
@@ -979,8 +1074,10 @@ def write_key_images(
         stem = key_image_name(str(lid))
         try:
             vol = _ct_for(ct, m)
+            phase, other, other_phase = _phases_for(ct, vol, ct_roles)
             crops = extract_lesion_crops(vol, m, str(lid), row, suv=suv, context_mm=context_mm,
-                                         path_margin_mm=path_margin_mm)
+                                         path_margin_mm=path_margin_mm, ct_phase=phase,
+                                         other_ct=other, other_phase=other_phase)
             npz = save_crops(kdir / f"{stem}.npz", crops)
             img = render_key_image(crops, target_lps=target_of(row))
             png = kdir / f"{stem}.png"
@@ -988,6 +1085,7 @@ def write_key_images(
             written += [png, npz]
             entries.append({"lesion_id": str(lid), "lesion_label": str(m.name), "png": png.name,
                             "npz": npz.name, "slices": [s.kind for s in crops.slices],
+                            "phases": [p or "unknown" for p in img.phases],
                             "alt": img.alt, "notes": list(crops.notes) + img.notes})
             ld = _val(row, "longest_diameter_mm")
             labels.append(MipLabel(str(lid), crops.centroid_lps,

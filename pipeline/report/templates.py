@@ -58,7 +58,7 @@ td.expl .codes, td.codes { white-space: normal; overflow-wrap: anywhere; word-br
 .filters { display: flex; flex-wrap: wrap; gap: .6rem; align-items: center; margin: .3rem 0; }
 .filters input, .filters select { font-size: .9rem; padding: .2rem .3rem; }
 .count { color: var(--muted); font-size: .85rem; }
-.lesions { display: grid; grid-template-columns: repeat(auto-fill, minmax(540px, 1fr)); gap: 1rem; }
+.lesions { display: grid; grid-template-columns: repeat(auto-fill, minmax(min(100%, 800px), 1fr)); gap: 1rem; }
 figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: .5rem; background: var(--soft); }
 figure img { max-width: 100%; height: auto; display: block; }
 figcaption { font-size: .82rem; margin-top: .3rem; }

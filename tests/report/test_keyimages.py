@@ -274,3 +274,64 @@ def test_mip_label_on_the_hot_voxel():
     x, y = im.positions["1"]
     assert math.hypot(cx - x, cy - y) <= 1.0
     assert "lesions circled and labelled 1" in im.alt
+
+
+# --------------------------------------------------------------------------- both CT phases
+def _two_phases(frame_nc: str = ""):
+    """Contrast CT (lesion 100 HU, the mask's CT) and a non-contrast CT (lesion 60 HU) on the
+    same grid, with their roles."""
+    from dataclasses import replace
+
+    ct, mask, suv = make_case("axial")
+    nc = Volume(np.where(_field(ct.grid), 60.0, 40.0).astype(np.float32), ct.grid, "HU", "1.2.5",
+                frame_of_reference_uid=frame_nc)
+    ce = replace(ct, frame_of_reference_uid="")
+    return {"1.2.3": ce, "1.2.5": nc}, mask, suv, {"1.2.3": "contrast", "1.2.5": "noncontrast"}
+
+
+def _grey(hu: float) -> float:
+    w, lvl = K.SOFT_TISSUE_WINDOW
+    return float(np.clip((hu - (lvl - w / 2)) / w, 0, 1) * 255)
+
+
+@pytest.mark.parametrize("with_pet", [True, False])
+def test_key_image_shows_the_noncontrast_phase_beside_the_contrast_phase(tmp_path, with_pet):
+    cts, mask, suv, roles = _two_phases()
+    K.write_key_images(tmp_path, cts, [mask], ["lesion_a"], suv=suv if with_pet else None,
+                       ct_roles=roles)
+    kdir = tmp_path / "keyimages"
+    entry = json.loads((kdir / "index.json").read_text())["lesions"][0]
+    assert entry["phases"] == ["contrast", "noncontrast"]
+    assert "left panel: contrast-enhanced CT" in entry["alt"]
+    assert "non-contrast CT on the same plane" in entry["alt"]
+    n_pan = 3 if with_pet else 2
+    w, h = Image.open(kdir / "lesion_a.png").size
+    assert (w, h) == (n_pan * 256 + (n_pan - 1) * K.GAP_PX, 256 + K.HEADER_PX)
+    # the worksheet redraws from the crop: the same panels, each phase at its own HU
+    crops = K.load_crops(kdir / "lesion_a.npz")
+    assert (crops.ct_phase, crops.other_phase) == ("contrast", "noncontrast")
+    img = K.render_key_image(crops)
+    assert img.phases == ("contrast", "noncontrast") and len(img.panels) == n_pan
+    rgb = _png(img)
+    s = crops.get("centre")
+    c_px = []
+    for pm in img.panels[:2]:
+        cc, rr = np.nonzero(s.mask.T)  # a lesion pixel well inside: the centre of the mask
+        p = pm.slice_to_png([np.median(cc)], [np.median(rr)])[0]
+        c_px.append(rgb[int(round(p[1])), int(round(p[0]))])
+    assert np.allclose(c_px[0], _grey(100.0), atol=3)   # contrast: lesion 100 HU
+    assert np.allclose(c_px[1], _grey(60.0), atol=3)    # non-contrast: lesion 60 HU
+
+
+def test_key_image_single_phase_without_roles_or_in_another_frame(tmp_path):
+    cts, mask, suv, roles = _two_phases()
+    K.write_key_images(tmp_path / "noroles", cts, [mask], ["lesion_a"])
+    e = json.loads((tmp_path / "noroles" / "keyimages" / "index.json").read_text())["lesions"][0]
+    assert e["phases"] == ["unknown"]
+    assert Image.open(tmp_path / "noroles" / "keyimages" / "lesion_a.png").size[0] == 256
+    # a non-contrast CT in another frame of reference is not overlaid blindly: a note says why
+    cts, mask, suv, roles = _two_phases(frame_nc="9.8.7")
+    K.write_key_images(tmp_path / "frame", cts, [mask], ["lesion_a"], ct_roles=roles)
+    e = json.loads((tmp_path / "frame" / "keyimages" / "index.json").read_text())["lesions"][0]
+    assert e["phases"] == ["contrast"]
+    assert any("non-contrast CT not shown" in n for n in e["notes"])

@@ -577,7 +577,9 @@ def test_standard_patient1_is_unchanged(p1, truth):
 
 
 # =========================================================================== extended variant
-EXT_NAMES = NAMES + ["aorta_encasing", "liver_exophytic", "lung_deep", "noncontrast_invisible"]
+EXT_NAMES = NAMES + ["aorta_encasing", "liver_exophytic", "lung_deep", "noncontrast_invisible",
+                     "nodule_superficial_8mm", "nodule_deep_8mm", "node_axillary_L",
+                     "node_inguinal_R"]
 SHIFT = (3.0, -2.0, 4.5)
 ORGAN_ROIS = {"Liver": "liver", "Spleen": "spleen", "Lung_L": "lung_left", "Lung_R": "lung_right",
               "Aorta": "aorta", "Spine": "vertebral_column"}

@@ -84,28 +84,41 @@ the canonical design; the seed then only changes the CT noise and the UIDs.
 
 Extended variant (``variant="extended"``)
 -----------------------------------------
-The 8 lesions above (labels 1-8, identical) plus, as labels 9-12:
+The 8 lesions above (labels 1-8, identical) plus, as labels 9-16:
 
-===================== ====================== ============ ===== ========== ===================
-name                  centre LPS mm          semi-axes mm SUV   HU nc / ce purpose
-===================== ====================== ============ ===== ========== ===================
-aorta_encasing        (25, 27.5, -67.5)      (23, 23, 11) 6.0   30 / 70    wraps the aorta:
-                                                                           ellipsoid minus the
-                                                                           aortic lumen; 258
-                                                                           deg of the wall
-                                                                           (voxels: 243 deg)
-liver_exophytic       (-70, -67.491162, -40) 12           7.0   45 / 130   centre 1.5 mm inside
-                                                                           the anterior
-                                                                           capsule: 44 %
-                                                                           outside the liver
-lung_deep             (-73.75, -3.75, 67.5)  10           4.5   30 / 50    20.6 mm below the
-                                                                           pleura; 46.1 mm of
-                                                                           aerated lung on the
-                                                                           shortest skin path
-noncontrast_invisible (-95, 25, -50)         12           5.0   55 / 140   isodense to the
-                                                                           liver without
-                                                                           contrast
-===================== ====================== ============ ===== ========== ===================
+====================== ====================== ============ ===== ========== ===================
+name                   centre LPS mm          semi-axes mm SUV   HU nc / ce purpose
+====================== ====================== ============ ===== ========== ===================
+aorta_encasing         (25, 27.5, -67.5)      (23, 23, 11) 6.0   30 / 70    wraps the aorta:
+                                                                            ellipsoid minus the
+                                                                            aortic lumen; 258
+                                                                            deg of the wall
+                                                                            (voxels: 243 deg)
+liver_exophytic        (-70, -67.491162, -40) 12           7.0   45 / 130   centre 1.5 mm inside
+                                                                            the anterior
+                                                                            capsule: 44 %
+                                                                            outside the liver
+lung_deep              (-73.75, -3.75, 67.5)  10           4.5   30 / 50    20.6 mm below the
+                                                                            pleura; 46.1 mm of
+                                                                            aerated lung on the
+                                                                            shortest skin path
+noncontrast_invisible  (-95, 25, -50)         12           5.0   55 / 140   isodense to the
+                                                                            liver without
+                                                                            contrast
+nodule_superficial_8mm (1.25, -106.25, 19.5)  4            6.0   45 / 95    8 mm, 9.7 mm under
+                                                                            the skin (anterior
+                                                                            wall): ultrasound
+                                                                            window
+nodule_deep_8mm        (-101.25,-11.25,-40.5) 4            6.0   45 / 140   8 mm in the liver,
+                                                                            61.6 mm under the
+                                                                            skin
+node_axillary_L        (124.071466, -64, 55)  (10, 8, 10)  6.5   40 / 80    left axillary node,
+                                                                            16 mm short axis,
+                                                                            5 mm under the skin
+node_inguinal_R        (-60, -98.616854, -62) (10, 8, 10)  6.5   40 / 80    right inguinal node,
+                                                                            16 mm short axis,
+                                                                            5 mm under the skin
+====================== ====================== ============ ===== ========== ===================
 
 * ``aorta_encasing`` has ``exclude_aorta``: a point belongs to it when inside its ellipsoid and
   outside the aortic cylinder, so the lesion never covers the lumen. Its ``centre_lps_mm`` (the
@@ -121,6 +134,16 @@ noncontrast_invisible (-95, 25, -50)         12           5.0   55 / 140   isode
   the standard design several soft-tissue lesions (node_axillary_R, necrotic_mass rim,
   node_paraaortic) have the soft-tissue HU (40) without contrast: their designed non-contrast
   CNR is 0 too.
+* Ranking acceptance lesions (issue 15; ``tests/ranking/test_extended_acceptance.py``). The two
+  8 mm nodules are centred on CT voxel centres of the small grid, so their voxelized longest
+  diameter stays under 10 mm (9.0 mm; centred between voxels it measures 10 mm).
+  ``nodule_superficial_8mm`` (skin depth 9.7 mm; 10.0 mm in jittered patients) is small but
+  superficial with an ultrasound window, so at worst ``board_review``; ``nodule_deep_8mm``
+  (skin depth 61.6 mm) has a needle-hit probability under 0.5 and stays ``not_suitable``;
+  ``node_axillary_L`` and ``node_inguinal_R`` (skin depth 5.0 mm, anchored like
+  ``node_axillary_R``) are nodal RECIST targets (short axis >= 15 mm) at two different stations,
+  so organ diversity tells them apart. Jittered patients may measure the 8 mm nodules at 10 mm
+  (their centres leave the voxel centres).
 * Jittered extended patients draw the standard lesions first from the same random stream, so
   their first 8 lesions and demographics equal the standard patient's.
 

@@ -42,7 +42,7 @@ AORTA_CENTRE_XY_MM = (20.0, 40.0)
 AORTA_RADIUS_MM = 12.0
 
 SIZES = ("small", "full")
-#: Lesion designs: ``standard`` = the canonical 8 lesions, ``extended`` = those 8 + 4 more.
+#: Lesion designs: ``standard`` = the canonical 8 lesions, ``extended`` = those 8 + 8 more.
 VARIANTS = ("standard", "extended")
 #: Organ mask formats :func:`generate_patient` can write.
 ORGAN_FORMATS = ("seg", "rtstruct", "totalseg")
@@ -321,6 +321,28 @@ _EXTENDED_LESIONS: tuple[LesionDesign, ...] = (
         organ="liver", site="liver", host_tissues=("LIVER",),
         purpose="isodense to the liver without contrast (CNR 0), enhancing with contrast",
     ),
+    LesionDesign(
+        "nodule_superficial_8mm", (1.25, -106.25, 19.5), (4.0, 4.0, 4.0), 6.0, 45.0, 95.0,
+        organ="soft_tissue", site="superficial_soft_tissue", host_tissues=("SOFT_TISSUE", "FAT"),
+        purpose="8 mm nodule 10 mm under the skin, ultrasound window: small but injectable",
+        anchor=("skin", 10.0, 1),
+    ),
+    LesionDesign(
+        "nodule_deep_8mm", (-101.25, -11.25, -40.5), (4.0, 4.0, 4.0), 6.0, 45.0, 140.0,
+        organ="liver", site="liver_deep", host_tissues=("LIVER",),
+        purpose="8 mm liver nodule >= 60 mm deep: needle-hit probability too low",
+    ),
+    LesionDesign(
+        "node_axillary_L", (124.071466, -64.0, 55.0), (10.0, 8.0, 10.0), 6.5, 40.0, 80.0,
+        organ="lymph_node", site="superficial_lymph_node", host_tissues=("SOFT_TISSUE", "FAT"),
+        purpose="left axillary node, 16 mm short axis (RECIST target)", anchor=("skin", 5.0, 0),
+    ),
+    LesionDesign(
+        "node_inguinal_R", (-60.0, -98.616854, -62.0), (10.0, 8.0, 10.0), 6.5, 40.0, 80.0,
+        organ="lymph_node", site="superficial_lymph_node", host_tissues=("SOFT_TISSUE", "FAT"),
+        purpose="right inguinal node, 16 mm short axis: a nodal station other than axillary",
+        anchor=("skin", 5.0, 1),
+    ),
 )
 
 
@@ -378,8 +400,10 @@ def lesion_designs(size: str = "small", variant: str = "standard") -> list[Lesio
     size : {"small", "full"}
         Grid size; lesions are defined in mm and are the same for both sizes.
     variant : {"standard", "extended"}
-        ``extended`` appends ``aorta_encasing``, ``liver_exophytic``, ``lung_deep`` and
-        ``noncontrast_invisible`` (labels 9-12) to the 8 standard lesions.
+        ``extended`` appends ``aorta_encasing``, ``liver_exophytic``, ``lung_deep``,
+        ``noncontrast_invisible`` (labels 9-12), ``nodule_superficial_8mm``,
+        ``nodule_deep_8mm``, ``node_axillary_L`` and ``node_inguinal_R`` (labels 13-16) to the 8
+        standard lesions.
 
     Returns
     -------
