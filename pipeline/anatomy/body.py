@@ -267,23 +267,36 @@ def subvoxel_in_plane_surface(
     dy, dx = np.mgrid[-w : w + 1, -w : w + 1]
     g = np.exp(-(dy**2 + dx**2) / (2.0 * sigma_px**2))
     g = (g / g.sum()).ravel()
-    offs = list(zip(dy.ravel(), dx.ravel()))
+    # Flat (C-order) indexing: a voxel's in-plane neighbour at (oy, ox) is ``oy * row + ox``
+    # away. Inside voxels lie at least w + 1 pixels from the padded in-plane border, so neither
+    # a face neighbour nor a smoothing offset of it leaves its slice.
+    mf = m.ravel()
+    row = m.shape[2]
+    flat_offs = [int(oy) * row + int(ox) for oy, ox in zip(dy.ravel(), dx.ravel())]
 
-    def smoothed(ix: np.ndarray) -> np.ndarray:
-        acc = np.zeros(len(ix))
-        for (oy, ox), gw in zip(offs, g):
-            acc += gw * m[ix[:, 0], ix[:, 1] + oy, ix[:, 2] + ox]
+    def smoothed(lin: np.ndarray) -> np.ndarray:
+        acc = np.zeros(len(lin))
+        for off, gw in zip(flat_offs, g):
+            acc += gw * mf[lin + off]
         return acc
 
+    # Candidate faces: inside voxels with at least one outside in-plane neighbour (the same
+    # faces as testing every voxel, found in C order like ``np.argwhere``).
+    interior = m.copy()
+    interior[:, 1:, :] &= m[:, :-1, :]
+    interior[:, :-1, :] &= m[:, 1:, :]
+    interior[:, :, 1:] &= m[:, :, :-1]
+    interior[:, :, :-1] &= m[:, :, 1:]
+    edge = np.flatnonzero(m & ~interior)
     pts = []
     for axis in (1, 2):
         for step in (-1, 1):
-            a = np.argwhere(m & ~np.roll(m, -step, axis=axis))
-            if len(a) == 0:
+            d = step * (row if axis == 1 else 1)
+            a_lin = edge[~mf[edge + d]]
+            if len(a_lin) == 0:
                 continue
-            b = a.copy()
-            b[:, axis] += step
-            sa, sb = smoothed(a), smoothed(b)
+            a = np.stack(np.unravel_index(a_lin, m.shape), axis=1).astype(np.intp)
+            sa, sb = smoothed(a_lin), smoothed(a_lin + d)
             den = sa - sb
             safe = den > 1e-6
             t = np.full(len(a), 0.5)
