@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
@@ -64,6 +65,8 @@ def batch(work: Path, n: int, cores: int) -> None:
     archive = work / f"batch{n}"
     _phantom(archive, n, "small")
     results = work / f"batch{n}_results"
+    if results.exists():  # a reused --workdir: time a complete run, not a no-change rerun
+        shutil.rmtree(results)
     wall = _run([*HITIT, "run", "--input", str(archive), "--output", str(results),
                  "--cores", str(cores)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     study_s, k = _study_work(results)

@@ -33,6 +33,24 @@ def _disk_structure(radius_y_px: float, radius_x_px: float) -> np.ndarray:
     return disk[None, :, :]
 
 
+def _in_box(op, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``op(mask, structure=structure)`` (binary opening or dilation, border value 0), computed
+    only on the bounding box of ``mask`` widened by the structure's half size.
+
+    The same result as on the whole array: outside the box the mask is empty and no structure
+    placed on a mask voxel reaches there, and inside it the voxels beyond the box are empty in
+    both cases (the box sides that are array sides stay array sides).
+    """
+    bb = bbox_of(mask)
+    if bb is None:
+        return op(mask, structure=structure)
+    half = [n // 2 for n in structure.shape]
+    sl = tuple(slice(max(a - h, 0), min(b + h, n)) for (a, b), h, n in zip(bb, half, mask.shape))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[sl] = op(mask[sl], structure=structure)
+    return out
+
+
 def _fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice: background not 4-connected in-plane to the slice border.
 
@@ -121,7 +139,7 @@ def body_mask(
     low = th[:, ::f, ::f]
     ry, rx = opening_radius_mm / (sy * f), opening_radius_mm / (sx * f)
     if min(ry, rx) >= 1.0:
-        low_open = ndi.binary_opening(low, structure=_disk_structure(ry, rx))
+        low_open = _in_box(ndi.binary_opening, low, _disk_structure(ry, rx))
     else:
         low_open = low
     lab, n = ndi.label(low_open)
@@ -151,7 +169,7 @@ def body_mask(
                 )
     core = keep[lab]
     grow = _disk_structure(ry + 1.0, rx + 1.0)
-    region_low = ndi.binary_dilation(core, structure=grow)
+    region_low = _in_box(ndi.binary_dilation, core, grow)
     region = np.repeat(np.repeat(region_low, f, axis=1), f, axis=2)[:, : th.shape[1], : th.shape[2]]
     body = th & region
     bb = bbox_of(body)
