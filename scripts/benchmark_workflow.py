@@ -21,6 +21,10 @@ Prints, side by side in one run:
    floor's process, after its imports) is printed too. Printed: floor, job, ``job / floor``
    (target <= 3) and ``job / decode alone``.
 
+Wall times are stretched on a machine shared with other jobs; the CPU time (user + system of a
+command and every process it started) is printed beside them, with the load average before and
+after, and the study stages record their own ``cpu_s`` in ``provenance.json``.
+
 Every figure is measured here; nothing is a test.
 """
 
@@ -28,6 +32,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -40,10 +46,27 @@ REPO = Path(__file__).resolve().parents[1]
 HITIT = [sys.executable, "-m", "pipeline.cli"]
 
 
-def _run(cmd: list[str], **kw) -> float:
+def _timed(cmd: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``cmd`` from the repository: (wall s, CPU s of it and every descendant, result).
+
+    CPU time (user + system, from ``RUSAGE_CHILDREN``) is the work itself; on a machine shared
+    with other jobs the wall time also holds the waits for a core.
+    """
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, **kw)
-    return time.perf_counter() - t0
+    res = subprocess.run(cmd, check=True, cwd=REPO, **kw)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), res
+
+
+def _run(cmd: list[str], **kw) -> float:
+    return _timed(cmd, **kw)[0]
+
+
+def _load() -> str:
+    """The 1-minute load average and the core count (how shared the machine was)."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def _phantom(out: Path, patients: int, size: str) -> None:
@@ -54,10 +77,12 @@ def _phantom(out: Path, patients: int, size: str) -> None:
     print(f"  wrote {patients} {size} phantom patient(s) in {t:.1f} s -> {out}")
 
 
-def _study_work(results: Path) -> tuple[float, int]:
-    walls = [json.loads(p.read_text()).get("total_wall_s", 0.0)
-             for p in results.glob("studies/*/*/provenance.json")]
-    return float(sum(walls)), len(walls)
+def _study_work(results: Path) -> tuple[float, float, int]:
+    """Sum over studies of the study stage's wall time and CPU time (its stages' ``cpu_s``)."""
+    provs = [json.loads(p.read_text()) for p in results.glob("studies/*/*/provenance.json")]
+    walls = [p.get("total_wall_s", 0.0) for p in provs]
+    cpus = [sum(s.get("cpu_s", float("nan")) for s in p.get("stages", [])) for p in provs]
+    return float(sum(walls)), float(sum(cpus)), len(walls)
 
 
 def batch(work: Path, n: int, cores: int) -> None:
@@ -67,13 +92,21 @@ def batch(work: Path, n: int, cores: int) -> None:
     results = work / f"batch{n}_results"
     if results.exists():  # a reused --workdir: time a complete run, not a no-change rerun
         shutil.rmtree(results)
-    wall = _run([*HITIT, "run", "--input", str(archive), "--output", str(results),
-                 "--cores", str(cores)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    study_s, k = _study_work(results)
+    print(f"  before: {_load()}")
+    wall, cpu, _ = _timed([*HITIT, "run", "--input", str(archive), "--output", str(results),
+                           "--cores", str(cores)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    study_s, study_cpu, k = _study_work(results)
+    print(f"  after:  {_load()}")
     print(f"  wall time of the run      {wall:8.1f} s")
     print(f"  study work (sum, {k:3d} jobs) {study_s:8.1f} s")
     print(f"  wall / study work          {wall / study_s:8.2f}   (target <= 1.5 on 2 cores)")
     print(f"  wall x cores / study work  {wall * cores / study_s:8.2f}")
+    print(f"  CPU of the whole run      {cpu:8.1f} s (every process it started)")
+    print(f"  CPU of the study work     {study_cpu:8.1f} s (sum of the study stages' cpu_s)")
+    print(f"  CPU outside the study work {(cpu - study_cpu) / max(k, 1):7.2f} s per study "
+          f"(process starts, ranking, reports, index, cohort, Snakemake)")
+    print(f"  CPU of the run / study CPU {cpu / study_cpu:8.2f}")
     again = _run([*HITIT, "run", "--input", str(archive), "--output", str(results),
                   "--cores", str(cores)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"  rerun with nothing changed {again:8.1f} s")
@@ -126,12 +159,11 @@ def _decode_floor(archive: Path, series: dict) -> tuple[float, dict]:
     """The decode floor as a fresh process, timed like the study job (process start included).
 
     Returns the subprocess wall time and the child's own figures (imports_s, decode_s, the
-    decoded array shapes by series UID).
+    decoded array shapes by series UID) with the process's CPU time (cpu_s).
     """
-    t0 = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _FLOOR_CHILD, str(archive), json.dumps(series)],
-                         check=True, cwd=REPO, capture_output=True, text=True).stdout
-    return time.perf_counter() - t0, json.loads(out)
+    wall, cpu, res = _timed([sys.executable, "-c", _FLOOR_CHILD, str(archive), json.dumps(series)],
+                            capture_output=True, text=True)
+    return wall, {**json.loads(res.stdout), "cpu_s": cpu}
 
 
 def full_study(work: Path, repeats: int) -> None:
@@ -149,14 +181,18 @@ def full_study(work: Path, repeats: int) -> None:
     mods = sorted(m for m, _ in series.values())
     print(f"  series of the study: {', '.join(mods)} "
           f"({sum(len(p) for _, p in series.values())} files)")
-    floors, decodes, jobs, stages = [], [], [], []
+    floors, decodes, jobs, stages, floor_cpu, job_cpu = [], [], [], [], [], []
+    print(f"  before: {_load()}")
     for _ in range(repeats):
         wall, child = _decode_floor(archive, series)
         floors.append(wall)
         decodes.append(child["decode_s"])
-        jobs.append(_run([*HITIT, "study", "--results", str(results), "--patient-dir",
-                          row["patient_dir"], "--study-dir", row["study_dir"]],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        floor_cpu.append(child["cpu_s"])
+        wall, cpu, _ = _timed([*HITIT, "study", "--results", str(results), "--patient-dir",
+                               row["patient_dir"], "--study-dir", row["study_dir"]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        jobs.append(wall)
+        job_cpu.append(cpu)
         prov = json.loads((results / "studies" / row["patient_dir"] / row["study_dir"]
                            / "provenance.json").read_text())
         stages.append(prov.get("stages", []))
@@ -169,7 +205,12 @@ def full_study(work: Path, repeats: int) -> None:
     print(f"  study job (median of {repeats})      {job:6.2f} s")
     print(f"  job / floor                   {job / floor:6.2f}   (target <= 3)")
     print(f"  job / decode alone            {job / decode:6.2f}")
-    parts = ", ".join(f"{s['stage']} {s['wall_s']:.2f} s" for s in stages[-1])
+    fc, jc = statistics.median(floor_cpu), statistics.median(job_cpu)
+    print(f"  CPU time: floor {fc:.2f} s, job {jc:.2f} s, job / floor {jc / fc:.2f} "
+          f"(medians; not stretched by other jobs on a shared machine)")
+    print(f"  after:  {_load()}")
+    parts = ", ".join(f"{s['stage']} {s['wall_s']:.2f} s (CPU {s.get('cpu_s', float('nan')):.2f})"
+                      for s in stages[-1])
     print(f"  stages of the last job: {parts}")
 
 
