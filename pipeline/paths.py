@@ -16,6 +16,8 @@ from pipeline.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "configs"
+#: libyaml's safe loader when PyYAML was built with it (same documents, ~10x faster to parse).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def load_yaml(path: str | Path) -> Any:
@@ -28,6 +30,6 @@ def load_yaml(path: str | Path) -> Any:
         )
     try:
         with open(p, encoding="utf-8") as fh:
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_SAFE_LOADER)  # noqa: S506 - a safe loader
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}", file=p) from exc

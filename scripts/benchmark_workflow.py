@@ -12,10 +12,18 @@ Prints, side by side in one run:
    wall time of the whole run against the *study work* (the sum over studies of the study
    stage's own wall time, from each ``provenance.json``): ``wall / study work`` (target <= 1.5 on
    2 cores), and a no-change rerun (pure bookkeeping).
-2. **Full-size study job**: one full-size phantom study (two CT phases, PET, SEGs). Its decode
-   floor is every series decoded once by SimpleITK/GDCM plus the SEG pixels (pydicom), measured
-   in this process; the study job is the workflow's own command (``hitit study``) timed as a
-   subprocess, process start included. Printed: floor, job, ``job / floor`` (target <= 3).
+2. **Full-size study job**: one full-size phantom study (two CT phases, PET, lesion and organ
+   SEGs). Its decode floor is every series the study's sheet row names decoded once, the CT and
+   PET series by SimpleITK/GDCM and the SEG pixels by pydicom, cold in a fresh process like the
+   job (not in this process, where the decoders would be imported and initialised already).
+   The study job is the workflow's own command (``hitit study``). Both are timed as
+   subprocesses, process start and imports included; the decode alone (measured inside the
+   floor's process, after its imports) is printed too. Printed: floor, job, ``job / floor``
+   (target <= 3) and ``job / decode alone``.
+
+Wall times are stretched on a machine shared with other jobs; the CPU time (user + system of a
+command and every process it started) is printed beside them, with the load average before and
+after, and the study stages record their own ``cpu_s`` in ``provenance.json``.
 
 Every figure is measured here; nothing is a test.
 """
@@ -24,6 +32,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -35,10 +46,27 @@ REPO = Path(__file__).resolve().parents[1]
 HITIT = [sys.executable, "-m", "pipeline.cli"]
 
 
-def _run(cmd: list[str], **kw) -> float:
+def _timed(cmd: list[str], **kw) -> tuple[float, float, subprocess.CompletedProcess]:
+    """Run ``cmd`` from the repository: (wall s, CPU s of it and every descendant, result).
+
+    CPU time (user + system, from ``RUSAGE_CHILDREN``) is the work itself; on a machine shared
+    with other jobs the wall time also holds the waits for a core.
+    """
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, cwd=REPO, **kw)
-    return time.perf_counter() - t0
+    res = subprocess.run(cmd, check=True, cwd=REPO, **kw)
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime), res
+
+
+def _run(cmd: list[str], **kw) -> float:
+    return _timed(cmd, **kw)[0]
+
+
+def _load() -> str:
+    """The 1-minute load average and the core count (how shared the machine was)."""
+    return f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores"
 
 
 def _phantom(out: Path, patients: int, size: str) -> None:
@@ -49,10 +77,12 @@ def _phantom(out: Path, patients: int, size: str) -> None:
     print(f"  wrote {patients} {size} phantom patient(s) in {t:.1f} s -> {out}")
 
 
-def _study_work(results: Path) -> tuple[float, int]:
-    walls = [json.loads(p.read_text()).get("total_wall_s", 0.0)
-             for p in results.glob("studies/*/*/provenance.json")]
-    return float(sum(walls)), len(walls)
+def _study_work(results: Path) -> tuple[float, float, int]:
+    """Sum over studies of the study stage's wall time and CPU time (its stages' ``cpu_s``)."""
+    provs = [json.loads(p.read_text()) for p in results.glob("studies/*/*/provenance.json")]
+    walls = [p.get("total_wall_s", 0.0) for p in provs]
+    cpus = [sum(s.get("cpu_s", float("nan")) for s in p.get("stages", [])) for p in provs]
+    return float(sum(walls)), float(sum(cpus)), len(walls)
 
 
 def batch(work: Path, n: int, cores: int) -> None:
@@ -60,38 +90,80 @@ def batch(work: Path, n: int, cores: int) -> None:
     archive = work / f"batch{n}"
     _phantom(archive, n, "small")
     results = work / f"batch{n}_results"
-    wall = _run([*HITIT, "run", "--input", str(archive), "--output", str(results),
-                 "--cores", str(cores)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    study_s, k = _study_work(results)
+    if results.exists():  # a reused --workdir: time a complete run, not a no-change rerun
+        shutil.rmtree(results)
+    print(f"  before: {_load()}")
+    wall, cpu, _ = _timed([*HITIT, "run", "--input", str(archive), "--output", str(results),
+                           "--cores", str(cores)], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+    study_s, study_cpu, k = _study_work(results)
+    print(f"  after:  {_load()}")
     print(f"  wall time of the run      {wall:8.1f} s")
     print(f"  study work (sum, {k:3d} jobs) {study_s:8.1f} s")
     print(f"  wall / study work          {wall / study_s:8.2f}   (target <= 1.5 on 2 cores)")
     print(f"  wall x cores / study work  {wall * cores / study_s:8.2f}")
+    print(f"  CPU of the whole run      {cpu:8.1f} s (every process it started)")
+    print(f"  CPU of the study work     {study_cpu:8.1f} s (sum of the study stages' cpu_s)")
+    print(f"  CPU outside the study work {(cpu - study_cpu) / max(k, 1):7.2f} s per study "
+          f"(process starts, ranking, reports, index, cohort, Snakemake)")
+    print(f"  CPU of the run / study CPU {cpu / study_cpu:8.2f}")
     again = _run([*HITIT, "run", "--input", str(archive), "--output", str(results),
                   "--cores", str(cores)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     print(f"  rerun with nothing changed {again:8.1f} s")
 
 
-def _decode_floor(archive: Path, results: Path) -> float:
-    """Every series of the study decoded once (SimpleITK/GDCM for images, pydicom for SEG)."""
+#: The decode floor, run as its own fresh process (like the study job): import the decoders, then
+#: decode every CT/PET series once with SimpleITK/GDCM and the pixels of every SEG with pydicom.
+#: Prints the seconds spent decoding (after the imports) as JSON on stdout.
+_FLOOR_CHILD = r"""
+import json, sys, time
+t_start = time.perf_counter()
+from pathlib import Path
+import pydicom
+import SimpleITK as sitk
+t_imports = time.perf_counter()
+archive = Path(sys.argv[1])
+series = json.loads(sys.argv[2])
+decoded = {}
+for uid, (mod, paths) in series.items():
+    paths = [str(archive / p) for p in paths]
+    if mod in ("CT", "PT"):
+        reader = sitk.ImageSeriesReader()
+        reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(
+            str(Path(paths[0]).parent), uid) or paths)
+        decoded[uid] = list(sitk.GetArrayViewFromImage(reader.Execute()).shape)
+    elif mod == "SEG":
+        for p in paths:
+            decoded[uid] = list(pydicom.dcmread(p).pixel_array.shape)
+t_end = time.perf_counter()
+print(json.dumps({"imports_s": t_imports - t_start, "decode_s": t_end - t_imports,
+                  "decoded": decoded}))
+"""
+
+
+def _study_series(results: Path, row) -> dict[str, tuple[str, list[str]]]:
+    """{series UID: (modality, archive-relative paths)} of the series the study's sheet row names."""
     import pandas as pd
-    import pydicom
-    import SimpleITK as sitk
 
     files = pd.read_csv(results / "index" / "files.csv", dtype=str, keep_default_na=False)
-    t0 = time.perf_counter()
-    for uid, g in files.groupby("series_uid"):
-        mod = g["modality"].iloc[0] if "modality" in g else ""
-        paths = [str(archive / p) for p in g["path"]]
-        if mod in ("CT", "PT"):
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(
-                str(Path(paths[0]).parent), uid) or paths)
-            sitk.GetArrayViewFromImage(reader.Execute())
-        elif mod == "SEG":
-            for p in paths:
-                pydicom.dcmread(p).pixel_array  # noqa: B018 - decode the frames
-    return time.perf_counter() - t0
+    keys = ("ct_series_uid", "ce_ct_series_uid", "pet_series_uid", "lesion_mask_ref",
+            "organ_mask_ref")
+    uids = {str(row.get(k) or "") for k in keys} - {""}
+    out = {}
+    for uid, g in files[files["series_uid"].isin(uids)].groupby("series_uid"):
+        out[uid] = (g["modality"].iloc[0], g["path"].tolist())
+    return out
+
+
+def _decode_floor(archive: Path, series: dict) -> tuple[float, dict]:
+    """The decode floor as a fresh process, timed like the study job (process start included).
+
+    Returns the subprocess wall time and the child's own figures (imports_s, decode_s, the
+    decoded array shapes by series UID) with the process's CPU time (cpu_s).
+    """
+    wall, cpu, res = _timed([sys.executable, "-c", _FLOOR_CHILD, str(archive), json.dumps(series)],
+                            capture_output=True, text=True)
+    return wall, {**json.loads(res.stdout), "cpu_s": cpu}
 
 
 def full_study(work: Path, repeats: int) -> None:
@@ -105,20 +177,40 @@ def full_study(work: Path, repeats: int) -> None:
 
     sheet = pd.read_csv(results / "cohort" / "studies.csv", dtype=str, keep_default_na=False)
     row = sheet.iloc[0]
-    floors, jobs, stages = [], [], []
+    series = _study_series(results, row)
+    mods = sorted(m for m, _ in series.values())
+    print(f"  series of the study: {', '.join(mods)} "
+          f"({sum(len(p) for _, p in series.values())} files)")
+    floors, decodes, jobs, stages, floor_cpu, job_cpu = [], [], [], [], [], []
+    print(f"  before: {_load()}")
     for _ in range(repeats):
-        floors.append(_decode_floor(archive, results))
-        jobs.append(_run([*HITIT, "study", "--results", str(results), "--patient-dir",
-                          row["patient_dir"], "--study-dir", row["study_dir"]],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        wall, child = _decode_floor(archive, series)
+        floors.append(wall)
+        decodes.append(child["decode_s"])
+        floor_cpu.append(child["cpu_s"])
+        wall, cpu, _ = _timed([*HITIT, "study", "--results", str(results), "--patient-dir",
+                               row["patient_dir"], "--study-dir", row["study_dir"]],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        jobs.append(wall)
+        job_cpu.append(cpu)
         prov = json.loads((results / "studies" / row["patient_dir"] / row["study_dir"]
                            / "provenance.json").read_text())
         stages.append(prov.get("stages", []))
     floor, job = statistics.median(floors), statistics.median(jobs)
-    print(f"  decode floor (median of {repeats})   {floor:6.2f} s")
+    decode = statistics.median(decodes)
+    print(f"  decoded: {child['decoded']}")
+    print(f"  decode alone, fresh process (median of {repeats})   {decode:6.2f} s")
+    print(f"  decode floor: fresh process, start + imports + decode (median of {repeats})   "
+          f"{floor:6.2f} s")
     print(f"  study job (median of {repeats})      {job:6.2f} s")
     print(f"  job / floor                   {job / floor:6.2f}   (target <= 3)")
-    parts = ", ".join(f"{s['stage']} {s['wall_s']:.2f} s" for s in stages[-1])
+    print(f"  job / decode alone            {job / decode:6.2f}")
+    fc, jc = statistics.median(floor_cpu), statistics.median(job_cpu)
+    print(f"  CPU time: floor {fc:.2f} s, job {jc:.2f} s, job / floor {jc / fc:.2f} "
+          f"(medians; not stretched by other jobs on a shared machine)")
+    print(f"  after:  {_load()}")
+    parts = ", ".join(f"{s['stage']} {s['wall_s']:.2f} s (CPU {s.get('cpu_s', float('nan')):.2f})"
+                      for s in stages[-1])
     print(f"  stages of the last job: {parts}")
 
 

@@ -33,6 +33,24 @@ def _disk_structure(radius_y_px: float, radius_x_px: float) -> np.ndarray:
     return disk[None, :, :]
 
 
+def _in_box(op, mask: np.ndarray, structure: np.ndarray) -> np.ndarray:
+    """``op(mask, structure=structure)`` (binary opening or dilation, border value 0), computed
+    only on the bounding box of ``mask`` widened by the structure's half size.
+
+    The same result as on the whole array: outside the box the mask is empty and no structure
+    placed on a mask voxel reaches there, and inside it the voxels beyond the box are empty in
+    both cases (the box sides that are array sides stay array sides).
+    """
+    bb = bbox_of(mask)
+    if bb is None:
+        return op(mask, structure=structure)
+    half = [n // 2 for n in structure.shape]
+    sl = tuple(slice(max(a - h, 0), min(b + h, n)) for (a, b), h, n in zip(bb, half, mask.shape))
+    out = np.zeros(mask.shape, dtype=bool)
+    out[sl] = op(mask[sl], structure=structure)
+    return out
+
+
 def _fill_holes_in_plane(mask: np.ndarray) -> np.ndarray:
     """Fill holes slice by slice: background not 4-connected in-plane to the slice border.
 
@@ -121,7 +139,7 @@ def body_mask(
     low = th[:, ::f, ::f]
     ry, rx = opening_radius_mm / (sy * f), opening_radius_mm / (sx * f)
     if min(ry, rx) >= 1.0:
-        low_open = ndi.binary_opening(low, structure=_disk_structure(ry, rx))
+        low_open = _in_box(ndi.binary_opening, low, _disk_structure(ry, rx))
     else:
         low_open = low
     lab, n = ndi.label(low_open)
@@ -151,7 +169,7 @@ def body_mask(
                 )
     core = keep[lab]
     grow = _disk_structure(ry + 1.0, rx + 1.0)
-    region_low = ndi.binary_dilation(core, structure=grow)
+    region_low = _in_box(ndi.binary_dilation, core, grow)
     region = np.repeat(np.repeat(region_low, f, axis=1), f, axis=2)[:, : th.shape[1], : th.shape[2]]
     body = th & region
     bb = bbox_of(body)
@@ -267,23 +285,36 @@ def subvoxel_in_plane_surface(
     dy, dx = np.mgrid[-w : w + 1, -w : w + 1]
     g = np.exp(-(dy**2 + dx**2) / (2.0 * sigma_px**2))
     g = (g / g.sum()).ravel()
-    offs = list(zip(dy.ravel(), dx.ravel()))
+    # Flat (C-order) indexing: a voxel's in-plane neighbour at (oy, ox) is ``oy * row + ox``
+    # away. Inside voxels lie at least w + 1 pixels from the padded in-plane border, so neither
+    # a face neighbour nor a smoothing offset of it leaves its slice.
+    mf = m.ravel()
+    row = m.shape[2]
+    flat_offs = [int(oy) * row + int(ox) for oy, ox in zip(dy.ravel(), dx.ravel())]
 
-    def smoothed(ix: np.ndarray) -> np.ndarray:
-        acc = np.zeros(len(ix))
-        for (oy, ox), gw in zip(offs, g):
-            acc += gw * m[ix[:, 0], ix[:, 1] + oy, ix[:, 2] + ox]
+    def smoothed(lin: np.ndarray) -> np.ndarray:
+        acc = np.zeros(len(lin))
+        for off, gw in zip(flat_offs, g):
+            acc += gw * mf[lin + off]
         return acc
 
+    # Candidate faces: inside voxels with at least one outside in-plane neighbour (the same
+    # faces as testing every voxel, found in C order like ``np.argwhere``).
+    interior = m.copy()
+    interior[:, 1:, :] &= m[:, :-1, :]
+    interior[:, :-1, :] &= m[:, 1:, :]
+    interior[:, :, 1:] &= m[:, :, :-1]
+    interior[:, :, :-1] &= m[:, :, 1:]
+    edge = np.flatnonzero(m & ~interior)
     pts = []
     for axis in (1, 2):
         for step in (-1, 1):
-            a = np.argwhere(m & ~np.roll(m, -step, axis=axis))
-            if len(a) == 0:
+            d = step * (row if axis == 1 else 1)
+            a_lin = edge[~mf[edge + d]]
+            if len(a_lin) == 0:
                 continue
-            b = a.copy()
-            b[:, axis] += step
-            sa, sb = smoothed(a), smoothed(b)
+            a = np.stack(np.unravel_index(a_lin, m.shape), axis=1).astype(np.intp)
+            sa, sb = smoothed(a_lin), smoothed(a_lin + d)
             den = sa - sb
             safe = den > 1e-6
             t = np.full(len(a), 0.5)

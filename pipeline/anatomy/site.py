@@ -30,6 +30,7 @@ from scipy.spatial import cKDTree
 
 from pipeline.anatomy.body import SkinSurface, min_tree_distance, surface_tree
 from pipeline.anatomy.organs import normalise_name, organ_term
+from pipeline.anatomy.stations import NODAL_STATIONS, nodal_station  # noqa: F401 - re-exported
 from pipeline.anatomy.surfaces import (
     lesion_sigma_mm,
     local_surface_points,
@@ -49,38 +50,6 @@ NO_ADJACENCY_TERMS = frozenset({"vessel", "bone", "muscle", "soft_tissue", "airw
                                 "spinal_canal", "ureter", "bile_duct"})
 #: Terms that are soft tissue for the site class (superficial/deep soft tissue).
 SOFT_TISSUE_TERMS = frozenset({"soft_tissue", "muscle"})
-
-
-#: Nodal stations recognised in lesion / mask names (first match wins; more specific first), as
-#: (station, name fragments). All stations are one organ ``lymph_node``; the station is the site
-#: used for injection-site diversity.
-NODAL_STATIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("supraclavicular", ("supraclav",)),
-    ("axillary", ("axilla",)),
-    ("inguinal", ("inguinal", "groin")),
-    ("cervical", ("cervical", "neck", "submandib", "jugulodigastric")),
-    ("mediastinal", ("mediastin", "paratrache", "subcarinal", "prevascular", "aortopulmonary")),
-    ("hilar", ("hilar", "hilum")),
-    ("paraaortic", ("paraaortic", "para_aortic", "periaortic", "aortocaval", "retroperiton",
-                    "retrocaval", "paracaval")),
-    ("mesenteric", ("mesenter",)),
-    ("iliac", ("iliac",)),
-    ("pelvic", ("pelvic", "obturator", "perirectal", "mesorectal")),
-    ("popliteal", ("poplit",)),
-    ("epitrochlear", ("epitrochlear",)),
-)
-
-
-def nodal_station(name: str) -> str:
-    """Nodal station named in a lesion or mask name ("node_axillary_R" -> "axillary"), else "".
-
-    Case-insensitive; blanks, dashes and dots count as underscores. See :data:`NODAL_STATIONS`.
-    """
-    n = "".join(c if c.isalnum() else "_" for c in str(name).strip().lower())
-    for station, frags in NODAL_STATIONS:
-        if any(f in n for f in frags):
-            return station
-    return ""
 
 
 def is_node_name(name: str, patterns: Iterable[str]) -> bool:

@@ -1,4 +1,5 @@
-"""Provenance: package versions, configuration hash, inputs, per-stage wall time and peak memory."""
+"""Provenance: package versions, configuration hash, inputs, per-stage wall and CPU time and peak
+memory."""
 
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def peak_rss_mb() -> float:
 
 
 class StageTimer:
-    """Record wall time and peak memory of named stages.
+    """Record wall time, CPU time and peak memory of named stages.
 
-    Peak memory is the process peak (ru_maxrss) at the end of each stage, which is monotone:
-    the stage where it jumps is the one that needed the memory.
+    CPU time (``cpu_s``) is the process's user + system time over all its threads
+    (:func:`time.process_time`): on a shared machine it is the stage's own work, while the wall
+    time also counts the time spent waiting for a core. Peak memory is the process peak
+    (ru_maxrss) at the end of each stage, which is monotone: the stage where it jumps is the one
+    that needed the memory.
     """
 
     def __init__(self) -> None:
@@ -48,13 +52,14 @@ class StageTimer:
 
     @contextmanager
     def stage(self, name: str):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         try:
             yield
         finally:
             self.stages.append({
                 "stage": name,
                 "wall_s": round(time.perf_counter() - t, 4),
+                "cpu_s": round(time.process_time() - c, 4),
                 "peak_rss_mb": round(peak_rss_mb(), 1),
             })
 

@@ -37,7 +37,6 @@ import logging
 
 import numpy as np
 import pandas as pd
-from scipy.optimize import linear_sum_assignment
 
 from pipeline.ranking.rules import is_missing
 from pipeline.ranking.select import rank_study
@@ -122,6 +121,8 @@ def match_lesions(prior: pd.DataFrame, current: pd.DataFrame, *, max_distance_mm
         if allowed.any():
             big = 1e9
             cost = np.where(allowed, np.nan_to_num(d, nan=big), big)
+            from scipy.optimize import linear_sum_assignment  # here: 0.6 s import, prior studies only
+
             rows, cols = linear_sum_assignment(cost)
             for r, c in zip(rows, cols):
                 if allowed[r, c]:

@@ -46,7 +46,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.anatomy.site import nodal_station
+from pipeline.anatomy.stations import nodal_station
 from pipeline.ranking.rules import (
     RuleOutcome,
     add_rule_columns,

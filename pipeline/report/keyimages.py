@@ -803,7 +803,7 @@ def render_key_image(
             draw.line([(t[0] - 6, t[1]), (t[0] + 6, t[1])], fill=col, width=2)
             draw.line([(t[0], t[1] - 6), (t[0], t[1] + 6)], fill=col, width=2)
     buf = io.BytesIO()
-    img.save(buf, format="PNG", compress_level=6)
+    img.save(buf, format="PNG", compress_level=3)  # 3x faster than 6, files ~7 % larger
     where = {"centre": "through the lesion centre", "target": "through the needle target",
              "needle": "in the oblique plane of the planned needle path"}.get(s.kind, "")
     n = s.grid.slice_normal
@@ -970,7 +970,7 @@ def render_mip(mip: Mip, labels: Sequence[MipLabel] = (), *, max_w: int = 360,
         draw.text((x + r + 2, y), lb.text, font=small, fill=col, anchor="lm", stroke_width=2,
                   stroke_fill=(255, 255, 255))
     buf = io.BytesIO()
-    pil.save(buf, format="PNG", compress_level=6)
+    pil.save(buf, format="PNG", compress_level=3)
     alt = (f"Coronal maximum-intensity projection of the PET ({mip.units or 'SUV'}, inverted grey "
            f"scale 0 to {vmax:.0f}), patient right on the image left, head at the top")
     if labels:

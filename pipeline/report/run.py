@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -44,6 +45,31 @@ def _index(results: Path):
         return None
 
 
+@dataclass(frozen=True)
+class SRSources:
+    """What the SR needs of the archive index: the archive root and, of the file table, the
+    ``path`` (relative to the root) and ``series_uid`` columns (as text)."""
+
+    root: Path
+    files: pd.DataFrame
+
+
+def _sr_sources(results: Path) -> SRSources | None:
+    """:class:`SRSources` from ``RESULTS/index``, reading only the two columns the SR uses (not
+    the whole typed index); None when there is no readable index."""
+    p = Path(results) / "index"
+    if not (p / "files.csv").exists():
+        return None
+    try:
+        root = Path(json.loads((p / "index.json").read_text(encoding="utf-8"))["root"])
+        files = pd.read_csv(p / "files.csv", dtype=str, keep_default_na=False, na_values=[],
+                            usecols=["path", "series_uid"])
+    except Exception as exc:  # noqa: BLE001 - the report works without the archive
+        log.warning("index not readable (%s): key images and SR need the archive", exc)
+        return None
+    return SRSources(root=root, files=files)
+
+
 def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = True,
                  index=None) -> dict:
     """Worksheet (+ SR) of one study; key images are those the study job wrote.
@@ -56,8 +82,9 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
         The study's folder names (``RESULTS/studies/<patient_dir>/<study_dir>``).
     sr : bool
         Also write ``measurements_sr.dcm``.
-    index : ArchiveIndex, optional
-        The archive index (read from ``RESULTS/index`` when None).
+    index : ArchiveIndex or SRSources, optional
+        The archive index (its root and file table; when None, the two columns the SR needs
+        are read from ``RESULTS/index``).
 
     Returns
     -------
@@ -75,7 +102,7 @@ def report_study(results: Path, patient_dir: str, study_dir: str, *, sr: bool = 
         prov = json.loads((d / "provenance.json").read_text())
     done = prov.get("status") == "done"
     if index is None and sr and done:
-        index = _index(results)
+        index = _sr_sources(results)
     if K.read_index(d) is None:  # key images come only from the study job
         status["keyimages"] = "none"
     if sr:
