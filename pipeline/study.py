@@ -154,6 +154,15 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
+    if cfg.get("review", {}).get("image_cache", True):
+        with timer.stage("review_cache"):  # raw arrays for the review viewer (pipeline.review.cache)
+            try:
+                from pipeline.review.cache import write_study_cache
+
+                write_study_cache(out_dir, img, masks, ids, rows)
+            except Exception as exc:  # noqa: BLE001 - the viewer's cache never fails the study
+                log.warning("review image cache not written: %s", exc)
+                warnings.append(f"review image cache not written: {exc}")
     if img.suv_audit is not None:
         used["suv_audit"] = img.suv_audit.as_dict()
         used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),

@@ -11,6 +11,7 @@ rule study:
         lesions=f"{OUT}/studies/{{patient}}/{{study}}/lesions.csv",
         failures=f"{OUT}/studies/{{patient}}/{{study}}/failures.csv",
         provenance=f"{OUT}/studies/{{patient}}/{{study}}/provenance.json",
+        **({"review_cache": f"{OUT}/studies/{{patient}}/{{study}}/review_cache/index.json"} if CFG["review"]["image_cache"] else {}),
     params:
         settings_hash=HASH["study"],
     log:
