@@ -59,7 +59,9 @@ choice is conditional on the injection one, as in the workflow (:mod:`pipeline.r
 monitors among the non-injected lesions). Evaluation on held-out patients (GroupKFold by patient
 over the studies with team roles): per study the roles predicted by the two rankers, given the
 rules' numbers of injected and monitored lesions (equal set sizes), and the rules' own roles
-(:func:`pipeline.ranking.select.rank_study` without a model) are compared with the team's: role
+(:func:`pipeline.ranking.select.rank_study` without a model, computed by
+:func:`pipeline.ranking.train_cli.rules_roles` and passed in, since the selection imports this
+module) are compared with the team's: role
 agreement (share of lesions), Jaccard of the injected and of the monitored sets. The workflow's
 rank step uses the injection ranker; the monitoring ranker is saved with it
 (``ranker.monitor_ranker``) and reported, the monitoring set of the worksheet stays the rules'.
@@ -250,7 +252,8 @@ class PairwiseRanker:
 
 
 # ---------------------------------------------------------------------------- data
-def _str_keys(df: pd.DataFrame) -> pd.DataFrame:
+def str_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with the key columns (:data:`KEYS`) as strings ("" when missing)."""
     df = df.copy()
     for k in KEYS:
         df[k] = df[k].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
@@ -277,8 +280,8 @@ def training_table(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: 
             raise ConfigError(f"{name} table lacks column(s) {miss}")
     if "chosen" not in decisions.columns and "chosen_rank" not in decisions.columns:
         raise ConfigError("decisions table needs a 'chosen' (0/1) or a 'chosen_rank' column")
-    les = _str_keys(lesions)
-    dec = _str_keys(decisions)
+    les = str_keys(lesions)
+    dec = str_keys(decisions)
     if les.duplicated(KEYS).any():
         first = les[les.duplicated(KEYS)].iloc[0]
         raise ConfigError(f"lesions table has several rows for lesion {first['lesion_id']} of "
@@ -426,24 +429,6 @@ def exclusion_codes(cfg_ranking: dict) -> set[str]:
         if e.get("exclude") or e.get("cap_tier") == "not_suitable":
             out.add(str(r["code"]))
     return out
-
-
-def rules_roles(lesions: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
-    """The rules' own choice per lesion: :func:`pipeline.ranking.select.rank_study` of each study
-    without a model (``KEYS``, ``rules_role``, ``rules_measurable``)."""
-    from pipeline.ranking.select import rank_study
-
-    cfg = {**cfg_ranking, "model": None}
-    les = _str_keys(lesions)
-    parts = []
-    for _, g in les.groupby(["patient_id", "study_uid"], sort=True):
-        r = rank_study(g.reset_index(drop=True), cfg)
-        part = r[KEYS].copy()
-        part["rules_role"] = r["role"].astype(str).to_numpy()
-        part["rules_measurable"] = [bool(as_bool(v)) for v in r["measurable"]]
-        parts.append(part)
-    cols = KEYS + ["rules_role", "rules_measurable"]
-    return _str_keys(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=cols)
 
 
 def role_table(fr: pd.DataFrame, roles: pd.DataFrame) -> pd.DataFrame:
@@ -611,7 +596,8 @@ def _is_synthetic(*dfs: pd.DataFrame) -> bool:
 
 
 def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
-          input_hashes: dict | None = None) -> tuple[PairwiseRanker, dict, pd.DataFrame]:
+          input_hashes: dict | None = None,
+          rules_roles: pd.DataFrame | None = None) -> tuple[PairwiseRanker, dict, pd.DataFrame]:
     """Cross-validate, then fit the final model on all used studies.
 
     Parameters
@@ -623,6 +609,11 @@ def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
     input_hashes : dict, optional
         ``{"lesions": {...}, "decisions": {...}}`` file descriptions with ``sha256``; default:
         SHA-256 of the tables' CSV text.
+    rules_roles : DataFrame, optional
+        The rules' own roles (``patient_id``, ``study_uid``, ``lesion_id``, ``rules_role``,
+        ``rules_measurable``: :func:`pipeline.ranking.train_cli.rules_roles`, which runs the
+        workflow's selection). With it and decisions carrying a ``role`` column, the monitoring
+        ranker is trained and both roles are evaluated against the rules (card ``roles``).
 
     Returns
     -------
@@ -640,8 +631,8 @@ def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
     ranker.fit(data, data["study_key"].to_numpy(), data["relevance"].to_numpy())
     ranker.monitor_ranker = None
     rt, roles_card, per_study_roles = None, None, None
-    if "team_role" in fr.columns and (fr["team_role"] != "").any():
-        rt = role_table(fr, rules_roles(lesions, cfg_ranking))
+    if rules_roles is not None and "team_role" in fr.columns and (fr["team_role"] != "").any():
+        rt = role_table(fr, str_keys(rules_roles))
         per_study_roles, per_fold_roles = cross_validate_roles(rt, cfg_ranking)
         mon = fit_monitor(rt, t)
         ranker.monitor_ranker = mon
@@ -858,10 +849,11 @@ def load_model_cached(path: str | Path, cfg_ranking: dict) -> PairwiseRanker:
 
 
 def train_files(lesions_path: str | Path, decisions_path: str | Path, out_dir: str | Path,
-                cfg_ranking: dict) -> dict:
+                cfg_ranking: dict, *, rules_roles_of=None) -> dict:
     """``hitit train``: read the CSV/Parquet inputs, train, write the model and its card.
 
-    Returns the model card.
+    ``rules_roles_of(lesions, cfg_ranking)`` gives the rules' own roles (see :func:`train`), called
+    when the decisions have a ``role`` column. Returns the model card.
     """
     from pipeline.io.tables import read_table
 
@@ -878,6 +870,7 @@ def train_files(lesions_path: str | Path, decisions_path: str | Path, out_dir: s
         "lesions": {"path": str(lp), "sha256": _sha256_bytes(lp.read_bytes()), "rows": len(lesions)},
         "decisions": {"path": str(dp), "sha256": _sha256_bytes(dp.read_bytes()), "rows": len(decisions)},
     }
-    ranker, card, per_study = train(lesions, decisions, cfg_ranking, input_hashes=hashes)
+    rr = rules_roles_of(lesions, cfg_ranking) if rules_roles_of is not None and "role" in decisions.columns else None
+    ranker, card, per_study = train(lesions, decisions, cfg_ranking, input_hashes=hashes, rules_roles=rr)
     save_model(ranker, card, out_dir, per_study)
     return card

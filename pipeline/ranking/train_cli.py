@@ -33,13 +33,35 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def rules_roles(lesions: pd.DataFrame, cfg_ranking: dict) -> pd.DataFrame:
+    """The rules' own choice per lesion: :func:`pipeline.ranking.select.rank_study` of each study
+    without a model (``KEYS``, ``rules_role``, ``rules_measurable``)."""
+    import pandas as pd
+
+    from pipeline.ranking.model import KEYS, str_keys
+    from pipeline.ranking.rules import as_bool
+    from pipeline.ranking.select import rank_study
+
+    cfg = {**cfg_ranking, "model": None}
+    les = str_keys(lesions)
+    parts = []
+    for _, g in les.groupby(["patient_id", "study_uid"], sort=True):
+        r = rank_study(g.reset_index(drop=True), cfg)
+        part = r[KEYS].copy()
+        part["rules_role"] = r["role"].astype(str).to_numpy()
+        part["rules_measurable"] = [bool(as_bool(v)) for v in r["measurable"]]
+        parts.append(part)
+    cols = KEYS + ["rules_role", "rules_measurable"]
+    return str_keys(pd.concat(parts, ignore_index=True)) if parts else pd.DataFrame(columns=cols)
+
+
 def cmd_train(args) -> int:
     """Run ``hitit train``."""
     from pipeline.config import load_config
     from pipeline.ranking.model import train_files
 
     cfg = load_config(args.config)
-    card = train_files(args.lesions, args.decisions, args.out, cfg["ranking"])
+    card = train_files(args.lesions, args.decisions, args.out, cfg["ranking"], rules_roles_of=rules_roles)
     m = card["cv"]["mean_of_folds"]
     k = cfg["ranking"]["training"]["ndcg_k"]
     label = "SYNTHETIC data: " if card["synthetic"] else ""

@@ -275,7 +275,7 @@ def synthetic_role_decisions(lesions: pd.DataFrame, cfg_ranking: dict, *, policy
         ``patient_id``, ``study_uid``, ``lesion_id``, ``chosen`` (1 = inject), ``role``,
         ``policy``, ``synthetic`` (True); one row per lesion.
     """
-    from pipeline.ranking.model import rules_roles
+    from pipeline.ranking.train_cli import rules_roles
 
     if policy == "rules":
         out = rules_roles(lesions, cfg_ranking).rename(columns={"rules_role": "role"})

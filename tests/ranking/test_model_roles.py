@@ -11,7 +11,7 @@ import pytest
 
 from pipeline.ranking import model as rkmodel
 from pipeline.ranking.rules import rule_frame
-from pipeline.ranking.train_cli import register
+from pipeline.ranking.train_cli import register, rules_roles
 from pipeline.testing.decisions import synthetic_lesions, synthetic_role_decisions
 
 N_PATIENTS = 60
@@ -25,7 +25,7 @@ def lesions():
 @pytest.fixture(scope="module")
 def expert(lesions, base_cfg):
     dec = synthetic_role_decisions(lesions, base_cfg["ranking"], policy="expert", seed=5)
-    return dec, rkmodel.train(lesions, dec, base_cfg["ranking"])
+    return dec, rkmodel.train(lesions, dec, base_cfg["ranking"], rules_roles=rules_roles(lesions, base_cfg["ranking"]))
 
 
 def test_role_metrics_known_truth():
@@ -53,7 +53,7 @@ def test_two_rankers_beat_the_rules_on_an_expert_team(expert):
 
 def test_rules_team_is_matched_exactly_by_the_rules(lesions, base_cfg):
     dec = synthetic_role_decisions(lesions, base_cfg["ranking"], policy="rules")
-    _, card, _ = rkmodel.train(lesions, dec, base_cfg["ranking"])
+    _, card, _ = rkmodel.train(lesions, dec, base_cfg["ranking"], rules_roles=rules_roles(lesions, base_cfg["ranking"]))
     m = card["roles"]["cv"]["mean_of_folds"]
     assert m["rules_role_agreement"] == m["rules_inject_jaccard"] == m["rules_monitor_jaccard"] == 1.0
     assert m["model_role_agreement"] >= 0.8
@@ -76,7 +76,7 @@ def test_team_choices_the_rules_exclude_are_counted_per_rule(expert, lesions, ba
         dec.loc[in_study & (dec["role"] == "inject"), "role"] = "none"
         dec.loc[in_study & (dec["lesion_id"] == str(r.lesion_id)), "role"] = "inject"
     dec["chosen"] = (dec["role"] == "inject").astype(int)
-    _, card, _ = rkmodel.train(lesions, dec, cfg)
+    _, card, _ = rkmodel.train(lesions, dec, cfg, rules_roles=rules_roles(lesions, cfg))
     ex = card["rules_excluded"]["injection"]
     n_inj = int((dec["role"] == "inject").sum())
     assert ex["n_rules_exclude"] == 6 and ex["n_team_injected"] == n_inj
