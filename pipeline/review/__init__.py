@@ -9,6 +9,9 @@ cache      per-study image cache (``<study dir>/review_cache/``: raw int16 CT, f
            contours): ``write_study_cache`` called by the study job (``review.image_cache``),
            ``ImageCache`` (memory-mapped, PET fused per slice) for the app
 backfill   write that cache from the archive for results made before the study job wrote it
+agreement  team decision beside tool proposal and agreement figures (worksheet, dashboard)
+tracks     follow-up tracks (``followup_tracking.csv``) linking one lesion across the side-by-side
+           viewers
 app        the Flask app (token-protected, CSRF-checked, bound to 127.0.0.1 by default)
 templates  its Jinja2 templates, CSS and viewer script
 cli        ``hitit review RESULTS [--port P] [--reader NAME] [--export FILE --cutoff ISO]``

@@ -236,9 +236,12 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     def compare(pid: str):
         a, da = _study(pid, request.args.get("a", ""))
         b, db = _study(pid, request.args.get("b", ""))
+        from pipeline.review.tracks import track_links
+
+        tracks = track_links((da, db), (a["study_uid"], b["study_uid"]))
         return render_template("compare.html", pid=pid, a=a, b=b, reader=reader, windows=list(WINDOWS),
                                has_a=(cache_dir(da) / "index.json").is_file(),
-                               has_b=(cache_dir(db) / "index.json").is_file())
+                               has_b=(cache_dir(db) / "index.json").is_file(), tracks=tracks)
 
     @app.get("/study/<pid>/<suid>")
     def study(pid: str, suid: str):
