@@ -263,6 +263,10 @@ def write_image_cache(out_dir: str | Path, volumes_by_role: Mapping[str, Volume]
                                        [round(float(v), 3) for v in g.lps_to_zyx(np.array(n.entry_lps_mm))[0]])
         index["needles"].append(item)
     (d / "contours.json").write_text(json.dumps(contours, separators=(",", ":")))
+    keep = {p["file"] for p in index["phases"].values()}
+    for old in d.glob("*.npy"):  # phases of an earlier run that this one does not have
+        if old.name not in keep:
+            old.unlink()
     tmp = d / "index.json.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, d / "index.json")  # written last: a cache with an index is complete
@@ -316,7 +320,7 @@ def write_study_cache(out_dir: str | Path, images, masks: Sequence[LesionMask], 
     for role, v in images.ct_by_role.items():
         if v is not None and not any(v is w for w in vols.values()):
             vols[STUDY_ROLES.get(role, role)] = v
-    pet = images.pet_suv or images.pet_activity_bqml or images.pet_stored
+    pet = next((p for p in (images.pet_suv, images.pet_activity_bqml, images.pet_stored) if p is not None), None)
     if pet is not None:
         vols["pet"] = pet
     return write_image_cache(out_dir, vols, dict(zip(ids, masks, strict=True)),

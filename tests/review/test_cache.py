@@ -141,3 +141,16 @@ def test_mask_on_another_grid_is_traced_on_each_phase(tmp_path):
     assert np.allclose([pts[:, 0].min(), pts[:, 0].max()], [39.5, 59.5])
     # straight runs keep only their ends: 4 sides + 4 cut corners (+ the closing vertex)
     assert len(pts) == 9
+
+
+def test_rewrite_leaves_no_stale_phase(tmp_path):
+    """A study rewritten with fewer phases (or over a version-1 cache) keeps only its own files."""
+    g = Grid((3, 8, 8), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    ct = Volume(np.full(g.shape_zyx, 10.0, np.float32), g, "HU", "1.1")
+    d = write_image_cache(tmp_path, {"ct": ct, "ce_ct": ct}, {})
+    (d / "ct.npz").write_bytes(b"version 1")
+    assert {p.name for p in d.glob("*.np*")} == {"ct.npy", "ce_ct.npy", "ct.npz"}
+    write_image_cache(tmp_path, {"ct": ct}, {})
+    assert {p.name for p in d.glob("*.np*")} == {"ct.npy"}
+    c = ImageCache(d)
+    assert list(c.index["phases"]) == ["ct"] and np.all(c.slice("ct", 2) == 10.0)
