@@ -79,22 +79,27 @@ def _png(img: Image.Image) -> bytes:
 
 
 class _Caches:
-    """Open :class:`ImageCache` objects by study folder (a small LRU)."""
+    """Open :class:`ImageCache` objects by study folder (a small LRU); a cache rewritten since it
+    was opened (a re-run study job: new ``index.json``) is opened again."""
 
     def __init__(self, n: int = 8) -> None:
         self.n = n
-        self._d: OrderedDict[Path, ImageCache] = OrderedDict()
+        self._d: OrderedDict[Path, tuple[int, ImageCache]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> ImageCache:
+        try:
+            stamp = (path / "index.json").stat().st_mtime_ns
+        except OSError:
+            stamp = -1
         with self._lock:
-            c = self._d.get(path)
-            if c is not None:
+            hit = self._d.get(path)
+            if hit is not None and hit[0] == stamp:
                 self._d.move_to_end(path)
-                return c
+                return hit[1]
         c = ImageCache(path)
         with self._lock:
-            self._d[path] = c
+            self._d[path] = (stamp, c)
             while len(self._d) > self.n:
                 self._d.popitem(last=False)
         return c

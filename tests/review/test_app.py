@@ -254,3 +254,17 @@ def test_compare_links_tracks(client, res):
     assert 'data-a="les_a" data-b="les_x"' in html
     assert 'data-a="" data-b="les_new"' in html and "(new, T-NI)" in html
     assert XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_rewritten_cache_is_served_fresh(client, res):
+    """A study job re-run rewrites the cache: the running app serves the new images."""
+    import time
+
+    _auth(client)
+    url = f"/slice/{PID}/{SUID}/ct/0.png?window=soft"
+    assert abs(int(np.asarray(Image.open(io.BytesIO(client.get(url).data)))[0, 0]) - 102) <= 1  # 0 HU
+    time.sleep(0.01)
+    grid = Grid((10, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, 0.0))
+    write_image_cache(res / "studies" / PID / SUID,
+                      {"ct": Volume(np.full(grid.shape_zyx, 240.0, np.float32), grid, "HU", "1.9.1")}, {})
+    assert int(np.asarray(Image.open(io.BytesIO(client.get(url).data)))[0, 0]) == 255  # 240 HU: top of soft
