@@ -35,7 +35,7 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 from pipeline.review import store
-from pipeline.review.cache import ImageCache, cache_dir
+from pipeline.review.cache import ImageCache, cache_dir, has_images
 from pipeline.review.templates import CSS, TEMPLATES, VIEWER_JS
 
 log = logging.getLogger(__name__)
@@ -229,7 +229,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
                             "role": (dec.role if dec and dec.role else p.role).value,
                             "category": (dec.category if dec and dec.category else p.category).value,
                             "volume": (dec.planned_volume_ml if dec else p.planned_volume_ml)})
-        has_cache = (cache_dir(d) / "index.json").is_file()
+        has_cache = has_images(d)
         return render_template(
             "study.html", row=row, pid=pid, suid=suid, lesions=lesions, reader=reader,
             signoff=state.signoffs.get((pid, suid)), token=app.config["TOKEN"], error=error,
@@ -245,8 +245,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
 
         tracks = track_links((da, db), (a["study_uid"], b["study_uid"]))
         return render_template("compare.html", pid=pid, a=a, b=b, reader=reader, windows=list(WINDOWS),
-                               has_a=(cache_dir(da) / "index.json").is_file(),
-                               has_b=(cache_dir(db) / "index.json").is_file(), tracks=tracks)
+                               has_a=has_images(da), has_b=has_images(db), tracks=tracks)
 
     @app.get("/study/<pid>/<suid>")
     def study(pid: str, suid: str):

@@ -10,7 +10,8 @@ cache off for a batch-only site.
 Layout of ``<study output dir>/review_cache/``:
 
 ``index.json``
-    ``format`` (``"hitit-review-cache"``), ``version`` (2) and
+    ``format`` (``"hitit-review-cache"``), ``version`` (2) and (a study that failed, or whose cache
+    could not be written, has ``phases`` empty and a ``reason``: :func:`write_placeholder`)
 
     * ``phases``: per role (``"ct"``, ``"ce_ct"``, ``"pet"`` ..., the study sheet's series roles)
       ``{"file", "kind" ("ct" or "pet"), "shape_zyx", "spacing_xyz_mm", "origin_lps_mm",
@@ -275,6 +276,33 @@ def write_image_cache(out_dir: str | Path, volumes_by_role: Mapping[str, Volume]
     return d
 
 
+def write_placeholder(out_dir: str | Path, reason: str) -> Path:
+    """An index without images (``phases`` empty, ``reason``), replacing any earlier cache.
+
+    The study job writes it before loading anything, so that its declared output
+    ``review_cache/index.json`` exists even when the study fails; the full cache replaces it.
+    :class:`ImageCache` refuses it with the reason; :func:`has_images` is False.
+    """
+    d = cache_dir(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    for old in [*d.glob("*.npy"), *d.glob("*.npz"), d / "contours.json"]:
+        old.unlink(missing_ok=True)
+    tmp = d / "index.json.tmp"
+    tmp.write_text(json.dumps({"format": FORMAT, "version": VERSION, "phases": {}, "fusion": {},
+                               "lesions": [], "needles": [], "reason": str(reason)}, indent=1))
+    os.replace(tmp, d / "index.json")
+    return d
+
+
+def has_images(study_out: str | Path) -> bool:
+    """True when the study folder holds a complete cache with at least one phase."""
+    p = cache_dir(study_out) / "index.json"
+    try:
+        return bool(json.loads(p.read_text()).get("phases"))
+    except (OSError, ValueError):
+        return False
+
+
 def needles_from_rows(rows: Sequence[Mapping[str, str]]) -> list[NeedlePlan]:
     """Needle plans from ``lesions.csv`` / ``ranking.csv`` rows (``target_*_mm``, ``entry_*_mm``).
 
@@ -354,6 +382,10 @@ class ImageCache:
                               f"{self.index.get('version')!r}, expected {FORMAT!r} {VERSION}", file=p,
                               hint="rewrite it: `hitit review RESULTS --backfill-cache` or re-run the "
                                    "study job")
+        if not self.index.get("phases"):
+            raise ConfigError(f"no images in the review cache at {self.path}: "
+                              f"{self.index.get('reason') or 'no phase'}", file=p,
+                              hint="see the study's failures.csv; re-run the study job once it is fixed")
         self._arrays: dict[str, np.ndarray] = {}
         self._fusion_maps: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._lock = threading.Lock()

@@ -154,3 +154,34 @@ def test_rewrite_leaves_no_stale_phase(tmp_path):
     assert {p.name for p in d.glob("*.np*")} == {"ct.npy"}
     c = ImageCache(d)
     assert list(c.index["phases"]) == ["ct"] and np.all(c.slice("ct", 2) == 10.0)
+
+
+def test_failed_study_leaves_a_placeholder_index(fresh_results, tmp_path):
+    """The workflow declares review_cache/index.json: a study that fails still writes it, without
+    images and with the reason; the app shows no viewer and serves no slice for it."""
+    from pipeline.cli import main
+    from pipeline.review.app import create_app
+    from pipeline.review.cache import has_images
+
+    r = store.read_study_sheet(fresh_results)[0]
+    out = store.study_dir(fresh_results, r["patient_id"], r["study_uid"])
+    shared_root, files = _files(fresh_results)
+    root = tmp_path / "archive"  # a private archive: the shared one stays whole
+    shutil.copytree(shared_root, root)
+    ip = fresh_results / "index" / "index.json"
+    ip.write_text(json.dumps({**json.loads(ip.read_text()), "root": str(root)}))
+    for rel in files.loc[files["series_uid"] == r["ct_series_uid"], "path"]:
+        (root / rel).unlink()  # the CT is gone: the study fails at load_images
+    assert main(["study", "--results", str(fresh_results), "--patient-dir", r["patient_dir"],
+                 "--study-dir", r["study_dir"]]) == 0
+    assert json.loads((out / "provenance.json").read_text())["status"] == "failed"
+    idx = json.loads((cache_dir(out) / "index.json").read_text())
+    assert idx["phases"] == {} and "did not complete" in idx["reason"]
+    assert not list(cache_dir(out).glob("*.npy")) and not has_images(out)
+    with pytest.raises(Exception, match="no images in the review cache"):
+        ImageCache(cache_dir(out))
+    app = create_app(fresh_results, reader="r", token="t")
+    c = app.test_client()
+    c.get("/?token=t")
+    assert "no-cache" in c.get(f"/study/{r['patient_id']}/{r['study_uid']}").get_data(as_text=True)
+    assert c.get(f"/slice/{r['patient_id']}/{r['study_uid']}/ct/0.png").status_code == 404
