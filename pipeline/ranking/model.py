@@ -756,7 +756,8 @@ def model_card_markdown(card: dict) -> str:
         for k in ROLE_METRICS:
             lines.append(f"| {k.replace('_', ' ')} | {rm[f'model_{k}']} | {rm[f'rules_{k}']} |")
         mm = roles["monitoring_model"]
-        lines += ["", f"- monitoring ranker: {'trained on ' + str(mm['n_pairs']) + ' pairs' if mm['trained'] else 'not trained (' + mm['reason'] + ')'}"]
+        how = f"trained on {mm['n_pairs']} pairs" if mm["trained"] else f"not trained ({mm['reason']})"
+        lines += ["", f"- monitoring ranker: {how}"]
     ex = card.get("rules_excluded") or {}
     if ex:
         i = ex["injection"]
@@ -870,7 +871,9 @@ def train_files(lesions_path: str | Path, decisions_path: str | Path, out_dir: s
         "lesions": {"path": str(lp), "sha256": _sha256_bytes(lp.read_bytes()), "rows": len(lesions)},
         "decisions": {"path": str(dp), "sha256": _sha256_bytes(dp.read_bytes()), "rows": len(decisions)},
     }
-    rr = rules_roles_of(lesions, cfg_ranking) if rules_roles_of is not None and "role" in decisions.columns else None
+    rr = None
+    if rules_roles_of is not None and "role" in decisions.columns:
+        rr = rules_roles_of(lesions, cfg_ranking)
     ranker, card, per_study = train(lesions, decisions, cfg_ranking, input_hashes=hashes, rules_roles=rr)
     save_model(ranker, card, out_dir, per_study)
     return card

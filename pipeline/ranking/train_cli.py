@@ -73,9 +73,10 @@ def cmd_train(args) -> int:
     if roles:
         r = roles["cv"]["mean_of_folds"]
         print(f"  roles on held-out patients ({roles['n_studies']} studies with team roles):")
-        print(f"    role agreement   model {r['model_role_agreement']:.3f}   rules {r['rules_role_agreement']:.3f}")
-        print(f"    injected set     model {r['model_inject_jaccard']:.3f}   rules {r['rules_inject_jaccard']:.3f}  (Jaccard)")
-        print(f"    monitored set    model {r['model_monitor_jaccard']:.3f}   rules {r['rules_monitor_jaccard']:.3f}  (Jaccard)")
+        for name, key, note in (("role agreement", "role_agreement", ""),
+                                ("injected set  ", "inject_jaccard", "  (Jaccard)"),
+                                ("monitored set ", "monitor_jaccard", "  (Jaccard)")):
+            print(f"    {name}   model {r['model_' + key]:.3f}   rules {r['rules_' + key]:.3f}{note}")
     ex = card["rules_excluded"]["injection"]
     print(f"  team injected {ex['n_rules_exclude']} of {ex['n_team_injected']} lesions the rules exclude"
           + (": " + ", ".join(f"{c} {n}" for c, n in ex["by_rule"].items()) if ex["by_rule"] else ""))
