@@ -283,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     register_report(sub)  # hitit report, report-study, dashboard
     from pipeline.review.cli import register as register_review
     register_review(sub)  # hitit review RESULTS [--port P] [--reader NAME] [--export FILE --cutoff ISO]
+    from pipeline.report.plan_rtstruct import register as register_plan
+    register_plan(sub)  # hitit plan-export RESULTS
 
     c = sub.add_parser("cohort", help="(workflow step) concatenate per-study tables")
     c.add_argument("--results", required=True)

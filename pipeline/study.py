@@ -63,6 +63,10 @@ def run_study(
     used_series: dict[str, str] = {}
     status = "done"
     (out_dir / REFERENCE_FILE).unlink(missing_ok=True)  # never a stale reference
+    if cfg.get("review", {}).get("image_cache", True):  # a declared output, even if the study fails
+        from pipeline.review.cache import write_placeholder
+
+        write_placeholder(out_dir, "the study job did not complete: see failures.csv")
     try:
         lesions, used_series, warnings = _process(inp, cfg, timer, out_dir)
     except PipelineError as exc:
@@ -160,6 +164,16 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
+    if cfg.get("review", {}).get("image_cache", True):
+        with timer.stage("review_cache"):  # raw arrays for the review viewer (pipeline.review.cache)
+            from pipeline.review.cache import write_placeholder, write_study_cache
+
+            try:
+                write_study_cache(out_dir, img, masks, ids, rows)
+            except Exception as exc:  # noqa: BLE001 - the viewer's cache never fails the study
+                log.warning("review image cache not written: %s", exc)
+                warnings.append(f"review image cache not written: {exc}")
+                write_placeholder(out_dir, f"review image cache not written: {exc}")
     if img.suv_audit is not None:
         used["suv_audit"] = img.suv_audit.as_dict()
         used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),

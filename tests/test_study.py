@@ -47,7 +47,7 @@ def test_lesion_rows_name_the_ct_the_mask_was_drawn_on(shifted, tmp_path, seg_fi
     assert set(les["mask_series_uid"]) == {seg_uid}
     assert set(les["mask_referenced_series_uid"]) == {want_ct}
     assert [s["stage"] for s in prov["stages"]] == ["load_images", "load_masks", "prepare",
-                                                    "lesions", "key_images"]
+                                                    "lesions", "key_images", "review_cache"]
 
 
 def test_implausible_injection_time_refuses_the_suv_with_a_warning_row(shifted, tmp_path):

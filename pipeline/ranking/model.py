@@ -46,6 +46,27 @@ lesion the rules exclude is a miss for both the model and the rule baseline (cou
 as ``n_chosen_not_eligible``). In :func:`pipeline.ranking.select.rank_study` the tiers, board
 flags, explanations and set rules stay those of the rules.
 
+Injection and monitoring (decisions with a ``role`` column)
+-----------------------------------------------------------
+Two rankers, not one with the role as target: the injection ranker above (eligible lesions,
+relevance = injected) and a monitoring ranker of the same kind and features trained on the
+lesions the team did not inject (relevance = monitored). Why two: injection and monitoring are
+different preferences (injection: reachable, safe, viable, big enough for the needle; monitoring:
+measurable and representative of the non-injected disease); an ordinal target inject > monitor >
+none would force a good monitoring lesion to be "half a good injection target", which it is not
+(a large deep liver metastasis is a poor target and an ideal lesion to monitor). The monitoring
+choice is conditional on the injection one, as in the workflow (:mod:`pipeline.ranking.select`
+monitors among the non-injected lesions). Evaluation on held-out patients (GroupKFold by patient
+over the studies with team roles): per study the roles predicted by the two rankers, given the
+rules' numbers of injected and monitored lesions (equal set sizes), and the rules' own roles
+(:func:`pipeline.ranking.select.rank_study` without a model, computed by
+:func:`pipeline.ranking.train_cli.rules_roles` and passed in, since the selection imports this
+module) are compared with the team's: role
+agreement (share of lesions), Jaccard of the injected and of the monitored sets. The workflow's
+rank step uses the injection ranker; the monitoring ranker is saved with it
+(``ranker.monitor_ranker``) and reported, the monitoring set of the worksheet stays the rules'.
+:func:`rules_excluded_choices` counts the team's choices the rules exclude, per rule.
+
 Evaluation
 ----------
 Grouped cross-validation by patient (:class:`sklearn.model_selection.GroupKFold`, no shuffling:
@@ -231,7 +252,8 @@ class PairwiseRanker:
 
 
 # ---------------------------------------------------------------------------- data
-def _str_keys(df: pd.DataFrame) -> pd.DataFrame:
+def str_keys(df: pd.DataFrame) -> pd.DataFrame:
+    """A copy of ``df`` with the key columns (:data:`KEYS`) as strings ("" when missing)."""
     df = df.copy()
     for k in KEYS:
         df[k] = df[k].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v))
@@ -258,8 +280,8 @@ def training_table(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: 
             raise ConfigError(f"{name} table lacks column(s) {miss}")
     if "chosen" not in decisions.columns and "chosen_rank" not in decisions.columns:
         raise ConfigError("decisions table needs a 'chosen' (0/1) or a 'chosen_rank' column")
-    les = _str_keys(lesions)
-    dec = _str_keys(decisions)
+    les = str_keys(lesions)
+    dec = str_keys(decisions)
     if les.duplicated(KEYS).any():
         first = les[les.duplicated(KEYS)].iloc[0]
         raise ConfigError(f"lesions table has several rows for lesion {first['lesion_id']} of "
@@ -271,6 +293,9 @@ def training_table(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: 
     fr = rule_frame(les, cfg_ranking)
     keep = [c for c in ("chosen", "chosen_rank") if c in dec.columns]
     d = dec[KEYS + keep].copy()
+    if "role" in dec.columns:  # decisions.csv of the review app: inject / monitor / none
+        d["team_role"] = dec["role"].map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v))
+                                         else str(v).strip())
     d["_has_decision"] = True
     fr = fr.merge(d, on=KEYS, how="left", validate="one_to_one")
     fr["_has_decision"] = fr["_has_decision"].eq(True)
@@ -291,6 +316,8 @@ def training_table(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: 
         used.loc[idx] = bool((rel.loc[idx] > 0).any())
     fr["relevance"] = rel.astype(float)
     fr["used"] = used
+    if "team_role" in fr.columns:
+        fr["team_role"] = fr["team_role"].fillna("").astype(str)
     fr.attrs["unmatched_decisions"] = unmatched
     return fr
 
@@ -389,6 +416,169 @@ def cross_validate(fr: pd.DataFrame, cfg_ranking: dict) -> tuple[pd.DataFrame, p
     return pd.DataFrame(rows), pd.DataFrame(folds)
 
 
+# ---------------------------------------------------------------------------- roles
+ROLE_METRICS = ("role_agreement", "inject_jaccard", "monitor_jaccard")
+
+
+def exclusion_codes(cfg_ranking: dict) -> set[str]:
+    """Codes of the rules that make a lesion not_suitable (``exclude`` or ``cap_tier:
+    not_suitable``)."""
+    out = set()
+    for r in cfg_ranking.get("rules") or []:
+        e = r.get("effect") or {}
+        if e.get("exclude") or e.get("cap_tier") == "not_suitable":
+            out.add(str(r["code"]))
+    return out
+
+
+def role_table(fr: pd.DataFrame, roles: pd.DataFrame) -> pd.DataFrame:
+    """Lesions of the studies in which the team decided at least one role, with ``team_role``
+    (an undecided lesion of such a study counts as ``none``), ``rules_role`` and
+    ``monitor_relevance`` (1 = the team monitors it)."""
+    if "team_role" not in fr.columns:
+        return fr.iloc[0:0].assign(rules_role="", monitor_relevance=0.0)
+    decided = fr.groupby("study_key")["team_role"].transform(lambda s: (s != "").any())
+    t = fr[decided].merge(roles, on=KEYS, how="left")
+    t["team_role"] = t["team_role"].replace("", "none")
+    t["rules_role"] = t["rules_role"].fillna("none")
+    t["monitor_relevance"] = (t["team_role"] == "monitor").astype(float)
+    return t.reset_index(drop=True)
+
+
+def _ranker(t: dict) -> PairwiseRanker:
+    return PairwiseRanker(t["numeric_features"], t["boolean_features"], t["categorical_features"],
+                          C=t["C"], l1_ratio=t["l1_ratio"])
+
+
+def fit_monitor(data: pd.DataFrame, t: dict) -> PairwiseRanker | None:
+    """Pairwise ranker of the team's monitoring choice among the lesions it did not inject
+    (None when no study has both a monitored and an unmonitored candidate)."""
+    cand = data[data["team_role"] != "inject"]
+    try:
+        return _ranker(t).fit(cand, cand["study_key"].to_numpy(), cand["monitor_relevance"].to_numpy())
+    except ConfigError:
+        return None
+
+
+def _jaccard(a: set, b: set) -> float:
+    return 1.0 if not a and not b else len(a & b) / len(a | b)
+
+
+def predict_roles(study: pd.DataFrame, inj: PairwiseRanker | None, mon: PairwiseRanker | None) -> np.ndarray:
+    """Roles of one study's lesions by the two rankers, with the rules' numbers of injected and
+    monitored lesions (so that model and rules are compared at the same set sizes): inject the
+    eligible lesions first in the injection ranker's order, then monitor the remaining lesions
+    first in the monitoring ranker's order (the rules' own choice when a ranker is missing)."""
+    n_inj = int((study["rules_role"] == "inject").sum())
+    n_mon = int((study["rules_role"] == "monitor").sum())
+    role = np.array(["none"] * len(study), dtype=object)
+    lids = study["lesion_id"].to_numpy()
+    elig = study["eligible"].to_numpy(dtype=bool)
+    if inj is None:
+        role[(study["rules_role"] == "inject").to_numpy()] = "inject"
+    elif n_inj and elig.any():
+        sc = np.full(len(study), np.nan)
+        sc[elig] = inj.decision_function(study[elig])
+        role[ranked_order(elig, sc, lids, higher_first=True)[:n_inj]] = "inject"
+    rest = role != "inject"
+    if mon is None:
+        role[rest & (study["rules_role"] == "monitor").to_numpy()] = "monitor"
+    elif n_mon and rest.any():
+        sc = np.full(len(study), np.nan)
+        sc[rest] = mon.decision_function(study[rest])
+        role[ranked_order(rest, sc, lids, higher_first=True)[:n_mon]] = "monitor"
+    return role
+
+
+def role_metrics(team: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Per study: share of lesions with the team's role, Jaccard of the injected and of the
+    monitored sets (1 when both are empty)."""
+    team, pred = np.asarray(team), np.asarray(pred)
+    out = {"role_agreement": float(np.mean(team == pred)) if len(team) else 1.0}
+    for r in ("inject", "monitor"):
+        out[f"{r}_jaccard"] = _jaccard(set(np.flatnonzero(team == r)), set(np.flatnonzero(pred == r)))
+    return out
+
+
+def cross_validate_roles(rt: pd.DataFrame, cfg_ranking: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """GroupKFold by patient over the studies with team roles: per held-out study, the roles of
+    the two rankers (fitted on the other patients) and the rules' roles against the team's.
+
+    Returns
+    -------
+    per_study, per_fold : DataFrame
+        ``model_<metric>`` and ``rules_<metric>`` for each of :data:`ROLE_METRICS`.
+    """
+    from sklearn.model_selection import GroupKFold
+
+    t = cfg_ranking["training"]
+    data = rt.sort_values(["patient_id", "study_uid", "lesion_id"]).reset_index(drop=True)
+    patients = data["patient_id"].nunique()
+    n_splits = min(int(t["n_splits"]), patients)
+    if n_splits < 2:
+        raise ConfigError(f"role cross-validation needs decisions for at least 2 patients, found {patients}")
+    rows, folds = [], []
+    for fold, (tr, te) in enumerate(GroupKFold(n_splits=n_splits).split(data, groups=data["patient_id"]), 1):
+        train, test = data.iloc[tr], data.iloc[te]
+        tr_el = train[train["eligible"] & train["used"]]
+        try:
+            inj = _ranker(t).fit(tr_el, tr_el["study_key"].to_numpy(), tr_el["relevance"].to_numpy())
+        except ConfigError:
+            inj = None
+        mon = fit_monitor(train, t)
+        fold_rows = []
+        for _, st in test.groupby("study_key", sort=True):
+            team = st["team_role"].to_numpy()
+            m = role_metrics(team, predict_roles(st, inj, mon))
+            r = role_metrics(team, st["rules_role"].to_numpy())
+            fold_rows.append({"fold": fold, "patient_id": st["patient_id"].iat[0],
+                              "study_uid": st["study_uid"].iat[0],
+                              **{f"model_{k}": v for k, v in m.items()},
+                              **{f"rules_{k}": v for k, v in r.items()},
+                              "injection_ranker": inj is not None, "monitoring_ranker": mon is not None})
+        df = pd.DataFrame(fold_rows)
+        rows += fold_rows
+        folds.append({"fold": fold, "n_patients": int(test["patient_id"].nunique()), "n_studies": len(df),
+                      **{f"{w}_{k}": round(float(df[f"{w}_{k}"].mean()), 4)
+                         for k in ROLE_METRICS for w in ("model", "rules")}})
+    return pd.DataFrame(rows), pd.DataFrame(folds)
+
+
+def rules_excluded_choices(fr: pd.DataFrame, rt: pd.DataFrame | None, cfg_ranking: dict) -> dict:
+    """How often the team chose a lesion the rules exclude, and which rules.
+
+    Injection: a lesion the team injects (``team_role`` inject, else ``chosen`` / ``chosen_rank``)
+    whose rule tier is not_suitable, counted per exclusion rule fired (``exclude`` or ``cap_tier:
+    not_suitable``; ``score below the board_review threshold`` when none fired). Monitoring: a
+    lesion the team monitors that RECIST 1.1 calls not measurable (the rules never monitor it).
+    """
+    if "team_role" in fr.columns and (fr["team_role"] != "").any():
+        inj = fr[fr["team_role"] == "inject"]
+    else:
+        inj = fr[fr["relevance"] > 0]
+    excl = exclusion_codes(cfg_ranking)
+    bad = inj[~inj["eligible"].astype(bool)]
+    by_rule: dict[str, int] = {}
+    lesions = []
+    for r in bad.itertuples():
+        codes = [c for c in str(r.fired or "").split(";") if c in excl] or ["score below the board_review threshold"]
+        for c in codes:
+            by_rule[c] = by_rule.get(c, 0) + 1
+        lesions.append({"patient_id": r.patient_id, "study_uid": r.study_uid, "lesion_id": r.lesion_id,
+                        "tier": r.tier, "rules": codes})
+    out = {"injection": {"n_team_injected": len(inj), "n_rules_exclude": len(bad),
+                         "pct": round(100.0 * len(bad) / len(inj), 2) if len(inj) else None,
+                         "by_rule": dict(sorted(by_rule.items(), key=lambda kv: (-kv[1], kv[0]))),
+                         "lesions": lesions}}
+    if rt is not None and len(rt):
+        mon = rt[rt["team_role"] == "monitor"]
+        nm = mon[~mon["rules_measurable"].fillna(False).astype(bool)]
+        out["monitoring"] = {"n_team_monitored": len(mon), "n_not_measurable": len(nm),
+                             "pct": round(100.0 * len(nm) / len(mon), 2) if len(mon) else None,
+                             "lesions": nm[KEYS].to_dict(orient="records")}
+    return out
+
+
 # ---------------------------------------------------------------------------- training
 def _sha256_bytes(b: bytes) -> str:
     return hashlib.sha256(b).hexdigest()
@@ -406,7 +596,8 @@ def _is_synthetic(*dfs: pd.DataFrame) -> bool:
 
 
 def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
-          input_hashes: dict | None = None) -> tuple[PairwiseRanker, dict, pd.DataFrame]:
+          input_hashes: dict | None = None,
+          rules_roles: pd.DataFrame | None = None) -> tuple[PairwiseRanker, dict, pd.DataFrame]:
     """Cross-validate, then fit the final model on all used studies.
 
     Parameters
@@ -418,6 +609,11 @@ def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
     input_hashes : dict, optional
         ``{"lesions": {...}, "decisions": {...}}`` file descriptions with ``sha256``; default:
         SHA-256 of the tables' CSV text.
+    rules_roles : DataFrame, optional
+        The rules' own roles (``patient_id``, ``study_uid``, ``lesion_id``, ``rules_role``,
+        ``rules_measurable``: :func:`pipeline.ranking.train_cli.rules_roles`, which runs the
+        workflow's selection). With it and decisions carrying a ``role`` column, the monitoring
+        ranker is trained and both roles are evaluated against the rules (card ``roles``).
 
     Returns
     -------
@@ -433,6 +629,35 @@ def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
     ranker = PairwiseRanker(t["numeric_features"], t["boolean_features"], t["categorical_features"],
                             C=t["C"], l1_ratio=t["l1_ratio"])
     ranker.fit(data, data["study_key"].to_numpy(), data["relevance"].to_numpy())
+    ranker.monitor_ranker = None
+    rt, roles_card, per_study_roles = None, None, None
+    if rules_roles is not None and "team_role" in fr.columns and (fr["team_role"] != "").any():
+        rt = role_table(fr, str_keys(rules_roles))
+        per_study_roles, per_fold_roles = cross_validate_roles(rt, cfg_ranking)
+        mon = fit_monitor(rt, t)
+        ranker.monitor_ranker = mon
+        roles_card = {
+            "design": "two pairwise rankers with the same features: injection (eligible lesions, "
+                      "relevance = chosen) and monitoring (lesions the team did not inject, "
+                      "relevance = monitored); roles predicted with the rules' numbers of injected "
+                      "and monitored lesions, so model and rules are compared at equal set sizes",
+            "n_studies": int(rt["study_key"].nunique()), "n_patients": int(rt["patient_id"].nunique()),
+            "n_lesions": len(rt),
+            "team_roles": {k: int(v) for k, v in rt["team_role"].value_counts().sort_index().items()},
+            "rules_roles": {k: int(v) for k, v in rt["rules_role"].value_counts().sort_index().items()},
+            "monitoring_model": ({"trained": True, "n_pairs": mon.n_pairs_, "coefficients":
+                                  dict(list(mon.coefficients().items())[:15])} if mon is not None else
+                                 {"trained": False, "reason": "no study with both a monitored and an "
+                                                              "unmonitored non-injected lesion"}),
+            "cv": {"method": "GroupKFold by patient_id (no shuffle), held-out patients",
+                   "metrics": {"role_agreement": "share of lesions whose role equals the team's",
+                               "inject_jaccard": "|A & B| / |A | B| of the injected sets",
+                               "monitor_jaccard": "same for the monitored sets"},
+                   "folds": per_fold_roles.to_dict(orient="records"),
+                   "mean_of_folds": {f"{w}_{k}": round(float(per_fold_roles[f"{w}_{k}"].mean()), 4)
+                                     for k in ROLE_METRICS for w in ("model", "rules")}},
+        }
+    ranker.role_cv_ = per_study_roles  # written as cv_roles.csv by save_model, not pickled
     used = fr[fr["used"]]
     best = used.groupby("study_key")["relevance"].transform("max")
     n_not_elig = int(((used["relevance"] == best) & (used["relevance"] > 0) & ~used["eligible"]).sum())
@@ -484,6 +709,8 @@ def train(lesions: pd.DataFrame, decisions: pd.DataFrame, cfg_ranking: dict, *,
             "mean_of_folds": {c: round(float(per_fold[c].mean()), 4) for c in mean_cols},
             "pooled": {c: round(float(per_study[c].mean()), 4) for c in mean_cols},
         },
+        "roles": roles_card,
+        "rules_excluded": rules_excluded_choices(fr, rt, cfg_ranking),
         "rules_config_sha256": rules_hash(cfg_ranking),
         "training_config": t,
         "versions": _versions(),
@@ -519,6 +746,30 @@ def model_card_markdown(card: dict) -> str:
         lines.append(f"| {f['fold']} | " + " | ".join(str(f[c]) for c in cols) + " |")
     m = cv["mean_of_folds"]
     lines.append("| **mean** | | | " + " | ".join(str(m[c]) for c in m) + " |")
+    roles = card.get("roles")
+    if roles:
+        rm = roles["cv"]["mean_of_folds"]
+        lines += ["", f"## Injection and monitoring choices on held-out patients ({roles['cv']['method']})", "",
+                  f"{roles['n_studies']} studies of {roles['n_patients']} patients with team roles "
+                  f"(team: {roles['team_roles']}; rules: {roles['rules_roles']}). {roles['design']}.", "",
+                  "| agreement with the team | model | rules |", "|---|---|---|"]
+        for k in ROLE_METRICS:
+            lines.append(f"| {k.replace('_', ' ')} | {rm[f'model_{k}']} | {rm[f'rules_{k}']} |")
+        mm = roles["monitoring_model"]
+        how = f"trained on {mm['n_pairs']} pairs" if mm["trained"] else f"not trained ({mm['reason']})"
+        lines += ["", f"- monitoring ranker: {how}"]
+    ex = card.get("rules_excluded") or {}
+    if ex:
+        i = ex["injection"]
+        lines += ["", "## Team choices the rules exclude", "",
+                  f"- injected: {i['n_rules_exclude']} of {i['n_team_injected']} lesions the team injected are "
+                  f"not_suitable under the rules ({'–' if i['pct'] is None else str(i['pct']) + ' %'})"]
+        for code, n in i["by_rule"].items():
+            lines.append(f"  - {code}: {n}")
+        if "monitoring" in ex:
+            m = ex["monitoring"]
+            lines.append(f"- monitored: {m['n_not_measurable']} of {m['n_team_monitored']} lesions the team "
+                         f"monitors are not measurable under RECIST 1.1 (the rules never monitor them)")
     lines += ["", "## Features", "",
               f"- numeric: {', '.join(card['features']['numeric'])}",
               f"- boolean: {', '.join(card['features']['boolean'])}",
@@ -541,6 +792,7 @@ def save_model(ranker: PairwiseRanker, card: dict, out_dir: str | Path,
     out.mkdir(parents=True, exist_ok=True)
     paths = {"model": out / "model.joblib", "card_json": out / "model_card.json",
              "card_md": out / "model_card.md"}
+    role_cv = ranker.__dict__.pop("role_cv_", None)
     joblib.dump({"format": MODEL_FORMAT, "ranker": ranker, "card": card,
                  "versions": card["versions"]}, paths["model"])
     paths["card_json"].write_text(json.dumps(card, indent=2, default=str) + "\n")
@@ -548,6 +800,9 @@ def save_model(ranker: PairwiseRanker, card: dict, out_dir: str | Path,
     if per_study is not None:
         paths["cv"] = out / "cv_results.csv"
         per_study.to_csv(paths["cv"], index=False)
+    if role_cv is not None:
+        paths["cv_roles"] = out / "cv_roles.csv"
+        role_cv.to_csv(paths["cv_roles"], index=False)
     return paths
 
 
@@ -595,10 +850,11 @@ def load_model_cached(path: str | Path, cfg_ranking: dict) -> PairwiseRanker:
 
 
 def train_files(lesions_path: str | Path, decisions_path: str | Path, out_dir: str | Path,
-                cfg_ranking: dict) -> dict:
+                cfg_ranking: dict, *, rules_roles_of=None) -> dict:
     """``hitit train``: read the CSV/Parquet inputs, train, write the model and its card.
 
-    Returns the model card.
+    ``rules_roles_of(lesions, cfg_ranking)`` gives the rules' own roles (see :func:`train`), called
+    when the decisions have a ``role`` column. Returns the model card.
     """
     from pipeline.io.tables import read_table
 
@@ -615,6 +871,9 @@ def train_files(lesions_path: str | Path, decisions_path: str | Path, out_dir: s
         "lesions": {"path": str(lp), "sha256": _sha256_bytes(lp.read_bytes()), "rows": len(lesions)},
         "decisions": {"path": str(dp), "sha256": _sha256_bytes(dp.read_bytes()), "rows": len(decisions)},
     }
-    ranker, card, per_study = train(lesions, decisions, cfg_ranking, input_hashes=hashes)
+    rr = None
+    if rules_roles_of is not None and "role" in decisions.columns:
+        rr = rules_roles_of(lesions, cfg_ranking)
+    ranker, card, per_study = train(lesions, decisions, cfg_ranking, input_hashes=hashes, rules_roles=rr)
     save_model(ranker, card, out_dir, per_study)
     return card

@@ -96,7 +96,7 @@ def _study_table(results: Path, sheet: pd.DataFrame, status: pd.DataFrame,
             "wall_s": F.to_float(st.get("wall_s")), "wall_sort": "" if F.to_float(st.get("wall_s")) is None else F.to_float(st.get("wall_s")),
             "worksheet": link.as_posix() if ws.exists() else "",
             "sr": any(study_dir.glob("*.dcm")) if study_dir.exists() else False,
-            "failures": mine, "patient_dir": pdir, "study_dir": sdir,
+            "failures": mine, "patient_dir": pdir, "study_dir": sdir, "patient_id": _s(r.get("patient_id")),
         })
     other = [f for i, f in enumerate(fails) if i not in used]
     return studies, other
@@ -118,6 +118,30 @@ def lesion_table(lesions: pd.DataFrame, ranking: pd.DataFrame) -> pd.DataFrame:
     keys = ["study_uid", "lesion_id"]
     extra = [c for c in lesions.columns if c not in ranking.columns or c in keys]
     return ranking.merge(lesions[extra], on=keys, how="outer")
+
+
+def _team(results: Path, studies: list[dict], rows: list[dict]) -> dict | None:
+    """Team decisions beside the tool's proposals (``RESULTS/review/decisions.csv``): per lesion
+    row ``team``, per study ``team`` (its :class:`~pipeline.review.agreement.Agreement`) and the
+    cohort's figures; None when the file does not exist (read only, never written here)."""
+    from pipeline.review import agreement as A
+
+    path = A.decisions_file(results)
+    if not path.is_file():
+        return None
+    dec = A.read_decisions(path)
+    by_study: dict[str, list] = {}
+    for r in rows:
+        r["team"] = A.pair(r, dec.get((r["patient_id"], r["study_uid"], r["lesion_id"])))
+        by_study.setdefault(r["study_uid"], []).append(r["team"])
+    signoffs = []
+    for st in studies:
+        so = A.study_signoff(dec, st["patient_id"], st["study_uid"])
+        signoffs.append(so)
+        st["team"] = A.agreement(by_study.get(st["study_uid"], []), [so] if so else [])
+    a = A.agreement([p for ps in by_study.values() for p in ps], signoffs)
+    return {"a": a, "signed_off": ", ".join(a.signed_off_by), "role_pct": A.pct_text(a.role_agreement_pct),
+            "category_pct": A.pct_text(a.category_agreement_pct)}
 
 
 def dashboard_context(results: Path) -> dict:
@@ -145,11 +169,12 @@ def dashboard_context(results: Path) -> dict:
         uid = _s(r.get("study_uid"))
         st = pdir_of.get(uid)
         row = {
+            "patient_id": _s(r.get("patient_id")),
             "patient": st["patient"] if st else safe_id(_s(r.get("patient_id"))),
             "study_uid": uid, "study_short": "…" + uid[-12:] if len(uid) > 14 else uid,
             "lesion_id": _s(r.get("lesion_id")), "lesion_label": _s(r.get("lesion_label")) or _s(r.get("lesion_id")),
             "organ": _s(r.get("organ")) or "unknown", "site": _s(r.get("site")),
-            "role": _s(r.get("role")) or "none", "tier": _s(r.get("tier")),
+            "role": _s(r.get("role")) or "none", "tier": _s(r.get("tier")), "measurable": _s(r.get("measurable")),
             "reasons": " ".join(_s(r.get("reasons")).split(";")),
             "link": (st["worksheet"] + "#lesion-" + key_image_name(_s(r.get("lesion_id")))) if st and st["worksheet"] else "",
         }
@@ -159,6 +184,7 @@ def dashboard_context(results: Path) -> dict:
             row[c] = v
             row["sort"][c] = "" if v is None else v
         rows.append(row)
+    team = _team(results, studies, rows)
     plots = []
     for title, png, alt in F.feature_histograms(table if not table.empty else pd.DataFrame({"role": []})):
         plots.append({"title": title, "src": F.png_data_url(png), "alt": alt})
@@ -176,7 +202,7 @@ def dashboard_context(results: Path) -> dict:
     return {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "results_name": results.name, "summary": summary, "studies": studies,
             "other_failures": other, "lesions": rows, "numeric": NUMERIC, "plots": plots,
-            "status_select": status_select}
+            "status_select": status_select, "team": team}
 
 
 def write_dashboard(results: Path) -> Path:

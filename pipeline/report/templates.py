@@ -68,6 +68,8 @@ figcaption { font-size: .82rem; margin-top: .3rem; }
 .plots figure { flex: 0 1 auto; }
 details summary { cursor: pointer; color: var(--muted); }
 .legend span { margin-right: .8rem; }
+.differs { color: #9b1c1c; font-weight: 700; }
+.agrees { color: var(--muted); }
 @media print { .filters, .noprint { display: none; } body { padding: 0; font-size: 11px; }
   .lesions { grid-template-columns: 1fr; } figure { break-inside: avoid; } }
 """
@@ -151,6 +153,21 @@ _MACROS = r"""
 {% macro badge(kind, value) -%}
 <span class="badge {{ kind }}-{{ value }}">{{ (value or '–')|replace('_', ' ') }}</span>
 {%- endmacro %}
+{% macro team_cell(t) -%}
+{% if t and (t.role or t.category) %}{% if t.role %}{{ badge('role', t.role) }}{% endif %} {{ t.category }}{% if t.role_agrees == false or t.category_agrees == false %} <span class="differs">differs</span>{% else %} <span class="agrees">agrees</span>{% endif %}{% if t.planned_volume_ml is not none %}<br>{{ fmt(t.planned_volume_ml, 1) }} mL{% endif %}{% if t.reason %}<br><em>{{ t.reason }}</em>{% endif %}{% if t.reader %}<br><span class="codes">{{ t.reader }}</span>{% endif %}
+{%- else %}<span class="codes">undecided</span>{% endif %}
+{%- endmacro %}
+{% macro team_summary(team) -%}
+<dl class="kv">
+  <dt>Signed off</dt><dd>{{ team.signed_off or 'not yet' }}</dd>
+  <dt>Role agreement</dt><dd>{{ team.role_pct }} ({{ team.a.n_role_agree }} of {{ team.a.n_role_decided }} decided role{{ '' if team.a.n_role_decided == 1 else 's' }}; {{ team.a.n_lesions }} lesion{{ '' if team.a.n_lesions == 1 else 's' }} proposed)</dd>
+  <dt>Category agreement</dt><dd>{{ team.category_pct }} ({{ team.a.n_category_agree }} of {{ team.a.n_category_decided }})</dd>
+  {% if team.a.changed %}<dt>Role changes</dt><dd>{% for k, n in team.a.changed.items() %}{{ k }}: {{ n }}{% if not loop.last %} · {% endif %}{% endfor %}</dd>{% endif %}
+</dl>
+<table class="team-categories"><thead><tr><th>itRECIST category</th><th class="num">Tool proposal</th><th class="num">Team decision</th></tr></thead><tbody>
+{% for c, v in team.a.categories.items() %}<tr><td>{{ c }}</td><td class="num">{{ v[0] }}</td><td class="num">{{ v[1] }}</td></tr>{% endfor %}
+</tbody></table>
+{%- endmacro %}
 {% macro filters(table_id, roles=True, tiers=True, extra=None) -%}
 <div class="filters noprint">
   <label>Filter <input type="search" data-filter-table="{{ table_id }}" placeholder="text in any column" aria-label="filter rows by text"></label>
@@ -197,6 +214,13 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
 {% for f in failures %}<div class="fail"><strong>Failed at {{ f.stage }}</strong> ({{ f.error_class }}): {{ f.message }}{% if f.file %} — file {{ f.file }}{% endif %}{% if f.tag %} — tag {{ f.tag }}{% endif %}{% if f.hint %}<br>Fix: {{ f.hint }}{% endif %}</div>{% endfor %}
 {% for w in warnings %}<div class="warn">{{ w }}</div>{% endfor %}
 </section>
+{% if team %}
+<section id="team">
+<h2>Team decision and tool proposal</h2>
+<p>From the review app's decisions (review/decisions.csv); agreement counts only the lesions the team decided.</p>
+{{ team_summary(team) }}
+</section>
+{% endif %}
 
 <section id="plan">
 <h2>Injection plan</h2>
@@ -238,12 +262,12 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
 <p class="legend">Tiers: {% for t in tiers %}{{ badge('tier', t) }} {% endfor %} — roles: {% for r in roles %}{{ badge('role', r) }} {% endfor %}</p>
 {{ filters('ranked') }}
 <div class="wide"><table id="ranked" class="sortable">
-<thead><tr><th class="num" data-type="num">#</th><th class="num" data-type="num">Rank</th><th>Lesion</th><th>Organ</th><th>Role</th><th>Tier</th><th class="num" data-type="num">Score</th><th class="num" data-type="num">Longest (mm)</th><th class="num" data-type="num">Short axis (mm)</th><th class="num" data-type="num">Volume (mL)</th><th class="num" data-type="num">SUVmax</th><th class="num" data-type="num">Skin depth (mm)</th><th>Reasons and explanation</th></tr></thead>
+<thead><tr><th class="num" data-type="num">#</th><th class="num" data-type="num">Rank</th><th>Lesion</th><th>Organ</th><th>{% if team %}Tool proposal{% else %}Role{% endif %}</th>{% if team %}<th>Team decision</th>{% endif %}<th>Tier</th><th class="num" data-type="num">Score</th><th class="num" data-type="num">Longest (mm)</th><th class="num" data-type="num">Short axis (mm)</th><th class="num" data-type="num">Volume (mL)</th><th class="num" data-type="num">SUVmax</th><th class="num" data-type="num">Skin depth (mm)</th><th>Reasons and explanation</th></tr></thead>
 <tbody>
 {% for r in lesions %}<tr data-role="{{ r.role }}" data-tier="{{ r.tier }}">
 <td class="num">{{ r.no }}</td><td class="num" data-sort="{{ r.rank_sort }}">{{ fmt(r.rank, 0) }}</td>
 <td><a href="#lesion-{{ r.anchor }}">{{ r.lesion_label }}</a><br><span class="codes">{{ r.lesion_id }}</span></td>
-<td>{{ r.organ }}</td><td>{{ badge('role', r.role) }}</td><td>{{ badge('tier', r.tier) }}</td>
+<td>{{ r.organ }}</td><td>{{ badge('role', r.role) }}</td>{% if team %}<td class="team">{{ team_cell(r.team) }}</td>{% endif %}<td>{{ badge('tier', r.tier) }}</td>
 <td class="num" data-sort="{{ r.score_sort }}">{{ fmt(r.score, 3) }}</td>
 <td class="num" data-sort="{{ r.sort.longest_diameter_mm }}">{{ fmt(r.longest_diameter_mm, 1) }}</td>
 <td class="num" data-sort="{{ r.sort.short_axis_mm }}">{{ fmt(r.short_axis_mm, 1) }}</td>
@@ -339,18 +363,27 @@ DASHBOARD = _MACROS + r"""<!DOCTYPE html>
   <div class="card"><div class="n">{{ summary.lesions }}</div>lesions</div>
   <div class="card"><div class="n">{{ summary.inject }}</div>injection targets</div>
   <div class="card"><div class="n">{{ summary.monitor }}</div>monitoring lesions</div>
+  {% if team %}<div class="card"><div class="n">{{ team.role_pct }}</div>role agreement, team vs tool</div>{% endif %}
 </div>
+{% if team %}
+<section id="team">
+<h2>Team decisions and tool proposals (cohort)</h2>
+<p>From the review app's decisions (review/decisions.csv): {{ team.a.n_studies_signed_off }} of {{ summary.studies }} studies signed off. Agreement counts only the lesions the team decided.</p>
+{{ team_summary(team) }}
+</section>
+{% endif %}
 
 <section id="studies">
 <h2>Studies</h2>
 {{ filters('studies-table', roles=False, tiers=False, extra=status_select) }}
 <table id="studies-table" class="sortable">
-<thead><tr><th>Patient</th><th>Study</th><th>Date</th><th>Status</th><th class="num" data-type="num">Lesions</th><th class="num" data-type="num">Inject</th><th class="num" data-type="num">Monitor</th><th class="num" data-type="num">Wall time (s)</th><th>Worksheet</th><th>Reason</th></tr></thead>
+<thead><tr><th>Patient</th><th>Study</th><th>Date</th><th>Status</th><th class="num" data-type="num">Lesions</th><th class="num" data-type="num">Inject</th><th class="num" data-type="num">Monitor</th><th class="num" data-type="num">Wall time (s)</th>{% if team %}<th class="num" data-type="num">Role agreement (%)</th><th>Team</th>{% endif %}<th>Worksheet</th><th>Reason</th></tr></thead>
 <tbody>
 {% for st in studies %}<tr data-status="{{ st.status }}">
 <td>{{ st.patient }}</td><td class="nowrap"><span title="{{ st.study_uid }}">{{ st.study_short }}</span></td><td>{{ st.date or '–' }}</td>
 <td>{{ badge('status', st.status) }}</td><td class="num">{{ st.n_lesions }}</td><td class="num">{{ st.n_inject }}</td><td class="num">{{ st.n_monitor }}</td>
 <td class="num" data-sort="{{ st.wall_sort }}">{{ fmt(st.wall_s, 1) }}</td>
+{% if team %}<td class="num" data-sort="{{ '' if st.team.role_agreement_pct is none else st.team.role_agreement_pct }}">{{ fmt(st.team.role_agreement_pct, 0) }}</td><td>{{ st.team.n_role_agree }} of {{ st.team.n_role_decided }} roles, {{ st.team.n_category_agree }} of {{ st.team.n_category_decided }} categories{% if st.team.signed_off_by %}<br>signed off by {{ st.team.signed_off_by|join(', ') }}{% endif %}</td>{% endif %}
 <td>{% if st.worksheet %}<a href="{{ st.worksheet }}">worksheet</a>{% else %}–{% endif %}{% if st.sr %} · <span class="codes">SR</span>{% endif %}</td>
 <td>{% for f in st.failures %}<div><strong>{{ f.stage }}</strong> {{ f.error_class }}: {{ f.message }}{% if f.file %} <span class="codes">{{ f.file }}</span>{% endif %}{% if f.hint %}<br><em>{{ f.hint }}</em>{% endif %}</div>{% endfor %}</td>
 </tr>{% endfor %}
@@ -368,12 +401,12 @@ DASHBOARD = _MACROS + r"""<!DOCTYPE html>
 <h2>Lesions</h2>
 {{ filters('lesion-table') }}
 <div class="wide"><table id="lesion-table" class="sortable">
-<thead><tr><th>Patient</th><th>Study</th><th>Lesion</th><th>Organ</th><th>Site</th><th>Role</th><th>Tier</th><th class="num" data-type="num">Rank</th><th class="num" data-type="num">Score</th><th class="num" data-type="num">Volume (mL)</th><th class="num" data-type="num">Longest (mm)</th><th class="num" data-type="num">Short axis (mm)</th><th class="num" data-type="num">SUVmax</th><th class="num" data-type="num">Skin depth (mm)</th><th class="num" data-type="num">Path (mm)</th><th>Reasons</th></tr></thead>
+<thead><tr><th>Patient</th><th>Study</th><th>Lesion</th><th>Organ</th><th>Site</th><th>{% if team %}Tool proposal{% else %}Role{% endif %}</th>{% if team %}<th>Team decision</th>{% endif %}<th>Tier</th><th class="num" data-type="num">Rank</th><th class="num" data-type="num">Score</th><th class="num" data-type="num">Volume (mL)</th><th class="num" data-type="num">Longest (mm)</th><th class="num" data-type="num">Short axis (mm)</th><th class="num" data-type="num">SUVmax</th><th class="num" data-type="num">Skin depth (mm)</th><th class="num" data-type="num">Path (mm)</th><th>Reasons</th></tr></thead>
 <tbody>
 {% for r in lesions %}<tr data-role="{{ r.role }}" data-tier="{{ r.tier }}">
 <td>{{ r.patient }}</td><td class="nowrap"><span title="{{ r.study_uid }}">{{ r.study_short }}</span></td>
 <td>{% if r.link %}<a href="{{ r.link }}">{{ r.lesion_label }}</a>{% else %}{{ r.lesion_label }}{% endif %}<br><span class="codes">{{ r.lesion_id }}</span></td>
-<td>{{ r.organ }}</td><td>{{ r.site }}</td><td>{{ badge('role', r.role) }}</td><td>{{ badge('tier', r.tier) }}</td>
+<td>{{ r.organ }}</td><td>{{ r.site }}</td><td>{{ badge('role', r.role) }}</td>{% if team %}<td class="team">{{ team_cell(r.team) }}</td>{% endif %}<td>{{ badge('tier', r.tier) }}</td>
 {% for c, d in numeric %}<td class="num" data-sort="{{ r.sort[c] }}">{{ fmt(r[c], d) }}</td>{% endfor %}
 <td class="codes">{{ r.reasons }}</td>
 </tr>{% endfor %}

@@ -313,6 +313,32 @@ def _mip(study_dir: Path, rows: list[dict], kidx: dict | None) -> tuple[dict | N
     return None, "MIP files missing"
 
 
+def team_context(study_dir: Path, rows: list[dict]) -> dict | None:
+    """The team's decisions beside the tool's proposal (``r["team"]`` per row) and the study's
+    agreement figures, from ``RESULTS/review/decisions.csv``; None when that file does not exist.
+
+    ``study_dir`` is ``RESULTS/studies/<patient>/<study>``. Reads only: nothing under
+    ``RESULTS/review/`` is ever written by the report.
+    """
+    from pipeline.review import agreement as A
+
+    path = A.decisions_file(Path(study_dir).parents[2])
+    if not path.is_file():
+        return None
+    dec = A.read_decisions(path)
+    pairs = []
+    for r in rows:
+        key = (str(r.get("patient_id") or ""), str(r.get("study_uid") or ""), str(r.get("lesion_id") or ""))
+        r["team"] = A.pair(r, dec.get(key))
+        pairs.append(r["team"])
+    pid = next((str(r.get("patient_id")) for r in rows if r.get("patient_id")), "")
+    suid = next((str(r.get("study_uid")) for r in rows if r.get("study_uid")), "")
+    so = A.study_signoff(dec, pid, suid)
+    a = A.agreement(pairs, [so] if so else [])
+    return {"a": a, "signed_off": so, "role_pct": A.pct_text(a.role_agreement_pct),
+            "category_pct": A.pct_text(a.category_agreement_pct)}
+
+
 def worksheet_context(study_dir: Path) -> dict:
     """Everything the worksheet template shows, from the study folder's files."""
     study_dir = Path(study_dir)
@@ -342,6 +368,7 @@ def worksheet_context(study_dir: Path) -> dict:
         r["details"] = _details({k: v for k, v in r.items()
                                  if k not in ("path", "reasons", "rules_not_evaluated", "anchor",
                                               "rank_sort", "score_sort", "sort")})
+    team = team_context(study_dir, rows)
     available, reason = _key_images(study_dir, rows, kidx)
     mip, mip_reason = _mip(study_dir, rows, kidx)
     inject = [r for r in rows if r.get("role") == "inject"]
@@ -374,7 +401,7 @@ def worksheet_context(study_dir: Path) -> dict:
         "recist": itrecist_sets(rows),
         "warnings": warnings,
         "failures": failures,
-        "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER,
+        "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER, "team": team,
         "mip": mip, "mip_reason": mip_reason,
         "keyimages_available": available, "keyimage_reason": reason,
         "prov": {"config_hash": prov.get("config_hash"), "ranking_config_hash": rprov.get("config_hash"),

@@ -35,7 +35,7 @@ from PIL import Image
 
 from pipeline.errors import PipelineError
 from pipeline.review import store
-from pipeline.review.cache import ImageCache, cache_dir
+from pipeline.review.cache import ImageCache, cache_dir, has_images
 from pipeline.review.templates import CSS, TEMPLATES, VIEWER_JS
 
 log = logging.getLogger(__name__)
@@ -79,22 +79,27 @@ def _png(img: Image.Image) -> bytes:
 
 
 class _Caches:
-    """Open :class:`ImageCache` objects by study folder (a small LRU)."""
+    """Open :class:`ImageCache` objects by study folder (a small LRU); a cache rewritten since it
+    was opened (a re-run study job: new ``index.json``) is opened again."""
 
     def __init__(self, n: int = 8) -> None:
         self.n = n
-        self._d: OrderedDict[Path, ImageCache] = OrderedDict()
+        self._d: OrderedDict[Path, tuple[int, ImageCache]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, path: Path) -> ImageCache:
+        try:
+            stamp = (path / "index.json").stat().st_mtime_ns
+        except OSError:
+            stamp = -1
         with self._lock:
-            c = self._d.get(path)
-            if c is not None:
+            hit = self._d.get(path)
+            if hit is not None and hit[0] == stamp:
                 self._d.move_to_end(path)
-                return c
+                return hit[1]
         c = ImageCache(path)
         with self._lock:
-            self._d[path] = c
+            self._d[path] = (stamp, c)
             while len(self._d) > self.n:
                 self._d.popitem(last=False)
         return c
@@ -224,7 +229,7 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
                             "role": (dec.role if dec and dec.role else p.role).value,
                             "category": (dec.category if dec and dec.category else p.category).value,
                             "volume": (dec.planned_volume_ml if dec else p.planned_volume_ml)})
-        has_cache = (cache_dir(d) / "index.json").is_file()
+        has_cache = has_images(d)
         return render_template(
             "study.html", row=row, pid=pid, suid=suid, lesions=lesions, reader=reader,
             signoff=state.signoffs.get((pid, suid)), token=app.config["TOKEN"], error=error,
@@ -236,9 +241,11 @@ def create_app(results: str | Path, *, reader: str, token: str | None = None) ->
     def compare(pid: str):
         a, da = _study(pid, request.args.get("a", ""))
         b, db = _study(pid, request.args.get("b", ""))
+        from pipeline.review.tracks import track_links
+
+        tracks = track_links((da, db), (a["study_uid"], b["study_uid"]))
         return render_template("compare.html", pid=pid, a=a, b=b, reader=reader, windows=list(WINDOWS),
-                               has_a=(cache_dir(da) / "index.json").is_file(),
-                               has_b=(cache_dir(db) / "index.json").is_file())
+                               has_a=has_images(da), has_b=has_images(db), tracks=tracks)
 
     @app.get("/study/<pid>/<suid>")
     def study(pid: str, suid: str):

@@ -149,6 +149,12 @@ _COMPARE = """{% extends "base.html" %}
 {% block crumbs %}<a href="{{ url_for('cohort') }}">Cohort</a> &rsaquo;
 <a href="{{ url_for('patient', pid=pid) }}">{{ pid }}</a> &rsaquo; side by side{% endblock %}
 {% block body %}
+{% if tracks %}<section id="tracks">
+<label>Same lesion at both timepoints <select id="track"><option value="">-</option>
+{% for t in tracks %}<option value="{{ t.track_id }}" data-a="{{ t.lesion_a }}" data-b="{{ t.lesion_b }}">{{ t.track_id }}: {{ t.label_a or '(none)' }} &harr; {{ t.label_b or '(none)' }}{% if t.status_b %} ({{ t.status_b }}{% if t.category %}, {{ t.category }}{% endif %}){% endif %}</option>{% endfor %}
+</select></label>
+<span class="small">(follow-up tracks: both viewers jump to the track's lesion)</span>
+</section>{% endif %}
 <div class="compare">
 {% for s, idp, has in ((a, 'a-', has_a), (b, 'b-', has_b)) %}<section class="side">
 <h2><a href="{{ url_for('study', pid=pid, suid=s.study_uid) }}">{{ s.study_date }}</a></h2>
@@ -272,4 +278,13 @@ document.addEventListener("keydown", (ev) => {
   if (ev.key === "ArrowDown") { ev.preventDefault(); activeViewer.step(-1); }
 });
 document.querySelectorAll(".viewer").forEach(initViewer);
+const trackSelect = document.getElementById("track");
+if (trackSelect) trackSelect.addEventListener("change", () => {
+  const o = trackSelect.selectedOptions[0];
+  if (!o) return;
+  for (const [p, lid] of [["a-", o.dataset.a], ["b-", o.dataset.b]]) {
+    const j = document.getElementById(p + "jump");
+    if (j && lid && [...j.options].some((x) => x.value === lid)) { j.value = lid; j.dispatchEvent(new Event("change")); }
+  }
+});
 """

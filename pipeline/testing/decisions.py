@@ -257,3 +257,46 @@ def synthetic_decisions(lesions: pd.DataFrame, cfg_ranking: dict, *, policy: str
     out["policy"] = policy
     out["synthetic"] = True
     return out.reset_index(drop=True)
+
+
+def synthetic_role_decisions(lesions: pd.DataFrame, cfg_ranking: dict, *, policy: str = "expert",
+                             noise: float = 0.2, n_monitor: int = 2, seed: int = 0) -> pd.DataFrame:
+    """Synthetic team roles (inject / monitor / none), as the review app's ``decisions.csv``.
+
+    ``"rules"``: the rules' own roles (:func:`pipeline.ranking.select.rank_study` of each study).
+    ``"expert"``: inject the first choice of :func:`synthetic_decisions` (expert policy); monitor,
+    among the other lesions of at least 10 mm, the ``n_monitor`` of highest hidden utility
+    ``SUVmax (0 without PET) + 0.05 x longest diameter (mm)`` plus Gaussian noise of SD
+    ``noise`` (the rules instead prefer other organs than the injected one, then size).
+
+    Returns
+    -------
+    DataFrame
+        ``patient_id``, ``study_uid``, ``lesion_id``, ``chosen`` (1 = inject), ``role``,
+        ``policy``, ``synthetic`` (True); one row per lesion.
+    """
+    from pipeline.ranking.train_cli import rules_roles
+
+    if policy == "rules":
+        out = rules_roles(lesions, cfg_ranking).rename(columns={"rules_role": "role"})
+        out = out[["patient_id", "study_uid", "lesion_id", "role"]].copy()
+    elif policy == "expert":
+        rng = np.random.default_rng(seed)
+        inj = synthetic_decisions(lesions, cfg_ranking, policy="expert", noise=noise, seed=seed)
+        fr = lesions[["patient_id", "study_uid", "lesion_id"]].astype(str).copy()
+        fr["chosen"] = inj["chosen"].to_numpy()
+        suv = pd.to_numeric(lesions["suv_max"], errors="coerce").fillna(0.0).to_numpy()
+        ld = pd.to_numeric(lesions["longest_diameter_mm"], errors="coerce").fillna(0.0).to_numpy()
+        fr["_u"] = suv + 0.05 * ld + noise * rng.standard_normal(len(fr))
+        fr["_ok"] = (ld >= 10.0) & (fr["chosen"].to_numpy() == 0)
+        fr["role"] = np.where(fr["chosen"] == 1, "inject", "none")
+        for _, g in fr.groupby(["patient_id", "study_uid"], sort=False):
+            cand = g[g["_ok"]].sort_values(["_u", "lesion_id"], ascending=[False, True])
+            fr.loc[cand.index[:n_monitor], "role"] = "monitor"
+        out = fr[["patient_id", "study_uid", "lesion_id", "role"]].copy()
+    else:
+        raise ValueError(f"unknown policy {policy!r}: expected 'expert' or 'rules'")
+    out["chosen"] = (out["role"] == "inject").astype(int)
+    out["policy"] = policy
+    out["synthetic"] = True
+    return out.reset_index(drop=True)

@@ -1,9 +1,9 @@
 """Fixtures of the review-app tests.
 
 ``phantom_results``: a results folder made once per session from the two committed sample
-patients (index, study, rank, cohort steps in-process, as the Snakefile calls them), with the
-viewer's image cache of every study written by :func:`pipeline.review.backfill.backfill_study_cache`
-(what the study job will write). Shared by pytest-xdist workers through a file lock.
+patients (index, study, rank, cohort steps in-process, as the Snakefile calls them); the study
+job writes the viewer's image cache of every study (``review.image_cache`` is true by
+default). Shared by pytest-xdist workers through a file lock.
 ``chromium``: Debian's chromium via the report tests' DevTools driver (skips when unavailable).
 """
 
@@ -38,7 +38,6 @@ def _lock(path: Path):
 def build_phantom_results(root: Path) -> Path:
     """Sample archive -> results (two patients) with review image caches; returns the results path."""
     from pipeline.cli import main
-    from pipeline.review.backfill import backfill_study_cache
 
     archive, results = root / "archive", root / "results"
     shutil.copytree(SAMPLES, archive)
@@ -49,8 +48,6 @@ def build_phantom_results(root: Path) -> Path:
         assert main(["study", *args]) == 0
         assert main(["rank", *args]) == 0
     assert main(["cohort", "--results", str(results)]) == 0
-    for r in sheet.itertuples():
-        backfill_study_cache(results, r.patient_id, r.study_uid)
     return results
 
 

@@ -227,3 +227,44 @@ def test_two_servers_keep_separate_cookies(res):
         c = create_app(res, reader="r", token=tok).test_client()
         names.add(c.get(f"/?token={tok}").headers["Set-Cookie"].split("=", 1)[0])
     assert len(names) == 2 and all(n.startswith("hitit_review_") for n in names)
+
+
+def _tracking(res, follow, rows):
+    """followup_tracking.csv of the follow-up study: (track_id, study_uid, lesion_id, label, status)."""
+    import csv
+
+    p = store.study_dir(res, PID, follow) / "followup_tracking.csv"
+    with open(p, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["patient_id", "track_id", "study_uid", "timepoint_index", "lesion_id", "lesion_label",
+                    "itrecist_category", "status"])
+        for tid, suid, lid, label, status in rows:
+            w.writerow([PID, tid, suid, 0 if suid == SUID else 1, lid, label, "T-NI", status])
+    return p
+
+
+def test_compare_links_tracks(client, res):
+    follow = _two_studies_one_patient(res)
+    _auth(client)
+    html = client.get(f"/compare/{PID}?a={SUID}&b={follow}").get_data(as_text=True)
+    assert 'id="track"' not in html  # no tracking file: no track links
+    _tracking(res, follow, [("T1", SUID, "les_a", XSS, "present"), ("T1", follow, "les_x", "flank", "present"),
+                            ("T2", follow, "les_new", "new one", "new")])
+    html = client.get(f"/compare/{PID}?a={SUID}&b={follow}").get_data(as_text=True)
+    assert 'data-a="les_a" data-b="les_x"' in html
+    assert 'data-a="" data-b="les_new"' in html and "(new, T-NI)" in html
+    assert XSS not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+
+
+def test_rewritten_cache_is_served_fresh(client, res):
+    """A study job re-run rewrites the cache: the running app serves the new images."""
+    import time
+
+    _auth(client)
+    url = f"/slice/{PID}/{SUID}/ct/0.png?window=soft"
+    assert abs(int(np.asarray(Image.open(io.BytesIO(client.get(url).data)))[0, 0]) - 102) <= 1  # 0 HU
+    time.sleep(0.01)
+    grid = Grid((10, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, 0.0))
+    write_image_cache(res / "studies" / PID / SUID,
+                      {"ct": Volume(np.full(grid.shape_zyx, 240.0, np.float32), grid, "HU", "1.9.1")}, {})
+    assert int(np.asarray(Image.open(io.BytesIO(client.get(url).data)))[0, 0]) == 255  # 240 HU: top of soft

@@ -283,3 +283,51 @@ def test_side_by_side(tmp_path, browser):
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def _two_lesion_cache(study_out, lesions):
+    """CT 12x40x40 (2 mm, 0 HU) with 60 HU cubes; ``lesions``: lesion_id -> first slice (3 slices)."""
+    from pipeline.geometry import Grid
+    from pipeline.records import LesionMask, MaskSource, Volume
+    from pipeline.review.cache import write_image_cache
+
+    grid = Grid((12, 40, 40), (2.0, 2.0, 2.0), (-40.0, -40.0, 0.0))
+    ct = np.zeros(grid.shape_zyx, np.float32)
+    masks = {}
+    for k, (lid, z0) in enumerate(sorted(lesions.items())):
+        y0 = 5 + 15 * k
+        ct[z0:z0 + 3, y0:y0 + 10, 20:30] = 60.0
+        masks[lid] = LesionMask(lid, MaskSource.SEG, grid, ((z0, z0 + 3), (y0, y0 + 10), (20, 30)),
+                                np.ones((3, 10, 10), bool))
+    return write_image_cache(study_out, {"ct": Volume(ct, grid, "HU", "1.9.1")}, masks)
+
+
+def test_side_by_side_follows_a_track(tmp_path, browser):
+    """With followup_tracking.csv, choosing a track moves both viewers to that lesion's slices,
+    though the lesion has another id and slice at each timepoint."""
+    from synthetic import make_results
+    from test_app import _tracking, _two_studies_one_patient
+
+    res = make_results(tmp_path / "res", n_patients=2)
+    follow = _two_studies_one_patient(res)
+    _two_lesion_cache(res / "studies" / "P001" / "1.2.3.1", {"les_a": 1, "les_b": 7})
+    _two_lesion_cache(store.study_dir(res, "P001", follow), {"m1": 2, "m2": 8})
+    _tracking(res, follow, [("T1", "1.2.3.1", "les_a", "a", "present"), ("T1", follow, "m2", "a", "present"),
+                            ("T2", "1.2.3.1", "les_b", "b", "present"), ("T2", follow, "m1", "b", "present")])
+    srv, url = serve(res, reader="dr x")
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base, token = url.split("/?token=")
+        page = open_url(browser, f"{base}/compare/P001?a=1.2.3.1&b={follow}&token={token}")
+        for side in ("a", "b"):
+            wait_for(page, f"(document.getElementById('{side}-viewer').dataset.drawn || '').startsWith('ct:')")
+            wait_for(page, f"document.getElementById('{side}-jump').options.length === 3")
+        for track, za, zb in (("T1", 1, 8), ("T2", 7, 2)):  # centre (first fullest) slices: les_a/m2, les_b/m1
+            page.evaluate(f"(() => {{ const s = document.getElementById('track'); s.value = '{track}';"
+                          " s.dispatchEvent(new Event('change')); })()")
+            wait_for(page, f"document.getElementById('a-viewer').dataset.drawn.startsWith('ct:{za}:')")
+            wait_for(page, f"document.getElementById('b-viewer').dataset.drawn.startsWith('ct:{zb}:')")
+        assert not page.console_errors(), page.console_errors()
+    finally:
+        srv.shutdown()
+        srv.server_close()

@@ -63,3 +63,10 @@ def test_train_on_api_decisions(fresh_results, tmp_path):
     assert card["data"]["n_unmatched_decision_rows"] == 0
     assert card["synthetic"] is False
     assert "Inputs sha256" in (out / "model_card.md").read_text()
+    # the app's roles: injection and monitoring learnt, compared with the rules on held-out patients
+    roles = card["roles"]
+    assert roles["n_studies"] == len(sheet) and roles["n_patients"] == 2
+    assert sum(roles["team_roles"].values()) == len(expected)
+    assert roles["team_roles"].get("monitor", 0) == sum(1 for v in expected.values() if v == "monitor")
+    assert (out / "cv_roles.csv").is_file()
+    assert card["rules_excluded"]["injection"]["n_team_injected"] == sum(1 for v in expected.values() if v == "inject")

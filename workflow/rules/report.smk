@@ -1,8 +1,16 @@
-# The cohort dashboard (each study's worksheet and SR are written by the rank rule).
+# The cohort dashboard (each study's worksheet and SR are written by the rank rule); it shows the
+# team's decisions (RESULTS/review/decisions.csv, written only by `hitit review`) when present.
 # `snakemake --report report.html` shows the dashboard and every worksheet with the captions in
 # pipeline/report/captions/.
 
 localrules: report_dashboard
+
+
+def review_decisions(wildcards=None):
+    """The review app's decisions (team decision beside tool proposal) when the file exists; the
+    workflow only reads RESULTS/review/, never writes there."""
+    p = Path(OUT) / "review" / "decisions.csv"
+    return [str(p)] if p.is_file() else []
 
 
 rule report_dashboard:
@@ -11,6 +19,7 @@ rule report_dashboard:
         failures=f"{OUT}/cohort/failures.csv",
         status=f"{OUT}/cohort/status.csv",
         worksheets=all_studies("worksheet.html"),
+        decisions=review_decisions,
     output:
         report(
             f"{OUT}/report/index.html",

@@ -12,9 +12,11 @@ rule study:
         failures=f"{OUT}/studies/{{patient}}/{{study}}/failures.csv",
         provenance=f"{OUT}/studies/{{patient}}/{{study}}/provenance.json",
         registration_ref=f"{OUT}/studies/{{patient}}/{{study}}/registration_ref.npz",
+        **({"review_cache": f"{OUT}/studies/{{patient}}/{{study}}/review_cache/index.json"} if CFG["review"]["image_cache"] else {}),
     params:
         settings_hash=HASH["study"],
         registration_ref_mm=CFG["followup"]["registration"]["resample_mm"],
+        image_cache=CFG["review"]["image_cache"],
     log:
         f"{OUT}/logs/studies/{{patient}}/{{study}}.log",
     group:
