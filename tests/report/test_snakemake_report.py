@@ -7,9 +7,14 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from conftest import GOOD, REPO, SAMPLES
+
+# Not imported from conftest: with several conftest modules on the path the name is ambiguous.
+REPO = Path(__file__).resolve().parents[2]
+SAMPLES = REPO / "data_samples" / "archive"
+GOOD = "PHANTOM001"
 
 pytestmark = pytest.mark.slow
 
