@@ -23,6 +23,7 @@ case                              outcome  error class        message contains  
 ================================  =======  =================  ======================================  ===========
 reference                         load                                                                (8 lesions)
 truncated_pixel_data              error    DicomReadError     truncated                               failures
+zero_padded_2gb                   error    DicomReadError     PixelData (7FE0,0010)                   failures
 truncated_header                  error    DicomReadError                                             failures
 junk_files_and_dicomdir           load                                                                (8 lesions)
 missing_ImagePositionPatient      error    MissingTagError    ImagePositionPatient                    failures
@@ -75,6 +76,9 @@ What each case does to the reference files:
 
 * ``reference``: the phantom's contrast CT, PET and lesion SEG, unchanged.
 * ``truncated_pixel_data``: one CT file cut in half (inside its pixel data).
+* ``zero_padded_2gb``: one CT file zero-padded to 2 GiB (a sparse file: ``truncate``, no disk
+  used) after its PixelData; the index refuses it in milliseconds (the bytes after PixelData
+  are not DICOM elements), so the series misses that slice.
 * ``truncated_header``: one CT file cut 300 bytes after its start (inside the header).
 * ``junk_files_and_dicomdir``: a text file, a JPEG, a ZIP, an empty file and a DICOMDIR among
   the images.
@@ -456,6 +460,22 @@ def _truncated_pixels(c: _Ctx) -> None:
         data = p.read_bytes()
         p.write_bytes(data[: len(data) // 2])
     c.post.append(cut)
+
+
+#: Size of the zero-padded file of case ``zero_padded_2gb`` (bytes).
+ZERO_PADDED_SIZE = 2 * 1024**3
+
+
+@_case("zero_padded_2gb", outcome="error", error_class="DicomReadError",
+       message="PixelData (7FE0,0010)", where="failures",
+       description="one CT file zero-padded to 2 GiB after its PixelData (sparse file)")
+def _zero_padded(c: _Ctx) -> None:
+    rel = _mid(c.ct())
+
+    def pad(folder: Path) -> None:
+        with open(folder / rel, "r+b") as f:  # sparse: the zeros take no disk space
+            f.truncate(ZERO_PADDED_SIZE)
+    c.post.append(pad)
 
 
 @_case("truncated_header", outcome="error", error_class="DicomReadError", where="failures",
