@@ -235,6 +235,7 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "worksheet_max_lesions": cfg["ranking"].get("worksheet_max_lesions"),
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }
