@@ -25,7 +25,13 @@ from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
 from pipeline.followup.registration import REFERENCE_FILE, write_reference_unavailable, write_study_reference
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
-from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
+from pipeline.io.study_loader import (
+    StudyInputs,
+    empty_lesion_columns,
+    lesion_ids,
+    load_images,
+    load_study_masks,
+)
 from pipeline.io.suv import audit_failure_records
 from pipeline.io.tables import failures_frame, write_table
 
@@ -67,15 +73,18 @@ def run_study(
         from pipeline.review.cache import write_placeholder
 
         write_placeholder(out_dir, "the study job did not complete: see failures.csv")
+    partial: dict = {}  # filled by _process as it goes: a later failure keeps what was loaded
     try:
-        lesions, used_series, warnings = _process(inp, cfg, timer, out_dir)
+        lesions, used_series, warnings = _process(inp, cfg, timer, out_dir, partial)
     except PipelineError as exc:
         status = "failed"
+        used_series, warnings = dict(partial.get("used", {})), list(partial.get("warnings", []))
         log.error("study failed at stage %s: %s", exc.stage, exc)
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": exc.stage,
                          **exc.as_record()})
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch
         status = "failed"
+        used_series, warnings = dict(partial.get("used", {})), list(partial.get("warnings", []))
         log.error("internal error: %s\n%s", exc, traceback.format_exc())
         err = InternalError(f"{type(exc).__name__}: {exc}", hint="this is a bug; see the job log")
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
@@ -112,11 +121,15 @@ def run_study(
     return prov
 
 
-def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
+def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path,
+             partial: dict | None = None):
     """Stage calls of one study: images -> masks -> whole-study preparation -> lesion rows -> key images.
 
     Returns the lesion table, the provenance inputs (series used, SUV audit, feature
-    provenance) and the warnings, in stage order.
+    provenance) and the warnings, in stage order. ``partial`` (optional) receives the same
+    ``used`` dict and ``warnings`` list as soon as the images are loaded, so that a study failing
+    later still records its series, SUV audit (unit repairs, plausibility refusals) and
+    resampling warnings.
     """
     from pipeline.anatomy import stage as anatomy_stage
     from pipeline.anatomy.organs import structures_of_codes
@@ -125,11 +138,20 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
     with timer.stage("load_images"):
         img = load_images(inp, cfg)
         ref_warning = write_study_reference(out_dir, img.ct_by_role, cfg)  # for follow-ups
+    warnings, used = list(img.warnings), dict(img.used_series)
+    if ref_warning:
+        warnings.append(ref_warning)
+    if partial is not None:
+        partial.update(used=used, warnings=warnings)
+    if img.suv_audit is not None:
+        used["suv_audit"] = img.suv_audit.as_dict()
+        used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),
+                                                     inp.uid("study_uid"))
     with timer.stage("load_masks"):
         sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
-    warnings = [*img.warnings, *sm.warnings, *([ref_warning] if ref_warning else [])]
-    used = {**img.used_series, **sm.used_series}
-    masks, grid = list(sm.lesions), sm.lesions[0].grid
+    warnings.extend(sm.warnings)
+    used.update(sm.used_series)
+    masks, grid = list(sm.nonempty), sm.lesions[0].grid  # empty segments: rows of zeros below
 
     with timer.stage("prepare"):  # whole-study work, once
         actx = anatomy_stage.prepare(img.ct_by_role, grid, sm.organs, cfg,
@@ -140,27 +162,33 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
                                      lesions=masks, suv_audit=img.suv_audit)
 
     rows = []
-    ids = lesion_ids([m.name for m in masks])
+    all_ids = lesion_ids([m.name for m in sm.lesions])
+    ids = [lid for lid, m in zip(all_ids, sm.lesions) if m.voxel_count > 0]
     with timer.stage("lesions"):  # per lesion: crops only
-        for lid, m, on_uid in zip(ids, masks, sm.lesion_grid_series_uids):
+        for lid, m, on_uid in zip(all_ids, sm.lesions, sm.lesion_grid_series_uids):
             row = {
                 "patient_id": inp.uid("patient_id"), "study_uid": inp.uid("study_uid"),
                 "lesion_id": lid, "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
                 "tracking_uid": m.tracking_uid, "mask_referenced_series_uid": on_uid,
-                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]),
+                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]), "lesion_empty": False,
             }
+            if m.voxel_count == 0:  # declared, no voxel: zeros and reasons, no feature call
+                row.update(empty_lesion_columns(m))
+                rows.append(row)
+                continue
             feats = feature_stage.lesion_columns(m, fctx, cfg)
             row.update(feats)
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
             rows.append(row)
 
+    measured = [r for r in rows if not r["lesion_empty"]]  # rows of masks / ids, in order
     with timer.stage("key_images"):  # from the volumes already in memory (small slice crops)
         try:
             from pipeline.report.keyimages import write_key_images
 
-            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows,
-                             ct_roles={v.series_uid: r for r, v in img.ct_by_role.items()})
+            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv,
+                             rows=measured, ct_roles={v.series_uid: r for r, v in img.ct_by_role.items()})
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
@@ -169,15 +197,11 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
             from pipeline.review.cache import write_placeholder, write_study_cache
 
             try:
-                write_study_cache(out_dir, img, masks, ids, rows)
+                write_study_cache(out_dir, img, masks, ids, measured)
             except Exception as exc:  # noqa: BLE001 - the viewer's cache never fails the study
                 log.warning("review image cache not written: %s", exc)
                 warnings.append(f"review image cache not written: {exc}")
                 write_placeholder(out_dir, f"review image cache not written: {exc}")
-    if img.suv_audit is not None:
-        used["suv_audit"] = img.suv_audit.as_dict()
-        used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),
-                                                     inp.uid("study_uid"))
     used["features"] = fctx.provenance()
     warnings.extend(str(n) for n in fctx.frames.notes)
     return pd.DataFrame(rows), used, warnings
@@ -243,6 +267,7 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "worksheet_max_lesions": cfg["ranking"].get("worksheet_max_lesions"),
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }
