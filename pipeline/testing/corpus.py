@@ -41,7 +41,7 @@ duplicate_instances               warning                     duplicate         
 seg_of_another_series             error    SegmentationError  not in the archive                      failures
 seg_some_segments_empty           load                        kept as an empty lesion                 provenance
 seg_all_segments_empty            warning                     is empty (no voxel)                     provenance
-seg_1000_segments                 load
+seg_200_segments                  load
 pet_without_weight                warning                     PatientWeight (0010,1030)               suv_reason
 pet_without_dose                  warning                     RadionuclideTotalDose (0018,1074)       suv_reason
 pet_without_injection_time        warning                     RadiopharmaceuticalStartTime            suv_reason
@@ -104,9 +104,10 @@ What each case does to the reference files:
   rule LESION_EMPTY).
 * ``seg_all_segments_empty``: every frame of the lesion SEG zeroed: the study is done with a
   warning, 8 rows all with ``lesion_empty`` true (e.g. a complete response at follow-up).
-* ``seg_1000_segments``: the lesion SEG replaced by one with 1000 small segments
+* ``seg_200_segments``: the lesion SEG replaced by one with 200 small segments
   (:func:`many_segment_seg`): every lesion measured with per-lesion cost linear in the count;
-  the worksheet lists the first ``report.worksheet_max_lesions`` in full and the rest in one
+  the workflow test keeps 200 so CI stays in budget; scripts/benchmark_many_lesions.py times
+  100 / 300 / 1000. The worksheet lists the first ``ranking.worksheet_max_lesions`` in full and the rest in one
   compact table.
 * ``pet_without_weight``: PatientWeight deleted from every PET slice.
 * ``pet_without_dose``: RadionuclideTotalDose deleted.
@@ -731,11 +732,11 @@ def many_segment_seg(seg: Dataset, cts: list[Dataset], n: int, *, seed: int = 0,
     return out, truth
 
 
-@_case("seg_1000_segments", outcome="load", expected_lesions=1000,
-       description="the lesion SEG replaced by one with 1000 small lesion segments (2 x 3 x 3 "
+@_case("seg_200_segments", outcome="load", expected_lesions=200,
+       description="the lesion SEG replaced by one with 200 small lesion segments (2 x 3 x 3 "
        "voxels each, in soft tissue, none overlapping)")
 def _seg_many(c: _Ctx) -> None:
-    c.files["SEG_lesions.dcm"], _ = many_segment_seg(c.seg(), [c.files[r] for r in c.ct()], 1000)
+    c.files["SEG_lesions.dcm"], _ = many_segment_seg(c.seg(), [c.files[r] for r in c.ct()], 200)
 
 
 # ------------------------------------------------------------------ PET / SUV

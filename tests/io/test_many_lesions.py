@@ -123,11 +123,11 @@ def test_worksheet_summarises_beyond_the_limit(many, tmp_path):
     assert json.loads((d / "keyimages" / "index.json").read_text())["lesions"]
 
 
-def test_corpus_case_seg_1000_segments_is_documented():
+def test_corpus_case_seg_200_segments_is_documented():
     from pipeline.testing import corpus
 
-    assert "seg_1000_segments" in corpus.case_names()
-    assert "``seg_1000_segments``" in corpus.__doc__
+    assert "seg_200_segments" in corpus.case_names()
+    assert "``seg_200_segments``" in corpus.__doc__
 
 
 def test_too_many_segments_for_the_body_is_a_clear_error(many):
