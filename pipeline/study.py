@@ -167,8 +167,11 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     """Rank one study's lesions from its lesion table (and the patient's earlier studies).
 
     Runs after the study job (and after the patient's earlier studies), so that the ranking sees
-    only tables, never images. Writes ``ranking.csv`` and ``ranking_provenance.json`` into
-    ``out_dir``.
+    only tables, never images. Then the follow-up step
+    (:func:`pipeline.followup.tracking.run_followup`: tracks, responses, ``followup_*`` files)
+    and the re-planning with the categories locked at baseline
+    (:func:`pipeline.followup.replan.replan`). Writes ``ranking.csv`` and
+    ``ranking_provenance.json`` into ``out_dir``.
 
     Parameters
     ----------
@@ -183,6 +186,8 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     import time
 
     from pipeline.cohort import study_output_dir
+    from pipeline.followup.replan import replan
+    from pipeline.followup.tracking import run_followup
     from pipeline.io.tables import read_table
     from pipeline.ranking.longitudinal import rank_patient
     from pipeline.ranking.select import RANKING_COLUMNS
@@ -207,6 +212,10 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"])
         ranking = ranked[uid]
         warnings = list(ranking.attrs.get("warnings", []))
+    fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions, ranking=ranking)
+    ranking = replan(ranking, fu.current, lesions, cfg["ranking"],
+                     timepoint_index=fu.timepoint_index)
+    warnings = list(ranking.attrs.get("warnings", warnings))
     write_table(ranking, out_dir / "ranking.csv")
     prov = {
         "study_uid": str(row.get("study_uid", "")),
@@ -223,6 +232,9 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "followup": {"timepoint_index": fu.timepoint_index,
+                     "baseline_study_uid": fu.info.get("baseline_study_uid", ""),
+                     "flagged_for_review": fu.info.get("flagged_for_review", False)},
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }
