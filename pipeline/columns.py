@@ -116,6 +116,7 @@ LESION_COLUMNS: tuple[Column, ...] = (
     _c("tracking_uid", "str", "", "study", "",
        "SEG TrackingUID of the finding (same finding across studies), or empty; in ranking.csv "
        "the lesion track's stable TrackingUID at a follow-up (pipeline.followup)"),
+    _c("lesion_empty", "bool", "", "study", "", "the lesion segment / ROI holds no voxel (resolved lesion or drawing error): a row of zeros and reasons"),
     # ---- shape (pipeline.features.shape, mask grid)
     _c("volume_ml", "float", "mL", "features.shape", "", "lesion volume: voxel count x voxel volume"),
     _c("voxel_count", "int", "", "features.shape", "", "lesion voxels on the mask grid"),

@@ -24,7 +24,13 @@ from pipeline import config as cfgmod
 from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
-from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
+from pipeline.io.study_loader import (
+    StudyInputs,
+    empty_lesion_columns,
+    lesion_ids,
+    load_images,
+    load_study_masks,
+)
 from pipeline.io.suv import audit_failure_records
 from pipeline.io.tables import failures_frame, write_table
 
@@ -120,7 +126,7 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
     warnings = [*img.warnings, *sm.warnings]
     used = {**img.used_series, **sm.used_series}
-    masks, grid = list(sm.lesions), sm.lesions[0].grid
+    masks, grid = list(sm.nonempty), sm.lesions[0].grid  # empty segments: rows of zeros below
 
     with timer.stage("prepare"):  # whole-study work, once
         actx = anatomy_stage.prepare(img.ct_by_role, grid, sm.organs, cfg,
@@ -131,16 +137,21 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
                                      lesions=masks, suv_audit=img.suv_audit)
 
     rows = []
-    ids = lesion_ids([m.name for m in masks])
+    all_ids = lesion_ids([m.name for m in sm.lesions])
+    ids = [lid for lid, m in zip(all_ids, sm.lesions) if m.voxel_count > 0]
     with timer.stage("lesions"):  # per lesion: crops only
-        for lid, m, on_uid in zip(ids, masks, sm.lesion_grid_series_uids):
+        for lid, m, on_uid in zip(all_ids, sm.lesions, sm.lesion_grid_series_uids):
             row = {
                 "patient_id": inp.uid("patient_id"), "study_uid": inp.uid("study_uid"),
                 "lesion_id": lid, "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
                 "tracking_uid": m.tracking_uid, "mask_referenced_series_uid": on_uid,
-                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]),
+                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]), "lesion_empty": False,
             }
+            if m.voxel_count == 0:  # declared, no voxel: zeros and reasons, no feature call
+                row.update(empty_lesion_columns(m))
+                rows.append(row)
+                continue
             feats = feature_stage.lesion_columns(m, fctx, cfg)
             row.update(feats)
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
@@ -150,7 +161,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         try:
             from pipeline.report.keyimages import write_key_images
 
-            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows)
+            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv,
+                             rows=[r for r in rows if not r["lesion_empty"]])
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
