@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipeline.errors import PipelineError
+from pipeline.errors import FollowupError, PipelineError
 from pipeline.followup.response import (
     RESPONSE_COLUMNS,
     Category,
@@ -102,12 +102,6 @@ _FLOAT_COLS = ("measure_mm", "match_distance_mm", "x_baseline_mm", "y_baseline_m
 _INJECTED = (Category.T_I, Category.NT_I)
 _XYZ = ("centroid_x_mm", "centroid_y_mm", "centroid_z_mm")
 _UID_RE = re.compile(r"[0-9]+(\.[0-9]+)*")
-
-
-class FollowupError(PipelineError):
-    """The follow-up step cannot use an input it needs (e.g. the previous study's tracks)."""
-
-    stage = "followup"
 
 
 @dataclass(frozen=True)
@@ -476,9 +470,11 @@ def followup_rows(history: pd.DataFrame, lesions: pd.DataFrame, reg: Registratio
 
 
 # ---------------------------------------------------------------------------- responses
-def timepoint_inputs(history: pd.DataFrame, dates: dict[str, str],
-                     cfg_response: dict) -> list[TimepointInput]:
-    """The response module's inputs from the tracking rows (one per timepoint index).
+def timepoint_inputs(history: pd.DataFrame, dates: dict[str, str], cfg_response: dict,
+                     study_of_index: dict[int, str] | None = None) -> list[TimepointInput]:
+    """The response module's inputs from the tracking rows (one per timepoint index 0..n, n the
+    largest index in ``history`` or ``study_of_index``; a timepoint without a row gets no
+    observation).
 
     A row's measure is None when its status is not_evaluable. A non-target (NT-I / NT-NI) is
     flagged as progressed by :func:`~pipeline.followup.response.nontarget_progressed` from its
@@ -487,10 +483,15 @@ def timepoint_inputs(history: pd.DataFrame, dates: dict[str, str],
     """
     out = []
     h = history[history["track_id"] != ""].sort_values(["timepoint_index", "track_id"])
+    uids = dict(study_of_index or {})
+    for r in history.to_dict(orient="records"):
+        uids.setdefault(int(r["timepoint_index"]), str(r["study_uid"]))
     nadir: dict[str, float] = {}
-    for idx, g in h.groupby("timepoint_index", sort=True):
+    groups = {int(i): g for i, g in h.groupby("timepoint_index", sort=True)}
+    for idx in range(max(uids) + 1 if uids else 0):
         obs = []
-        uid = str(g.iloc[0]["study_uid"])
+        uid = uids.get(idx, "")
+        g = groups.get(idx, h.iloc[0:0])
         for r in g.to_dict(orient="records"):
             status = Status(r["status"])
             m = None if status is Status.NOT_EVALUABLE or not math.isfinite(r["measure_mm"]) \
@@ -518,12 +519,12 @@ def _ne_response(tr, reason: str):
 
 def responses_table(history: pd.DataFrame, patient_id: str, dates: dict[str, str],
                     cfg_response: dict, *, current_index: int,
-                    previous: pd.DataFrame | None = None,
-                    flag_reason: str = "") -> pd.DataFrame:
+                    previous: pd.DataFrame | None = None, flag_reason: str = "",
+                    study_of_index: dict[int, str] | None = None) -> pd.DataFrame:
     """``followup_response.csv`` rows: earlier timepoints from ``previous`` (unchanged), the
     current one assessed over all tracking rows; with ``flag_reason`` the current timepoint's
     responses are NE with that reason."""
-    tps = timepoint_inputs(history, dates, cfg_response)
+    tps = timepoint_inputs(history, dates, cfg_response, study_of_index)
     assessed = assess_patient(tps, cfg_response) if tps else []
     rows = []
     prev = {} if previous is None or previous.empty else {
@@ -596,6 +597,8 @@ def run_followup(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_d
     me = tps.of(str(row["study_dir"]))
     patient_id, study_uid = str(row.get("patient_id", "")), str(row.get("study_uid", ""))
     dates = {s.study_uid: s.study_date for s in tps.studies}
+    index_uids = {s.index: s.study_uid for s in tps.studies
+                  if s.index is not None and me.index is not None and s.index <= me.index}
     base = tps.baseline
     info: dict = {
         "patient_id": patient_id, "study_uid": study_uid, "timepoint_index": me.index,
@@ -619,7 +622,7 @@ def run_followup(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_d
             info["warnings"].append("the baseline study has no lesion: no track")
         history = current
         responses = responses_table(history, patient_id, dates, fcfg["response"],
-                                    current_index=0)
+                                    current_index=0, study_of_index=index_uids)
         info["n_tracks"] = int(len(current))
     elif me.index is None:
         history = read_tracking(prev_dir / TRACKING_NAME) if prev_dir is not None else empty
@@ -661,7 +664,7 @@ def run_followup(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_d
         responses = responses_table(history, patient_id, dates, fcfg["response"],
                                     current_index=me.index,
                                     previous=_read_responses(prev_dir / RESPONSE_NAME),
-                                    flag_reason=flag)
+                                    flag_reason=flag, study_of_index=index_uids)
         info["n_tracks"] = int(current["track_id"].ne("").sum())
     for w in info["warnings"]:
         log.info("follow-up %s: %s", study_uid, w)
