@@ -145,7 +145,7 @@ def cmd_cohort(args) -> int:
 
 
 def cmd_phantom(args) -> int:
-    from pipeline.testing.phantom import generate_cohort
+    from pipeline.testing.phantom.followup import generate_followup_cohort
 
     out = Path(args.outdir)
     t0 = time.perf_counter()
@@ -157,10 +157,12 @@ def cmd_phantom(args) -> int:
 
     shift = tuple(args.contrast_shift) if args.contrast_shift else None
     formats = tuple(args.organ_formats.split(",")) if args.organ_formats else None
-    paths = generate_cohort(out, n_patients=args.patients, size=args.size, seed=args.seed,
-                            progress=progress, variant=args.variant, organ_formats=formats,
-                            contrast_shift_mm=shift)
-    print(f"wrote {len(paths)} phantom patient(s) to {out} (truth in each truth.json)")
+    paths = generate_followup_cohort(out, n_patients=args.patients, size=args.size,
+                                     seed=args.seed, timepoints=args.timepoints,
+                                     progress=progress, variant=args.variant,
+                                     organ_formats=formats, contrast_shift_mm=shift)
+    studies = f" with {args.timepoints} studies each" if args.timepoints > 1 else ""
+    print(f"wrote {len(paths)} phantom patient(s){studies} to {out} (truth in each truth.json)")
     return 0
 
 
@@ -239,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     ph.add_argument("--organ-formats", help="comma list of seg,rtstruct,totalseg")
     ph.add_argument("--contrast-shift", type=float, nargs=3, metavar=("DX", "DY", "DZ"),
                     help="write the contrast CT in a second frame of reference shifted by this (mm)")
+    ph.add_argument("--timepoints", type=int, default=1,
+                    help="studies per patient (standard variant): >1 adds follow-ups 8 weeks apart, "
+                         "repositioned, with designed itRECIST changes (truth.json 'followup')")
     ph.set_defaults(func=cmd_phantom)
 
     i = sub.add_parser("index", help="(workflow step) header-only archive scan and study sheet")

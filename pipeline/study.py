@@ -23,6 +23,7 @@ import pandas as pd
 from pipeline import config as cfgmod
 from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
+from pipeline.followup.registration import REFERENCE_FILE, write_reference_unavailable, write_study_reference
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
 from pipeline.io.study_loader import (
     StudyInputs,
@@ -67,6 +68,7 @@ def run_study(
     lesions = pd.DataFrame()
     used_series: dict[str, str] = {}
     status = "done"
+    (out_dir / REFERENCE_FILE).unlink(missing_ok=True)  # never a stale reference
     try:
         lesions, used_series, warnings = _process(inp, cfg, timer, out_dir)
     except PipelineError as exc:
@@ -81,6 +83,8 @@ def run_study(
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
                          **err.as_record()})
 
+    if not (out_dir / REFERENCE_FILE).exists():  # a declared output, also for a failed study
+        write_reference_unavailable(out_dir / REFERENCE_FILE, failures[-1]["message"] if failures else "not written")
     # The declared columns, in the declared order (pipeline/columns.py); an undeclared
     # produced column is a bug and raises InternalError.
     lesions = lesions.reindex(columns=order_lesion_columns(list(lesions.columns)))
@@ -122,9 +126,10 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
 
     with timer.stage("load_images"):
         img = load_images(inp, cfg)
+        ref_warning = write_study_reference(out_dir, img.ct_by_role, cfg)  # for follow-ups
     with timer.stage("load_masks"):
         sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
-    warnings = [*img.warnings, *sm.warnings]
+    warnings = [*img.warnings, *sm.warnings, *([ref_warning] if ref_warning else [])]
     used = {**img.used_series, **sm.used_series}
     masks, grid = list(sm.nonempty), sm.lesions[0].grid  # empty segments: rows of zeros below
 

@@ -45,7 +45,8 @@ Boundaries are on RECIST's side: PR is "at least a 30 % decrease", PD "at least 
   iRECIST's "progression in a category that did not meet iUPD"); further non-target progression
   (a member flagged now that was not flagged at the iUPD timepoint, or a flagged one grown by
   >= ``confirm_sod_increase_mm`` since then); the sum of the new lesions (>= ``new_lesion_min_mm``)
-  up by >= ``confirm_new_sum_increase_mm``; or an additional new lesion. iCPD then stays iCPD.
+  up by >= ``confirm_new_sum_increase_mm``; an additional new lesion; or an equivocal new lesion of
+  the iUPD timepoint now >= ``new_lesion_min_mm`` (iRECIST). iCPD then stays iCPD.
   The reference of the comparisons is the first iUPD of the episode (the timepoint the bar was
   set), recomputed over the current members.
 * Not confirmed: iUPD stays while one of its criteria still holds; when none holds any more, the
@@ -82,7 +83,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from pipeline.errors import ConfigError, PipelineError
@@ -291,8 +292,6 @@ _INJECTED = _Group("injected", frozenset({Category.T_I}), frozenset({Category.NT
 _NONINJECTED = _Group("noninjected", frozenset({Category.T_NI}), frozenset({Category.NT_NI}), True, "T-NI")
 _GROUPS = (_OVERALL, _INJECTED, _NONINJECTED)
 
-_TARGETS = frozenset({Category.T_I, Category.T_NI})
-_NONTARGETS = frozenset({Category.NT_I, Category.NT_NI})
 _ALLOWED_CHANGES = {(Category.T_NI, Category.T_I), (Category.NT_NI, Category.NT_I)}
 
 _BEST_ORDER = (Response.ICR, Response.IPR, Response.ISD, Response.IUPD, Response.ICPD, Response.NE)
@@ -360,25 +359,28 @@ def _normalise(timepoints: Sequence[TimepointInput]) -> list[dict[str, Observati
             if ob.measure_mm is not None and (not math.isfinite(ob.measure_mm) or ob.measure_mm < 0):
                 raise PipelineError(f"expected a finite measure >= 0 mm, found {ob.measure_mm} for {where}",
                                     hint="use None for a lesion that cannot be measured")
-            cat = Category(ob.category)
-            if pos == 0 and (cat == Category.NEW or ob.status == Status.NEW):
+            try:
+                cat, status, kind = Category(ob.category), Status(ob.status), MeasureKind(ob.measure_kind)
+            except ValueError as exc:
+                raise PipelineError(
+                    f"expected an itRECIST category, status and measure kind for {where}, found {exc}",
+                    hint="categories T-I / T-NI / NT-I / NT-NI / NEW; status present / disappeared / "
+                         "not_evaluable / new; measure kind longest_diameter / short_axis") from None
+            if pos == 0 and (cat == Category.NEW or status == Status.NEW):
                 raise PipelineError(f"expected no new lesion at the baseline, found {where}",
                                     hint="categorise baseline lesions as T-I, T-NI, NT-I or NT-NI")
             if ob.track_id not in first_seen:
                 first_seen[ob.track_id] = pos
-                if pos > 0 and cat != Category.NEW and ob.status != Status.NEW:
-                    if cat in _TARGETS or cat in _NONTARGETS:
-                        raise PipelineError(
-                            f"expected a track first seen after the baseline to be NEW, found {cat.value} "
-                            f"for {where}",
-                            hint="target / non-target designations are locked at the baseline; lesions "
-                                 "appearing later are new lesions")
+                if pos > 0 and cat != Category.NEW and status != Status.NEW:
+                    raise PipelineError(
+                        f"expected a track first seen after the baseline to be NEW, found {cat.value} for {where}",
+                        hint="target / non-target designations are locked at the baseline; lesions appearing "
+                             "later are new lesions")
             if first_seen[ob.track_id] > 0:
                 if cat != Category.NEW:
                     log.info("%s was first seen after the baseline: kept as a new lesion (not %s)",
                              where, cat.value)
-                ob = Observation(ob.track_id, Category.NEW, ob.measure_kind, ob.measure_mm, ob.status,
-                                 ob.nontarget_progression)
+                cat = Category.NEW
             else:
                 prev = last.get(ob.track_id)
                 if prev is not None and prev.category != cat and (prev.category, cat) not in _ALLOWED_CHANGES:
@@ -387,9 +389,8 @@ def _normalise(timepoints: Sequence[TimepointInput]) -> list[dict[str, Observati
                         f"and NT-NI -> NT-I may change), found {cat.value}",
                         hint="categories are locked at the baseline; record an injection of a noninjected "
                              "lesion as NI -> I from its timepoint on")
-                if cat != ob.category:
-                    ob = Observation(ob.track_id, cat, ob.measure_kind, ob.measure_mm, ob.status,
-                                     ob.nontarget_progression)
+            ob = Observation(ob.track_id, cat, kind, None if ob.measure_mm is None else float(ob.measure_mm),
+                             status, bool(ob.nontarget_progression))
             obs_t[ob.track_id] = ob
             last[ob.track_id] = ob
         # a baseline lesion without observation here: not evaluable, never silently dropped
@@ -440,7 +441,6 @@ class _Look:
     new_counted: list[str]
     new_equivocal: list[str]
     new_sum: float
-    notes: list[str] = field(default_factory=list)
 
 
 def _sum_at(members: list[str], obs_s: dict[str, Observation]) -> float | None:
@@ -534,10 +534,14 @@ def _confirmations(group: _Group, lk: _Look, k: int, t: int, obs: list[dict[str,
         if m_now is not None and m_k is not None and m_now - m_k >= c["confirm_sod_increase_mm"] - _EPS_MM:
             out.append(f"further non-target progression ({tid} {_mm(m_k)} -> {_mm(m_now)})")
     if group.counts_new:
-        extra = [tid for tid in lk.new_counted if tid not in ref.new_counted]
+        extra = [tid for tid in lk.new_counted if tid not in ref.new_counted and tid not in ref.new_equivocal]
         if extra:
             out.append("additional new lesion (" + ", ".join(
                 f"{tid} {_mm(obs_t[tid].measure_mm)}" for tid in extra) + ")")
+        grown = [tid for tid in lk.new_counted if tid in ref.new_equivocal]
+        if grown:
+            out.append(f"equivocal new lesion now >= {c['new_lesion_min_mm']:g} mm (" + ", ".join(
+                f"{tid} {_mm(obs_k[tid].measure_mm)} -> {_mm(obs_t[tid].measure_mm)}" for tid in grown) + ")")
         rise = lk.new_sum - ref.new_sum
         if ref.new_counted and rise >= c["confirm_new_sum_increase_mm"] - _EPS_MM:
             out.append(f"new lesions' sum up {rise:.1f} mm ({ref.new_sum:.1f} -> {lk.new_sum:.1f} mm), "
@@ -584,7 +588,7 @@ def _normal(group: _Group, lk: _Look, obs_t: dict[str, Observation], c: dict[str
         return Response.IPR, "all targets gone" + node_txt + ", but " + why + equivocal
     bar = lk.baseline * (1.0 + c["partial_response_pct"] / 100.0)
     if lk.sod <= bar + _EPS_MM:
-        return Response.IPR, f"sum <= baseline {c['partial_response_pct']:+g} %" + equivocal
+        return Response.IPR, f"sum at least {-c['partial_response_pct']:g} % below baseline" + equivocal
     return Response.ISD, "neither iPR nor iUPD" + equivocal
 
 
@@ -658,8 +662,8 @@ def _baseline_row(tp: TimepointInput, obs0: dict[str, Observation]) -> Timepoint
         targets = sorted(tid for tid, o in obs0.items() if o.category in group.targets)
         sods[group.name] = _sum_at(targets, obs0) if targets else None
         nt = sum(1 for o in obs0.values() if o.category in group.nontargets)
-        parts.append(f"{group.sum_label} sum {_mm(sods[group.name])} ({_n(len(targets), 'target')}, "
-                     f"{_n(nt, 'non-target')})")
+        total = _mm(sods[group.name]) if targets else "none"
+        parts.append(f"{group.sum_label} sum {total} ({_n(len(targets), 'target')}, {_n(nt, 'non-target')})")
     zero = {k: (0.0 if v is not None and v > _EPS_MM else None) for k, v in sods.items()}
     return TimepointResponse(
         timepoint_index=tp.index, study_uid=tp.study_uid, study_date=tp.study_date,

@@ -11,8 +11,10 @@ rule study:
         lesions=f"{OUT}/studies/{{patient}}/{{study}}/lesions.csv",
         failures=f"{OUT}/studies/{{patient}}/{{study}}/failures.csv",
         provenance=f"{OUT}/studies/{{patient}}/{{study}}/provenance.json",
+        registration_ref=f"{OUT}/studies/{{patient}}/{{study}}/registration_ref.npz",
     params:
         settings_hash=HASH["study"],
+        registration_ref_mm=CFG["followup"]["registration"]["resample_mm"],
     log:
         f"{OUT}/logs/studies/{{patient}}/{{study}}.log",
     group:

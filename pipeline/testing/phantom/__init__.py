@@ -144,6 +144,48 @@ the unshifted lesions on the non-contrast CT, in the frame of the PET and the or
 ``centre_lps_mm`` and voxel counts in truth are in the non-contrast frame
 (``centre_lps_mm_contrast``, ``voxel_count_contrast`` for the contrast CT).
 
+Timepoints (``timepoints``, ``hitit phantom OUT --timepoints T``; :mod:`.followup`)
+----------------------------------------------------------------------------------
+``T = 1`` is the single study above, byte for byte (the SEGs up to the creation time and random
+dimension UIDs highdicom stamps on every write). ``T > 1`` (standard variant only) writes
+``OUT/PHANTOM00i/<YYYYMMDD>_t<k>/`` per study and one ``OUT/PHANTOM00i/truth.json``: the
+baseline truth plus ``"followup"`` (``scenario`` and per timepoint ``index``, ``study_uid``,
+``study_date``, ``study_folder``, ``frame_of_reference_uid``, ``patient_to_scanner`` (16 floats,
+row-major 4x4, canonical patient LPS mm -> that study's scanner LPS mm), ``lesions`` (track_id,
+segment_label, segment_number, tracking_uid, status, category, measure_kind, measure_mm,
+centre_lps_mm in the study's frame, semi_axes_mm, voxel_count), ``sod_ti_mm``, ``sod_tni_mm``,
+``sod_targets_mm``, ``sod_new_mm``, ``new_lesions``, ``response_overall`` / ``_injected`` /
+``_noninjected`` and ``response_reasons`` (the arithmetic)).
+
+* The baseline (t = 0) is the single-study patient. Study t > 0 keeps the PatientID, gets a new
+  StudyInstanceUID, StudyDate = baseline + 8 weeks x t, its own FrameOfReferenceUID (both CT
+  phases, the PET and both SEGs share it) and its own UIDs (``PatientDesign.timepoint_index``
+  salts them).
+* Repositioning: the whole scene, *table included* (the scanner frame moved, so the patient
+  never intersects the table), is moved by ``patient_to_scanner = [Rz Rx | t]`` (rotations
+  about axes through the origin): t1 (12, -8, 4) mm and 4 deg about z, t2 (-10, 8, 6) mm, 3 deg
+  about z and 2 deg about x (t > 2 alternate); patients >= 2 add seeded jitter (x, y +-3 mm,
+  z +-1 mm, rotations +0..1 deg). z shifts stay small so every lesion stays in the CT field of
+  view (z +-84 mm). Each voxel centre is mapped back to the canonical frame and the analytic
+  anatomy is evaluated there (no interpolation).
+* Designed changes by scenario (patient index mod 3): ``confirmed_progression`` (1, 4, ...):
+  injected targets shrink (iPR), liver_deep r 15 -> 19, necrotic_mass in-plane 30 -> 33 and a
+  new liver lesion ``liver_new`` (r 5 at (-40, 35, -10)) at t1 (iUPD), which grows to r 8 at t2
+  (iCPD); ``reset`` (2, 5, ...): T-NI +22.7 % at t1 (noninjected iUPD), baseline sizes at t2
+  (iSD); ``nodal_complete_response`` (3, 6, ...): flank r 5.5 and node short axis 12 at t1,
+  flank gone (a zero-voxel segment) and node short axis 9 at t2 (injected iCR). necrotic_mass
+  grows in-plane only (z semi-axis 30), or its lower pole would leave the field of view.
+* Follow-up segments are labelled ``Lesion N`` (odd t) / ``target X`` (even t) in a shuffled
+  order. TrackingUIDs: patient 1 keeps the baseline ones (longitudinal); other patients get
+  fresh ones per study, except a disappeared lesion's empty segment (baseline TrackingUID). A
+  zero-voxel segment is a SegmentSequence item no frame references (pydicom reads it; dciodvfy
+  reports no error for it).
+* Follow-up studies hold CT_noncontrast/, CT_contrast/, PET/, SEG_lesions.dcm and
+  SEG_organs.dcm (no lesion RTSTRUCT or label map).
+* Every study is checked: no lesion overlap (CT and PET grids), every lesion in its host
+  tissue, the body off the in-plane edge and no lesion on the edge of the grid, and a new lesion
+  >= 5 mm from every other lesion and from the liver capsule.
+
 truth.json keys added for the anatomy and biomarker work (every lesion, both variants)
 ---------------------------------------------------------------------------------------
 ``uniform``, ``excludes_aortic_lumen``, ``necrotic_core_fraction_voxelized``,
@@ -171,7 +213,9 @@ surface-to-surface distance (0 when touching, and for ``aorta_encasing``);
 Public API
 ----------
 :func:`generate_patient`, :func:`generate_cohort`, :func:`lesion_designs`,
-:func:`patient_design`, :func:`phantom_arrays` (arrays without files), :func:`truth_dict`.
+:func:`patient_design`, :func:`phantom_arrays` (arrays without files), :func:`truth_dict`;
+follow-ups: :func:`generate_followup_cohort`, :func:`generate_followup_patient`,
+:func:`timepoint_arrays`, :func:`timepoint_lesions`, :func:`patient_to_scanner`.
 
 Modules (dependencies run one way: design -> render / truth -> dicom -> this package)
 ------------------------------------------------------------------------------------
@@ -179,6 +223,7 @@ Modules (dependencies run one way: design -> render / truth -> dicom -> this pac
 :mod:`.render`  voxel arrays in memory (:class:`PhantomArrays`, :func:`phantom_arrays`)
 :mod:`.truth`   analytic and voxelized ground truth, ``truth.json`` (:func:`truth_dict`)
 :mod:`.dicom`   DICOM / NIfTI / JSON writers and :func:`generate_patient` / :func:`generate_cohort`
+:mod:`.followup` timepoints: designed changes, repositioned studies, itRECIST truth
 """
 
 from __future__ import annotations
@@ -262,6 +307,15 @@ from pipeline.testing.phantom.dicom import (  # noqa: F401
     write_seg,
     write_totalseg,
 )
+from pipeline.testing.phantom.followup import (  # noqa: F401
+    SCENARIOS,
+    generate_followup_cohort,
+    generate_followup_patient,
+    patient_to_scanner,
+    scenario_of,
+    timepoint_arrays,
+    timepoint_lesions,
+)
 
 __all__ = [
     "AORTA_CENTRE_XY_MM",
@@ -335,4 +389,11 @@ __all__ = [
     "write_rtstruct_organs",
     "write_seg",
     "write_totalseg",
+    "SCENARIOS",
+    "generate_followup_cohort",
+    "generate_followup_patient",
+    "patient_to_scanner",
+    "scenario_of",
+    "timepoint_arrays",
+    "timepoint_lesions",
 ]
