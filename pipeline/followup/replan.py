@@ -124,7 +124,10 @@ def replan(ranking: pd.DataFrame, current: pd.DataFrame, lesions: pd.DataFrame,
         lid = _s(t["lesion_id"])
         name = f"track {tid}" + (f" (lesion {lid})" if lid else "")
         if t["status"] == Status.DISAPPEARED.value:
-            lost.append((name, "disappeared (empty segment, 0 mm)"))
+            why = "disappeared (empty segment, 0 mm)"
+            lost.append((name, why))
+            if lid in rows:
+                not_injectable[lid] = why
         elif not lid or lid not in rows:
             lost.append((name, "was not found in this study (not evaluable)"))
         elif rows[lid]["tier"] == Tier.NOT_SUITABLE.value:

@@ -125,6 +125,8 @@ def test_disappeared_or_missing_injected_lesion_frees_a_slot_for_a_new_lesion(cf
     # two injected tracks lost, one injectable candidate (board_review is not an inject tier)
     assert out["role"].to_dict() == {"e": "inject", "c": "none", "x": "none"}
     assert "disappeared" in out.loc["e", "explanation"]
+    assert "FOLLOWUP_NOT_INJECTABLE" in out.loc["x", "reasons"]
+    assert "disappeared (empty segment, 0 mm); replaced by e" in out.loc["x", "explanation"]
     assert "was not found in this study" in out.loc["e", "explanation"]
 
 

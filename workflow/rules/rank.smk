@@ -22,15 +22,14 @@ def followup_inputs(wildcards):
     follow-up timepoint the baseline's and its own registration references."""
     tps = timepoints_of(wildcards.patient)
     me = tps.of(wildcards.study)
-    out = {}
+    out = []
     prev = tps.previous(wildcards.study)
     if prev is not None:
-        out["previous_tracks"] = study_path(wildcards.patient, prev.row["study_dir"],
-                                            "followup_tracking.csv")
+        out.append(study_path(wildcards.patient, prev.row["study_dir"], "followup_tracking.csv"))
     if me.index is not None and me.index > 0:
-        out["baseline_ref"] = study_path(wildcards.patient, tps.baseline.row["study_dir"],
-                                         "registration_ref.npz")
-        out["own_ref"] = study_path(wildcards.patient, wildcards.study, "registration_ref.npz")
+        out.append(study_path(wildcards.patient, tps.baseline.row["study_dir"],
+                              "registration_ref.npz"))
+        out.append(study_path(wildcards.patient, wildcards.study, "registration_ref.npz"))
     return out
 
 
