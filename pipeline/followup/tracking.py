@@ -565,6 +565,41 @@ def run_followup(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_d
                  ) -> FollowupResult:
     """The follow-up step of one study (see the module docstring); writes its three files.
 
+    A :class:`~pipeline.errors.PipelineError` (an unusable input: the previous study's tracks,
+    the decisions file, the sheet's roles) does not stop the rank job: the follow-up files are
+    written empty with ``followup.json`` ``failed`` true and a failure record of severity
+    ``error`` (the cohort step lists it); the study's ranking is then left as the tool made it,
+    and the patient's later follow-ups fail too, naming this study, until it is fixed.
+
+    Parameters
+    ----------
+    results, row, sheet, cfg, out_dir, lesions, ranking, decisions
+        As for :func:`followup_step`.
+    """
+    try:
+        return followup_step(results, row, sheet, cfg, out_dir, lesions=lesions,
+                             ranking=ranking, decisions=decisions)
+    except PipelineError as exc:
+        log.error("follow-up step of study %s failed: %s", row.get("study_uid", "?"), exc)
+        info = {"patient_id": str(row.get("patient_id", "")),
+                "study_uid": str(row.get("study_uid", "")), "timepoint_index": None,
+                "failed": True, "error": str(exc), "flagged_for_review": False,
+                "flag_reason": "", "warnings": [],
+                "failures": [{"patient_id": str(row.get("patient_id", "")),
+                              "study_uid": str(row.get("study_uid", "")), "stage": "followup",
+                              **exc.as_record(), "severity": "error"}]}
+        empty = _typed(pd.DataFrame(columns=LESION_TRACKING_COLUMNS))
+        _write_outputs(Path(out_dir), empty, pd.DataFrame(columns=RESPONSE_COLUMNS), info)
+        return FollowupResult(None, False, empty, info)
+
+
+def followup_step(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_dir: Path, *,
+                  lesions: pd.DataFrame | None = None, ranking: pd.DataFrame | None = None,
+                  decisions: dict[tuple[str, str, str], TeamDecision] | None = None
+                  ) -> FollowupResult:
+    """The follow-up step of one study; raises on an unusable input (:func:`run_followup`
+    records the error instead).
+
     Parameters
     ----------
     results : Path
@@ -612,6 +647,12 @@ def run_followup(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_d
     prev_dir = _sibling(out_dir, prev.row) if prev is not None else None
     if prev is not None:
         info["previous_study_uid"] = prev.study_uid
+        prev_info = prev_dir / INFO_NAME
+        if prev_info.is_file() and json.loads(prev_info.read_text()).get("failed"):
+            raise FollowupError(
+                f"the follow-up step of the previous study {prev.study_uid} failed, so this "
+                "study's tracks cannot be continued", file=prev_info,
+                hint="see that study's followup.json and rank log; fix it and run again")
 
     if me.is_baseline:
         les = lesions if not lesions.empty and "lesion_id" in lesions.columns else pd.DataFrame(

@@ -283,9 +283,21 @@ def test_excluded_study_repeats_the_history(setup, cfg, monkeypatch):
     assert list(resp["study_uid"]) == ["1.1", "1.3"]
 
 
-def test_missing_previous_tracks_is_a_clear_error(setup, cfg, monkeypatch):
+def test_missing_previous_tracks_is_recorded_and_propagates(setup, cfg, monkeypatch):
     from pipeline.errors import FollowupError
+    from pipeline.followup.tracking import followup_failures, followup_step
 
+    results, sheet, dirs, les, _rk = setup
     _exact(monkeypatch)
     with pytest.raises(FollowupError, match="previous timepoint's tracks"):
-        _run(setup, cfg, "s2")
+        followup_step(results, _row(sheet, "s2"), sheet, cfg, dirs["s2"], lesions=les["s2"],
+                      ranking=pd.DataFrame(), decisions={})
+    # the rank job goes on: the error is recorded, the files exist (empty)
+    r1 = _run(setup, cfg, "s2")
+    assert r1.info["failed"] and r1.timepoint_index is None and r1.current.empty
+    (f,) = followup_failures(dirs["s2"])
+    assert f["severity"] == "error" and f["error_class"] == "FollowupError"
+    assert read_tracking(dirs["s2"] / "followup_tracking.csv").empty
+    # the next follow-up names the study whose step failed
+    r2 = _run(setup, cfg, "s3")
+    assert r2.info["failed"] and "previous study 1.2 failed" in r2.info["error"]
