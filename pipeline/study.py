@@ -204,7 +204,8 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
 
     from pipeline.cohort import study_output_dir
     from pipeline.followup.replan import replan
-    from pipeline.followup.tracking import run_followup
+    from pipeline.followup.timepoints import patient_timepoints
+    from pipeline.followup.tracking import TRACKING_NAME, prior_matches, read_tracking, run_followup
     from pipeline.io.tables import read_table
     from pipeline.ranking.longitudinal import rank_patient
     from pipeline.ranking.select import RANKING_COLUMNS
@@ -221,15 +222,25 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         if p.exists():
             prior.append((r["study_uid"], r["study_date"], read_table(p)))
     warnings: list[str] = []
+    uid = str(row.get("study_uid", ""))
+    me = patient_timepoints(sheet, str(row["patient_dir"])).of(str(row["study_dir"]))
+    fu, track_matches = None, None
+    if me.index:  # a follow-up timepoint: its tracks first, so growth follows them
+        fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions,
+                          ranking=pd.DataFrame())
+        if fu.timepoint_index:
+            track_matches = {uid: prior_matches(read_tracking(out_dir / TRACKING_NAME),
+                                                fu.timepoint_index)}
     if lesions.empty or "volume_ml" not in lesions.columns:
         ranking = pd.DataFrame(columns=RANKING_COLUMNS)
     else:
-        uid = str(row.get("study_uid", ""))
         usable = [p for p in prior if not p[2].empty and "volume_ml" in p[2].columns]
-        ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"])
+        ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"],
+                              track_matches=track_matches)
         ranking = ranked[uid]
         warnings = list(ranking.attrs.get("warnings", []))
-    fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions, ranking=ranking)
+    if fu is None:  # the baseline (its categories come from this ranking) or no timepoint
+        fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions, ranking=ranking)
     ranking = replan(ranking, fu.current, lesions, cfg["ranking"],
                      timepoint_index=fu.timepoint_index)
     warnings = list(ranking.attrs.get("warnings", warnings))

@@ -713,6 +713,38 @@ def followup_step(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_
     return FollowupResult(me.index, me.is_baseline, current, info)
 
 
+def prior_matches(history: pd.DataFrame, index: int) -> tuple[str, dict[str, str | None]]:
+    """The lesions of timepoint ``index`` matched to those of timepoint ``index - 1`` along the
+    tracks, for the ranking's growth (:func:`pipeline.ranking.longitudinal.rank_patient`).
+
+    Returns
+    -------
+    (prior study_uid, {lesion_id: prior lesion_id})
+        "" for a lesion of a track first seen at ``index`` (new); None when it cannot be said
+        (no track, or the track had no lesion at ``index - 1``). ("", {}) without a prior.
+    """
+    h = history[history["timepoint_index"].notna()]
+    before = h[h["timepoint_index"] == index - 1]
+    now = h[h["timepoint_index"] == index]
+    if before.empty:
+        return "", {}
+    prior_uid = str(before.iloc[0]["study_uid"])
+    first = h.groupby("track_id")["timepoint_index"].min().to_dict()
+    prev_lesion = {r["track_id"]: r["lesion_id"] for r in before.to_dict(orient="records")
+                   if r["track_id"] and r["lesion_id"]}
+    out: dict[str, str | None] = {}
+    for r in now.to_dict(orient="records"):
+        if not r["lesion_id"]:
+            continue
+        if not r["track_id"]:
+            out[r["lesion_id"]] = None
+        elif first.get(r["track_id"]) == index:
+            out[r["lesion_id"]] = ""
+        else:
+            out[r["lesion_id"]] = prev_lesion.get(r["track_id"])
+    return prior_uid, out
+
+
 def followup_failures(study_dir: Path) -> list[dict]:
     """Failure records of a study's follow-up step (``followup.json``), [] when none."""
     p = Path(study_dir) / INFO_NAME

@@ -301,3 +301,26 @@ def test_missing_previous_tracks_is_recorded_and_propagates(setup, cfg, monkeypa
     # the next follow-up names the study whose step failed
     r2 = _run(setup, cfg, "s3")
     assert r2.info["failed"] and "previous study 1.2 failed" in r2.info["error"]
+
+
+def test_prior_matches_give_the_ranking_growth_along_the_tracks(setup, cfg, monkeypatch):
+    from pipeline.followup.tracking import prior_matches
+    from pipeline.ranking.longitudinal import add_prior
+
+    results, sheet, dirs, les, _rk = setup
+    _exact(monkeypatch)
+    _run(setup, cfg, "s1")
+    _run(setup, cfg, "s2")
+    prior_uid, m = prior_matches(read_tracking(dirs["s2"] / "followup_tracking.csv"), 1)
+    assert prior_uid == "1.1"
+    assert m == {"a": "liver", "b": "", "c": "flank", "d": "node", "e": "nodule", "f": "lung"}
+    # growth along the tracks although raw positions are > 20 mm apart in the scanner frames
+    out = add_prior(les["s2"], les["s1"], "1.1", cfg["ranking"], matched=m).set_index("lesion_id")
+    assert out.loc["a", "prior_lesion_id"] == "liver" and out.loc["a", "match_method"] == "track"
+    assert out.loc["a", "longest_diameter_change_pct"] == pytest.approx(100 * 10 / 30)
+    assert out.loc["a", "new_or_growing"] is True  # 30 -> 40 mm
+    assert out.loc["c", "new_or_growing"] is False  # 24 -> 14 mm
+    assert out.loc["b", "new_or_growing"] is True and out.loc["b", "prior_lesion_id"] == ""
+    # without the tracks the raw scanner positions match nothing: every lesion looks new
+    raw = add_prior(les["s2"], les["s1"], "1.1", cfg["ranking"]).set_index("lesion_id")
+    assert (raw["match_method"] == "none").all()
