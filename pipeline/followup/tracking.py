@@ -696,7 +696,8 @@ def followup_step(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_
                            f"its quality check ({reg.quality_figure}): {reg.reason}; the study is "
                            "flagged for review and its responses are NE",
                 "file": str(out_dir / "registration_ref.npz"),
-                "series_uid": str(getattr(reg.result, "series_uid", "") or ""), "tag": "",
+                "series_uid": str(row.get("ct_series_uid", "") or row.get("ce_ct_series_uid", "")
+                                  or ""), "tag": "",
                 "hint": "check the follow-up CT (field of view, patient position) and review "
                         "the study; followup.registration holds the quality thresholds",
                 "severity": "warning"})

@@ -59,7 +59,6 @@ class ExactRegistration:
     """Stands in for FollowupRegistration: the known follow-up -> baseline map."""
 
     status = "ok"
-    series_uid = "9.9"
 
     def to_baseline(self, p):
         return (np.asarray(p, float) - T) @ R  # inverse of scanner = R @ baseline + T
