@@ -217,10 +217,15 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     lesions = read_table(lesions_path)
     prior = []
     date = str(row.get("study_date", "") or "")
+
+    def when(r: dict) -> str:  # date, then time when the sheet has it: earlier_studies' order
+        d = str(r.get("study_date", "") or "")
+        return d + str(r.get("study_time", "") or "") if d else ""
+
     for r in earlier_studies(sheet, str(row["patient_dir"]), str(row["study_dir"])):
         p = study_output_dir(results, r) / "lesions.csv"
         if p.exists():
-            prior.append((r["study_uid"], r["study_date"], read_table(p)))
+            prior.append((r["study_uid"], when(r), read_table(p)))
     warnings: list[str] = []
     uid = str(row.get("study_uid", ""))
     me = patient_timepoints(sheet, str(row["patient_dir"])).of(str(row["study_dir"]))
@@ -235,7 +240,7 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         ranking = pd.DataFrame(columns=RANKING_COLUMNS)
     else:
         usable = [p for p in prior if not p[2].empty and "volume_ml" in p[2].columns]
-        ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"],
+        ranked = rank_patient(usable + [(uid, when(row), lesions)], cfg["ranking"],
                               track_matches=track_matches)
         ranking = ranked[uid]
         warnings = list(ranking.attrs.get("warnings", []))
