@@ -124,7 +124,7 @@ def index_step(cfg: dict, input_dir: Path, results: Path,
     index = idx.scan_archive(input_dir, progress=progress,
                              lesion_name_patterns=tuple(cfg["index"]["lesion_name_patterns"]),
                              organ_name_patterns=tuple(cfg["index"]["organ_name_patterns"]),
-                             cache=cache)
+                             cache=cache, max_file_mb=cfg["index"]["max_file_mb"])
     scan_s = time.perf_counter() - t0
     idx.write_index(index, results / "index")
     sheet, source = sheet_for_index(

@@ -69,15 +69,18 @@ def run_study(
     used_series: dict[str, str] = {}
     status = "done"
     (out_dir / REFERENCE_FILE).unlink(missing_ok=True)  # never a stale reference
+    partial: dict = {}  # filled by _process as it goes: a later failure keeps what was loaded
     try:
-        lesions, used_series, warnings = _process(inp, cfg, timer, out_dir)
+        lesions, used_series, warnings = _process(inp, cfg, timer, out_dir, partial)
     except PipelineError as exc:
         status = "failed"
+        used_series, warnings = dict(partial.get("used", {})), list(partial.get("warnings", []))
         log.error("study failed at stage %s: %s", exc.stage, exc)
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": exc.stage,
                          **exc.as_record()})
     except Exception as exc:  # noqa: BLE001 - a bug must not stop the batch
         status = "failed"
+        used_series, warnings = dict(partial.get("used", {})), list(partial.get("warnings", []))
         log.error("internal error: %s\n%s", exc, traceback.format_exc())
         err = InternalError(f"{type(exc).__name__}: {exc}", hint="this is a bug; see the job log")
         failures.append({"patient_id": patient_id, "study_uid": study_uid, "stage": "internal",
@@ -114,11 +117,15 @@ def run_study(
     return prov
 
 
-def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
+def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path,
+             partial: dict | None = None):
     """Stage calls of one study: images -> masks -> whole-study preparation -> lesion rows -> key images.
 
     Returns the lesion table, the provenance inputs (series used, SUV audit, feature
-    provenance) and the warnings, in stage order.
+    provenance) and the warnings, in stage order. ``partial`` (optional) receives the same
+    ``used`` dict and ``warnings`` list as soon as the images are loaded, so that a study failing
+    later still records its series, SUV audit (unit repairs, plausibility refusals) and
+    resampling warnings.
     """
     from pipeline.anatomy import stage as anatomy_stage
     from pipeline.anatomy.organs import structures_of_codes
@@ -127,10 +134,19 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
     with timer.stage("load_images"):
         img = load_images(inp, cfg)
         ref_warning = write_study_reference(out_dir, img.ct_by_role, cfg)  # for follow-ups
+    warnings, used = list(img.warnings), dict(img.used_series)
+    if ref_warning:
+        warnings.append(ref_warning)
+    if partial is not None:
+        partial.update(used=used, warnings=warnings)
+    if img.suv_audit is not None:
+        used["suv_audit"] = img.suv_audit.as_dict()
+        used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),
+                                                     inp.uid("study_uid"))
     with timer.stage("load_masks"):
         sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
-    warnings = [*img.warnings, *sm.warnings, *([ref_warning] if ref_warning else [])]
-    used = {**img.used_series, **sm.used_series}
+    warnings.extend(sm.warnings)
+    used.update(sm.used_series)
     masks, grid = list(sm.nonempty), sm.lesions[0].grid  # empty segments: rows of zeros below
 
     with timer.stage("prepare"):  # whole-study work, once
@@ -171,10 +187,6 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
-    if img.suv_audit is not None:
-        used["suv_audit"] = img.suv_audit.as_dict()
-        used["suv_refusals"] = audit_failure_records(img.suv_audit, inp.uid("patient_id"),
-                                                     inp.uid("study_uid"))
     used["features"] = fctx.provenance()
     warnings.extend(str(n) for n in fctx.frames.notes)
     return pd.DataFrame(rows), used, warnings
@@ -268,6 +280,7 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "followup": {"timepoint_index": fu.timepoint_index,
                      "baseline_study_uid": fu.info.get("baseline_study_uid", ""),
                      "flagged_for_review": fu.info.get("flagged_for_review", False)},
+        "worksheet_max_lesions": cfg["ranking"].get("worksheet_max_lesions"),
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }

@@ -215,7 +215,7 @@ def test_failed_study_writes_the_declared_header(tmp_path):
 def test_undeclared_produced_column_is_an_internal_error(monkeypatch, tmp_path):
     from pipeline import study
 
-    def fake_process(inp, cfg, timer, out_dir):
+    def fake_process(inp, cfg, timer, out_dir, partial=None):
         row = {c: None for c in C.lesion_column_names()}
         row.update(lesion_id="a", vessel_relaton="none")
         return pd.DataFrame([row]), {}, []

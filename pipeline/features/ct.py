@@ -241,6 +241,41 @@ def ct_columns(mask: LesionMask, ctx, cfg: dict, *, suv_max: float | None = None
     return row
 
 
+def _grid_box(grid) -> np.ndarray:
+    """LPS bounding box (6,: min x y z, max x y z, mm) of a grid's voxels (outer faces)."""
+    n = np.asarray(grid.shape_zyx, dtype=float)
+    corners = np.array([[z, y, x] for z in (-0.5, n[0] - 0.5) for y in (-0.5, n[1] - 0.5)
+                        for x in (-0.5, n[2] - 0.5)])
+    lps = grid.zyx_to_lps(corners)
+    return np.concatenate([lps.min(axis=0), lps.max(axis=0)])
+
+
+def _lesion_boxes(ctx, space: str) -> np.ndarray:
+    """(n, 6) LPS boxes of ``ctx.lesions`` expressed in ``space`` (NaN when not mappable).
+
+    Computed once per study and space (kept on ``ctx``), so that excluding the other lesions
+    from a ring costs one vectorised comparison per lesion instead of a loop over all of them.
+    """
+    cache = ctx.__dict__.setdefault("_lesion_boxes_by_space", {})
+    if space not in cache:
+        frames = ctx.frames
+        boxes = np.full((len(ctx.lesions), 6), np.nan)
+        for i, other in enumerate(ctx.lesions):
+            t, reason = frames.transform(frames.space_of_mask(other), space)
+            if not reason and other.voxel_count:
+                boxes[i] = _grid_box(grid_through(other.grid.crop(other.bbox_zyx), t))
+        cache[space] = boxes
+    return cache[space]
+
+
+def _boxes_meet(boxes: np.ndarray, box: np.ndarray, tol_mm: float = 1e-3) -> np.ndarray:
+    """Which of ``boxes`` (n, 6) intersect ``box`` (6,) (NaN rows never do)."""
+    if not len(boxes):
+        return np.zeros(0, dtype=bool)
+    return np.all(boxes[:, :3] <= box[3:] + tol_mm, axis=1) & np.all(
+        boxes[:, 3:] >= box[:3] - tol_mm, axis=1)
+
+
 def _ring(mask: LesionMask, ctx, ccfg: dict, cgrid, les: np.ndarray, space: str,
           ref_hu: np.ndarray) -> tuple[np.ndarray, str, str]:
     """Ring voxels on the crop, the region name and a note."""
@@ -267,8 +302,11 @@ def _ring(mask: LesionMask, ctx, ccfg: dict, cgrid, les: np.ndarray, space: str,
     else:
         ring &= np.nan_to_num(ref_hu, nan=-np.inf) > float(ccfg["ring_air_hu"])
         region = "body"
-    # other lesions
-    for other in ctx.lesions:
+    # other lesions: only those whose box meets the crop (boxes computed once per study), so the
+    # cost per lesion does not grow with the number of lesions
+    near = _boxes_meet(_lesion_boxes(ctx, space), _grid_box(cgrid))
+    for i in np.flatnonzero(near):
+        other = ctx.lesions[i]
         if other is mask or (other.name == mask.name and other.bbox_zyx == mask.bbox_zyx
                              and other.grid.same_as(mask.grid)):
             continue

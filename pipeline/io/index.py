@@ -375,6 +375,8 @@ def _walk(root: Path) -> tuple[list[_Entry], list[dict]]:
 
 # =========================================================================== file cache
 #: Layout version of the file cache; a cache of another version is ignored.
+#: Default of ``index.max_file_mb``: larger files are refused unread.
+DEFAULT_MAX_FILE_MB = 4096.0
 CACHE_SCHEMA = 2  # 2: invalid StudyInstanceUIDs replaced at ingestion
 _EXTRA_FIELDS = ("contrast_agent", "corrected_image", "study_date", "segments", "ref_series",
                  "ref_sops")
@@ -402,13 +404,14 @@ def _code_digest() -> str:
     return h.hexdigest()
 
 
-def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str]) -> str:
+def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable[str],
+              max_file_mb: float | None = None) -> str:
     """Hash of everything a cached per-file outcome depends on besides the file itself.
 
     The cache schema, the table columns, the fast reader's tag list and decoding version, its
     SOP classes, the source code of the modules that read and classify files
-    (:data:`_CACHE_CODE_MODULES`), the pydicom version and the segment name patterns (they
-    decide segment kinds). A cache written under another key is ignored, not trusted.
+    (:data:`_CACHE_CODE_MODULES`), the pydicom version, the segment name patterns (they
+    decide segment kinds) and the file size limit (``max_file_mb``). A cache written under another key is ignored, not trusted.
     """
     from pipeline.io import integrity
 
@@ -420,6 +423,7 @@ def cache_key(lesion_name_patterns: Iterable[str], organ_name_patterns: Iterable
         "fast_sop": sorted(integrity.FAST_SOP_CLASSES), "pydicom": pydicom.__version__,
         "lesion": list(lesion_name_patterns), "organ": list(organ_name_patterns),
         "extra": _EXTRA_FIELDS, "layout": _CACHE_COLUMNS, "series": SERIES_COLUMNS,
+        "max_file_mb": max_file_mb,
     }, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -557,6 +561,7 @@ def scan_archive(
     lesion_name_patterns: Iterable[str] = DEFAULT_LESION_NAME_PATTERNS,
     organ_name_patterns: Iterable[str] = DEFAULT_ORGAN_NAME_PATTERNS,
     cache: Path | None = None,
+    max_file_mb: float | None = DEFAULT_MAX_FILE_MB,
 ) -> ArchiveIndex:
     """Index every file under ``root`` from headers only.
 
@@ -577,6 +582,11 @@ def scan_archive(
         version, pydicom version, name patterns) is ignored. Label maps and their sidecars are
         always read (they are few and depend on their sidecar). ``meta`` reports ``n_read``
         and ``n_cached``.
+    max_file_mb : float or None
+        A file larger than this (MB = 2**20 bytes; ``index.max_file_mb``) gets a problem row
+        naming its size and the limit and is never opened (None: no limit). Within the limit
+        the integrity check's cost is bounded by the number of elements, not the file size
+        (:func:`pipeline.io.integrity.check_complete`).
 
     Returns
     -------
@@ -609,7 +619,9 @@ def scan_archive(
     lesion_name_patterns = tuple(lesion_name_patterns)
     organ_name_patterns = tuple(organ_name_patterns)
     entries, walk_problems = _walk(root)
-    key = cache_key(lesion_name_patterns, organ_name_patterns) if cache is not None else ""
+    key = (cache_key(lesion_name_patterns, organ_name_patterns, max_file_mb)
+           if cache is not None else "")
+    max_bytes = None if max_file_mb is None else float(max_file_mb) * 2**20
     if cache is not None:
         # an unchanged archive: the tables of the last scan, without looking at any file
         digest = _entries_digest(entries)
@@ -652,7 +664,14 @@ def scan_archive(
     for i, e in enumerate(entries):
         rel = e.rel
         try:
-            if rel in labelmaps:
+            if max_bytes is not None and e.size > max_bytes:
+                outcomes[rel] = (_OUTCOME_PROBLEM, problem_row(
+                    rel, f"file of {e.size / 2**20:.0f} MB ({e.size} bytes) is larger than "
+                    f"index.max_file_mb ({float(max_file_mb):g} MB): not read (a DICOM image "
+                    "padded or damaged, or not an image); raise index.max_file_mb if it is "
+                    "a real object", "DicomReadError"))
+                dicom_order.append(rel)
+            elif rel in labelmaps:
                 p = Path(e.path)
                 if not sidecar_path(p).exists() and _in_totalseg_folder(p, totalseg_dirs):
                     outcomes[rel] = (_OUTCOME_SKIP,)  # a TotalSegmentator output folder

@@ -186,7 +186,7 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
   <dt>Study Instance UID</dt><dd>{{ s.study_uid }}</dd>
   <dt>Study date</dt><dd>{{ s.study_date or '–' }}</dd>
   <dt>Status</dt><dd>{{ badge('status', s.status) }}</dd>
-  <dt>Lesions</dt><dd>{{ lesions|length }}</dd>
+  <dt>Lesions</dt><dd>{{ lesions|length + (lesions_rest|default([]))|length }}</dd>
 </dl>
 <div class="cards">
   <div class="card"><div class="n">{{ plan.inject|length }}</div>injection target(s)</div>
@@ -254,6 +254,11 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
 </tr>{% endfor %}
 </tbody>
 </table></div>
+{% if lesions_rest %}<h3 id="ranked-rest-title">Further lesions (compact)</h3>
+<p>{{ lesions_rest|length }} lesions beyond the first {{ max_lesions }} by rank, without key images or details (setting ranking.worksheet_max_lesions); every value is in lesions.csv and ranking.csv.</p>
+<div class="wide"><table id="ranked-rest" class="sortable"><thead><tr><th class="num" data-type="num">#</th><th>Lesion</th><th>Organ</th><th>Role</th><th>Tier</th><th class="num" data-type="num">Score</th><th class="num" data-type="num">Longest (mm)</th><th class="num" data-type="num">Volume (mL)</th><th class="num" data-type="num">SUVmax</th><th>Reasons</th></tr></thead><tbody>
+{% for r in lesions_rest %}<tr><td class="num">{{ r.no }}</td><td>{{ r.lesion_label }}</td><td>{{ r.organ }}</td><td>{{ r.role }}</td><td>{{ r.tier }}</td><td class="num">{{ fmt(r.score, 3) }}</td><td class="num">{{ fmt(r.longest_diameter_mm, 1) }}</td><td class="num">{{ fmt(r.volume_ml, 2) }}</td><td class="num">{{ fmt(r.suv_max, 1) }}</td><td class="codes">{{ r.reasons }}</td></tr>{% endfor %}
+</tbody></table></div>{% endif %}
 </section>
 
 <section id="mip">

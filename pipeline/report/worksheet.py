@@ -13,6 +13,12 @@ reason codes and explanations (sortable and filterable), a PET MIP with numbered
 a key image per lesion (and the planned needle path of each injection target), and the
 provenance (versions, configuration hashes, input series UIDs, stage timings).
 
+Many lesions: the first ``ranking.worksheet_max_lesions`` lesions by rank (default
+:data:`DEFAULT_MAX_LESIONS`, recorded by the ranking in ``ranking_provenance.json``), and every
+injection or monitoring lesion, are shown in full (key image, details, MIP label); the others are
+listed in one compact table without images, so that a SEG with 1000 segments gives a worksheet
+of a few hundred kB instead of 80 MB, and its cost stays linear in the number of lesions.
+
 Optional columns (needle path ``entry_*``, ``path_direction_*``, ``safe_path_found``,
 biomarkers, safety) are used when present; nothing fails when they are absent.
 """
@@ -35,6 +41,8 @@ from pipeline.report import keyimages as K
 log = logging.getLogger(__name__)
 
 WORKSHEET_NAME = "worksheet.html"
+#: Lesions shown in full when ``ranking.worksheet_max_lesions`` is not recorded.
+DEFAULT_MAX_LESIONS = 50
 #: Lesion-table columns never listed in the per-lesion details (identifiers, radiomics).
 _DETAIL_SKIP_PREFIXES = ("ct_original_", "pet_original_", "ct_wavelet", "pet_wavelet", "ct_log", "pet_log")
 _DETAIL_SKIP = {"patient_id", "study_uid", "lesion_id", "lesion_label", "tracking_uid",
@@ -313,8 +321,38 @@ def _mip(study_dir: Path, rows: list[dict], kidx: dict | None) -> tuple[dict | N
     return None, "MIP files missing"
 
 
-def worksheet_context(study_dir: Path) -> dict:
-    """Everything the worksheet template shows, from the study folder's files."""
+def _compact(r: dict) -> dict:
+    """A lesion of the compact table (beyond the lesions shown in full)."""
+    out = {c: r.get(c) for c in ("no", "lesion_id", "lesion_label", "role", "tier", "score",
+                                 "longest_diameter_mm", "volume_ml", "suv_max")}
+    out["organ"] = "unknown" if F.is_missing(r.get("organ")) else r.get("organ")
+    for c in ("lesion_label", "role", "tier"):
+        out[c] = "" if F.is_missing(out[c]) else out[c]
+    out["reasons"] = " · ".join(_codes(r.get("reasons")))
+    return out
+
+
+def split_rows(rows: list[dict], max_lesions: int | None) -> tuple[list[dict], list[dict]]:
+    """(rows shown in full, rows of the compact table).
+
+    In full: the first ``max_lesions`` rows (worksheet order, i.e. by rank) and every injection
+    or monitoring lesion; the rest, in order, go to the compact table. ``max_lesions`` None:
+    every row in full.
+    """
+    if max_lesions is None or len(rows) <= max_lesions:
+        return list(rows), []
+    full, rest = [], []
+    for i, r in enumerate(rows):
+        (full if i < max_lesions or r.get("role") in ("inject", "monitor") else rest).append(r)
+    return full, rest
+
+
+def worksheet_context(study_dir: Path, max_lesions: int | None = None) -> dict:
+    """Everything the worksheet template shows, from the study folder's files.
+
+    ``max_lesions``: lesions shown in full (see the module docstring); default the
+    ``worksheet_max_lesions`` the ranking recorded, else :data:`DEFAULT_MAX_LESIONS`.
+    """
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
     rprov = _read_json(study_dir / "ranking_provenance.json")
@@ -322,7 +360,10 @@ def worksheet_context(study_dir: Path) -> dict:
     ranking = read_table_if_present(study_dir / "ranking.csv")
     fails = read_table_if_present(study_dir / "failures.csv")
     kidx = K.read_index(study_dir)
-    rows = merged_rows(lesions, ranking)
+    if max_lesions is None:
+        max_lesions = int(rprov.get("worksheet_max_lesions") or DEFAULT_MAX_LESIONS)
+    all_rows = merged_rows(lesions, ranking)
+    rows, rest = split_rows(all_rows, max_lesions)
     for r in rows:
         r["path"] = path_info(r)
         r["reasons"] = _codes(r.get("reasons"))
@@ -344,6 +385,7 @@ def worksheet_context(study_dir: Path) -> dict:
                                               "rank_sort", "score_sort", "sort")})
     available, reason = _key_images(study_dir, rows, kidx)
     mip, mip_reason = _mip(study_dir, rows, kidx)
+    recist = itrecist_sets(all_rows)
     inject = [r for r in rows if r.get("role") == "inject"]
     inject.sort(key=lambda r: (F.to_float(r.get("rank")) or 1e9))
     monitor = [r for r in rows if r.get("role") == "monitor"]
@@ -370,8 +412,10 @@ def worksheet_context(study_dir: Path) -> dict:
               "study_uid": study_uid, "study_short": study_uid[-12:],
               "study_date": _fmt_date(row.get("study_date")), "status": status},
         "lesions": rows,
+        "lesions_rest": [_compact(r) for r in rest],
+        "max_lesions": max_lesions,
         "plan": {"inject": inject, "monitor": monitor, "total_volume_ml": total},
-        "recist": itrecist_sets(rows),
+        "recist": recist,
         "warnings": warnings,
         "failures": failures,
         "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER,
@@ -394,7 +438,8 @@ def _fmt_date(v) -> str:
     return s
 
 
-def write_worksheet(study_dir: Path, out_html: Path | None = None) -> Path:
+def write_worksheet(study_dir: Path, out_html: Path | None = None, *,
+                    max_lesions: int | None = None) -> Path:
     """Write the study's self-contained HTML worksheet.
 
     Parameters
@@ -403,6 +448,8 @@ def write_worksheet(study_dir: Path, out_html: Path | None = None) -> Path:
         ``RESULTS/studies/<patient>/<study>``.
     out_html : Path, optional
         Output file (default ``study_dir/worksheet.html``).
+    max_lesions : int, optional
+        Lesions shown in full (see :func:`worksheet_context`).
 
     Returns
     -------
@@ -413,11 +460,12 @@ def write_worksheet(study_dir: Path, out_html: Path | None = None) -> Path:
 
     study_dir = Path(study_dir)
     out_html = Path(out_html) if out_html is not None else study_dir / WORKSHEET_NAME
-    ctx = worksheet_context(study_dir)
+    ctx = worksheet_context(study_dir, max_lesions)
     html = render("worksheet.html", **ctx)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_html.with_name(out_html.name + ".tmp")
     tmp.write_text(html, encoding="utf-8")
     tmp.replace(out_html)
-    log.info("worksheet: %d lesions -> %s", len(ctx["lesions"]), out_html)
+    log.info("worksheet: %d lesions in full, %d in the compact table -> %s",
+             len(ctx["lesions"]), len(ctx["lesions_rest"]), out_html)
     return out_html

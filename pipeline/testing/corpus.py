@@ -23,6 +23,7 @@ case                              outcome  error class        message contains  
 ================================  =======  =================  ======================================  ===========
 reference                         load                                                                (8 lesions)
 truncated_pixel_data              error    DicomReadError     truncated                               failures
+zero_padded_2gb                   error    DicomReadError     PixelData (7FE0,0010)                   failures
 truncated_header                  error    DicomReadError                                             failures
 junk_files_and_dicomdir           load                                                                (8 lesions)
 missing_ImagePositionPatient      error    MissingTagError    ImagePositionPatient                    failures
@@ -40,6 +41,7 @@ duplicate_instances               warning                     duplicate         
 seg_of_another_series             error    SegmentationError  not in the archive                      failures
 seg_some_segments_empty           load                        kept as an empty lesion                 provenance
 seg_all_segments_empty            warning                     is empty (no voxel)                     provenance
+seg_1000_segments                 load
 pet_without_weight                warning                     PatientWeight (0010,1030)               suv_reason
 pet_without_dose                  warning                     RadionuclideTotalDose (0018,1074)       suv_reason
 pet_without_injection_time        warning                     RadiopharmaceuticalStartTime            suv_reason
@@ -75,6 +77,9 @@ What each case does to the reference files:
 
 * ``reference``: the phantom's contrast CT, PET and lesion SEG, unchanged.
 * ``truncated_pixel_data``: one CT file cut in half (inside its pixel data).
+* ``zero_padded_2gb``: one CT file zero-padded to 2 GiB (a sparse file: ``truncate``, no disk
+  used) after its PixelData; the index refuses it in milliseconds (the bytes after PixelData
+  are not DICOM elements), so the series misses that slice.
 * ``truncated_header``: one CT file cut 300 bytes after its start (inside the header).
 * ``junk_files_and_dicomdir``: a text file, a JPEG, a ZIP, an empty file and a DICOMDIR among
   the images.
@@ -99,6 +104,10 @@ What each case does to the reference files:
   rule LESION_EMPTY).
 * ``seg_all_segments_empty``: every frame of the lesion SEG zeroed: the study is done with a
   warning, 8 rows all with ``lesion_empty`` true (e.g. a complete response at follow-up).
+* ``seg_1000_segments``: the lesion SEG replaced by one with 1000 small segments
+  (:func:`many_segment_seg`): every lesion measured with per-lesion cost linear in the count;
+  the worksheet lists the first ``report.worksheet_max_lesions`` in full and the rest in one
+  compact table.
 * ``pet_without_weight``: PatientWeight deleted from every PET slice.
 * ``pet_without_dose``: RadionuclideTotalDose deleted.
 * ``pet_without_injection_time``: both injection time attributes deleted.
@@ -458,6 +467,22 @@ def _truncated_pixels(c: _Ctx) -> None:
     c.post.append(cut)
 
 
+#: Size of the zero-padded file of case ``zero_padded_2gb`` (bytes).
+ZERO_PADDED_SIZE = 2 * 1024**3
+
+
+@_case("zero_padded_2gb", outcome="error", error_class="DicomReadError",
+       message="PixelData (7FE0,0010)", where="failures",
+       description="one CT file zero-padded to 2 GiB after its PixelData (sparse file)")
+def _zero_padded(c: _Ctx) -> None:
+    rel = _mid(c.ct())
+
+    def pad(folder: Path) -> None:
+        with open(folder / rel, "r+b") as f:  # sparse: the zeros take no disk space
+            f.truncate(ZERO_PADDED_SIZE)
+    c.post.append(pad)
+
+
 @_case("truncated_header", outcome="error", error_class="DicomReadError", where="failures",
        description="one CT file cut 300 bytes after its start (inside the header)")
 def _truncated_header(c: _Ctx) -> None:
@@ -624,6 +649,93 @@ def _seg_some_empty(c: _Ctx) -> None:
        description="every frame of the lesion SEG zeroed")
 def _seg_all_empty(c: _Ctx) -> None:
     _blank_segments(c, None)
+
+
+def many_segment_seg(seg: Dataset, cts: list[Dataset], n: int, *, seed: int = 0,
+                     cube_zyx: tuple[int, int, int] = (2, 3, 3),
+                     step_zyx: tuple[int, int, int] = (3, 5, 5)) -> tuple[Dataset, list[dict]]:
+    """A copy of a BINARY lesion SEG holding ``n`` small cuboid lesion segments instead.
+
+    Each segment is a ``cube_zyx`` block of voxels (z, y, x) of the CT grid, at a random subset
+    (``seed``) of a lattice of step ``step_zyx`` whose blocks lie in soft tissue (every voxel
+    -150..250 HU), so segments never overlap. One frame per segment and slice, placed on the CT
+    slice it covers (its ImagePositionPatient, source image reference); labels ``lesion_0001``
+    ..., category Morphologically Abnormal Structure, a TrackingUID each.
+
+    Parameters
+    ----------
+    seg : Dataset
+        A BINARY SEG drawn on ``cts`` (the phantom's lesion SEG): its header and first frame's
+        functional groups are the template.
+    cts : list of Dataset
+        The CT slices the SEG references (any order; sorted by z here).
+    n : int
+        Number of segments.
+
+    Returns
+    -------
+    (Dataset, list of dict)
+        The SEG, and per segment ``segment_number``, ``label``, ``voxel_count``,
+        ``index_zyx`` (first voxel of the block on the CT grid).
+
+    Raises
+    ------
+    ValueError
+        Fewer than ``n`` soft-tissue lattice positions.
+    """
+    from pydicom.pixels import pack_bits
+    from pydicom.uid import generate_uid
+
+    cts = sorted(cts, key=lambda d: float(d.ImagePositionPatient[2]))
+    hu = np.stack([d.pixel_array * float(d.get("RescaleSlope", 1) or 1)
+                   + float(d.get("RescaleIntercept", 0) or 0) for d in cts])
+    soft = (hu >= -150) & (hu <= 250)
+    cz, cy, cx = cube_zyx
+    nz, ny, nx = soft.shape
+    cand = [(z, y, x) for z in range(0, nz - cz + 1, step_zyx[0])
+            for y in range(0, ny - cy + 1, step_zyx[1]) for x in range(0, nx - cx + 1, step_zyx[2])
+            if soft[z:z + cz, y:y + cy, x:x + cx].all()]
+    if len(cand) < n:
+        raise ValueError(f"only {len(cand)} soft-tissue positions for {n} segments")
+    rng = np.random.default_rng(seed)
+    picks = sorted(cand[i] for i in rng.choice(len(cand), size=n, replace=False))
+    out = copy.deepcopy(seg)
+    seg_tpl = seg.SegmentSequence[0]
+    frame_tpl = seg.PerFrameFunctionalGroupsSequence[0]
+    segments, frames, fgs, truth = [], [], [], []
+    for k, (z0, y0, x0) in enumerate(picks, start=1):
+        item = copy.deepcopy(seg_tpl)
+        item.SegmentNumber = k
+        item.SegmentLabel = f"lesion_{k:04d}"
+        if "TrackingID" in item:
+            item.TrackingID = f"lesion_{k:04d}"
+        item.TrackingUID = generate_uid(entropy_srcs=[str(seg.SOPInstanceUID), "many", str(k)])
+        segments.append(item)
+        truth.append({"segment_number": k, "label": item.SegmentLabel,
+                      "voxel_count": cz * cy * cx, "index_zyx": (z0, y0, x0)})
+        for z in range(z0, z0 + cz):
+            f = np.zeros((int(seg.Rows), int(seg.Columns)), dtype=np.uint8)
+            f[y0:y0 + cy, x0:x0 + cx] = 1
+            frames.append(f)
+            fg = copy.deepcopy(frame_tpl)
+            src = fg.DerivationImageSequence[0].SourceImageSequence[0]
+            src.ReferencedSOPInstanceUID = cts[z].SOPInstanceUID
+            fg.FrameContentSequence[0].DimensionIndexValues = [k, z + 1]
+            fg.PlanePositionSequence[0].ImagePositionPatient = list(cts[z].ImagePositionPatient)
+            fg.SegmentIdentificationSequence[0].ReferencedSegmentNumber = k
+            fgs.append(fg)
+    out.SegmentSequence = segments
+    out.PerFrameFunctionalGroupsSequence = fgs
+    out.NumberOfFrames = len(frames)
+    out.PixelData = pack_bits(np.stack(frames))
+    return out, truth
+
+
+@_case("seg_1000_segments", outcome="load", expected_lesions=1000,
+       description="the lesion SEG replaced by one with 1000 small lesion segments (2 x 3 x 3 "
+       "voxels each, in soft tissue, none overlapping)")
+def _seg_many(c: _Ctx) -> None:
+    c.files["SEG_lesions.dcm"], _ = many_segment_seg(c.seg(), [c.files[r] for r in c.ct()], 1000)
 
 
 # ------------------------------------------------------------------ PET / SUV

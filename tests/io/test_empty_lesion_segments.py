@@ -191,3 +191,32 @@ def test_every_segment_empty_is_a_done_study_with_a_warning(base, tmp_path):
     assert len(les) == len(base["truth"]["lesions"])
     assert les["lesion_empty"].astype(bool).all()
     assert (les["volume_ml"] == 0).all()
+
+
+def test_sr_and_worksheet_skip_the_empty_lesion_cleanly(base, tmp_path):
+    """The SR has one measurement group per lesion with voxels (none for the empty segment);
+    the worksheet lists the empty lesion (tier not_suitable) without a key image."""
+    from pipeline.io.tables import write_table
+    from pipeline.ranking.longitudinal import rank_patient
+    from pipeline.report import sr as S
+    from pipeline.report.worksheet import worksheet_context
+
+    root, _folder, index, row = _copy_with(base, tmp_path, {EMPTIED})
+    out = tmp_path / "out"
+    run_study(row, index.files, root, load_config(), out)
+    les = read_table(out / "lesions.csv")
+    uid = row["study_uid"]
+    write_table(rank_patient([(uid, "20240101", les)], load_config()["ranking"])[uid],
+                out / "ranking.csv")
+    ds = S.build_sr(out, root, index.files)
+    path = out / "sr.dcm"
+    ds.save_as(path)
+    groups = S.read_measurements(path)
+    empty_id = les.iloc[EMPTIED - 1]["lesion_id"]
+    assert len(groups) == len(les) - 1
+    assert empty_id not in groups
+    segs = {n for g in groups.values() if g.get("segment") for n in g["segment"][1]}
+    assert EMPTIED not in segs and len(segs) == len(les) - 1
+    ctx = worksheet_context(out)
+    r = next(x for x in ctx["lesions"] if x["lesion_id"] == empty_id)
+    assert r["tier"] == "not_suitable" and r["key"] is None

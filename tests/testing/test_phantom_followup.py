@@ -1,5 +1,6 @@
-"""Phantom patients with several timepoints (pipeline.testing.phantom.followup): layout, frames,
-repositioning, designed changes, zero-voxel segments, labels, TrackingUIDs and the itRECIST truth."""
+"""Phantom patients with several timepoints (pipeline.testing.phantom.followup): layout,
+frames, repositioning, designed changes, zero-voxel segments, labels, TrackingUIDs and the
+itRECIST truth."""
 
 from __future__ import annotations
 

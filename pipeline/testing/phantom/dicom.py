@@ -340,7 +340,8 @@ def write_pet_series(
         frt_s = acq_offset + mid_offset
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.FrameOfReferenceUID = uids["frame_of_reference_uid"]
-        ds.PatientPosition = "HFS"
+        # no PatientPosition: the PET Image IOD says it shall not be present together with
+        # PatientOrientationCodeSequence (below), which says the same (supine, head first)
         ds.BodyPartExamined = "WHOLEBODY"
         ds.ContentDate = _da(acq_t)
         ds.ContentTime = _tm(acq_t)
@@ -360,8 +361,7 @@ def write_pet_series(
         ds.FrameReferenceTime = _ds(round(frt_s * 1000.0, 3))
         ds.ActualFrameDuration = int(dur * 1000)
         ds.NumberOfSlices = nz
-        ds.ImageIndex = k + 1
-        ds.NumberOfTimeSlices = 1
+        ds.ImageIndex = k + 1  # NumberOfTimeSlices only for DYNAMIC / GATED series (1C)
         ds.CollimatorType = "NONE"
         orientation = _code_item("102538003", "SCT", "recumbent")
         orientation.PatientOrientationModifierCodeSequence = DicomSequence(
@@ -605,6 +605,9 @@ def _structure_set(
     frame.FrameOfReferenceUID = frame_uid
     frame.RTReferencedStudySequence = DicomSequence([study])
     ds.ReferencedFrameOfReferenceSequence = DicomSequence([frame])
+    # Frame of Reference module of the RT Structure Set IOD (dciodvfy: Type 1 / Type 2)
+    ds.FrameOfReferenceUID = frame_uid
+    ds.PositionReferenceIndicator = ""
     return ds
 
 

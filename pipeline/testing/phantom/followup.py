@@ -45,6 +45,7 @@ from pipeline.errors import ConfigError
 from pipeline.geometry import Grid
 from pipeline.testing.phantom.design import (
     CT_NOISE_SIGMA_HU,
+    GENERATOR,
     LIVER,
     LesionDesign,
     PatientDesign,
@@ -58,7 +59,12 @@ from pipeline.testing.phantom.design import (
     patient_design,
     pet_grid,
 )
-from pipeline.testing.phantom.render import PhantomArrays, _check_hosts, _render, quantize_pet_slices
+from pipeline.testing.phantom.render import (
+    PhantomArrays,
+    check_hosts,
+    quantize_pet_slices,
+    render_values,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,6 +201,17 @@ _RESPONSES: dict[str, dict[int, dict[str, tuple[str, str]]]] = {
 # After t = 2 the sizes stay as at t = 2: a confirmed progression stays iCPD, the others repeat.
 
 
+def design_uid(design: PatientDesign, *parts: object) -> str:
+    """Deterministic UID of a phantom object: the same derivation as the DICOM writers of
+    :mod:`.dicom` (generator, size, seed, patient, ``design.uid_salt`` and ``parts``), so
+    ``design_uid(baseline, "tracking", name)`` is the baseline SEG's TrackingUID of ``name``."""
+    from pydicom.uid import generate_uid
+
+    srcs = [GENERATOR, design.size, str(design.seed), design.patient_id, *design.uid_salt,
+            *map(str, parts)]
+    return str(generate_uid(entropy_srcs=srcs))
+
+
 def scenario_of(patient_index: int) -> str:
     """Designed scenario of patient ``patient_index`` (1-based)."""
     return SCENARIOS[(int(patient_index) - 1) % len(SCENARIOS)]
@@ -219,7 +236,9 @@ def rigid_matrix(translation_mm, rot_z_deg: float, rot_x_deg: float = 0.0) -> np
     return m
 
 
-def motion_parameters(patient_index: int, seed: int, t: int) -> tuple[tuple[float, ...], float, float]:
+def motion_parameters(
+    patient_index: int, seed: int, t: int
+) -> tuple[tuple[float, ...], float, float]:
     """(translation mm, rotation about z deg, rotation about x deg) of follow-up ``t`` >= 1.
 
     Patient 1 uses :data:`NOMINAL_MOTION`; others add seeded jitter (x, y +-3 mm, z +-1 mm, the
@@ -410,19 +429,19 @@ def timepoint_arrays(base: PatientDesign, t: int) -> tuple[PhantomArrays, np.nda
     tissue, labels, core, overlap = _label_grid_moved(cg, d.lesions, inv)
     if overlap.any():
         raise RuntimeError(f"study t={t}: lesions overlap in {int(overlap.sum())} CT voxels")
-    _check_hosts(tissue, labels, d.lesions)
+    check_hosts(tissue, labels, d.lesions)
     _check_fov(cg, tissue, labels, f"{d.patient_id} study t={t} CT")
     p_tissue, p_labels, p_core, p_overlap = _label_grid_moved(pg, d.lesions, inv)
     if p_overlap.any():
         raise RuntimeError(f"study t={t}: lesions overlap on the PET grid")
     cts = []
     for phase in (0, 1):
-        clean = _render(tissue, labels, core, d.lesions, phase)
+        clean = render_values(tissue, labels, core, d.lesions, phase)
         rng = np.random.default_rng([int(base.seed), int(base.patient_index), 1000 + phase,
                                      int(t)])
         noise = rng.standard_normal(cg.shape_zyx, dtype=np.float32) * CT_NOISE_SIGMA_HU
         cts.append(np.clip(np.rint(clean + noise), -1024, 3071).astype(np.float32))
-    suv = _render(p_tissue, p_labels, p_core, d.lesions, 2).astype(np.float32)
+    suv = render_values(p_tissue, p_labels, p_core, d.lesions, 2).astype(np.float32)
     arrays = PhantomArrays(
         design=d, ct_grid=cg, pet_grid=pg, ct_noncontrast_hu=cts[0], ct_contrast_hu=cts[1],
         pet_suv=suv, tissue_labels=tissue, lesion_labels=labels, lesion_core=core,
@@ -445,8 +464,6 @@ def segment_plan(base: PatientDesign, t: int, baseline_tracking: dict[str, str])
     """Segments of study ``t`` >= 1 in segment-number order: ``track_id``, ``segment_number``,
     ``segment_label``, ``tracking_uid``, ``status``, ``design_label`` (1-based index into
     :func:`timepoint_design` lesions, None for an empty segment)."""
-    from pipeline.testing.phantom.dicom import _uid
-
     tls = timepoint_lesions(base, t)
     d_t = timepoint_design(base, t)
     present = [tl.track_id for tl in tls if tl.design is not None]
@@ -461,9 +478,10 @@ def segment_plan(base: PatientDesign, t: int, baseline_tracking: dict[str, str])
         if tl.status == "disappeared":
             uid = baseline_tracking[tl.track_id]
         elif base.patient_index == 1:
-            uid = baseline_tracking.get(tl.track_id) or _uid(base, "tracking", "new", tl.track_id)
+            uid = (baseline_tracking.get(tl.track_id)
+                   or design_uid(base, "tracking", "new", tl.track_id))
         else:
-            uid = _uid(d_t, "tracking", tl.track_id)
+            uid = design_uid(d_t, "tracking", tl.track_id)
         out.append({
             "track_id": tl.track_id,
             "segment_number": number,
@@ -487,7 +505,7 @@ def write_followup_seg(path: Path, arrays: PhantomArrays, uids: dict[str, str], 
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
-    from pipeline.testing.phantom.dicom import GENERATOR, __version__, _uid
+    from pipeline.testing.phantom.dicom import __version__
 
     d = arrays.design
     labels = arrays.lesion_labels
@@ -512,7 +530,7 @@ def write_followup_seg(path: Path, arrays: PhantomArrays, uids: dict[str, str], 
         segment_descriptions=descs,
         series_instance_uid=uids["seg_lesions"],
         series_number=100,
-        sop_instance_uid=_uid(d, "seg_lesions", "instance"),
+        sop_instance_uid=design_uid(d, "seg_lesions", "instance"),
         instance_number=1,
         manufacturer=GENERATOR,
         manufacturer_model_name="analytic PET/CT phantom",
@@ -631,14 +649,21 @@ def generate_followup_patient(outdir: Path, patient_index: int = 1, size: str = 
         ``truth.json`` (the baseline truth of :func:`.dicom.generate_patient` plus
         ``"followup"``).
     """
-    from pipeline.testing.phantom.dicom import _prepare_folder, _uid, generate_patient
+    from pipeline.testing.phantom.dicom import generate_patient, patient_uids
 
     if timepoints < 2:
         raise ConfigError(f"generate_followup_patient needs timepoints >= 2, got {timepoints}",
                           hint="use generate_patient for a single study")
     base = patient_design(patient_index, seed, size, "standard", None)
     folder = Path(outdir) / base.patient_id
-    _prepare_folder(folder)
+    if folder.exists() and any(folder.iterdir()):
+        if not (folder / "truth.json").exists():
+            raise FileExistsError(
+                f"{folder} exists, is not empty and is not a phantom folder (no truth.json); "
+                "refusing to overwrite it"
+            )
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     staging = folder / ".baseline_staging"
     written = generate_patient(staging, patient_index, size, seed)
     study0 = folder / _study_folder_name(base, 0)
@@ -646,12 +671,11 @@ def generate_followup_patient(outdir: Path, patient_index: int = 1, size: str = 
     shutil.rmtree(staging)
     truth = json.loads((study0 / "truth.json").read_text())
     (study0 / "truth.json").unlink()
-    baseline_tracking = {les.name: _uid(base, "tracking", les.name) for les in base.lesions}
+    baseline_tracking = {les.name: design_uid(base, "tracking", les.name)
+                         for les in base.lesions}
     segs0 = [{"track_id": les.name, "segment_number": k, "segment_label": les.name,
               "tracking_uid": baseline_tracking[les.name], "status": "present",
               "design_label": k} for k, les in enumerate(base.lesions, start=1)]
-    from pipeline.testing.phantom.dicom import patient_uids
-
     tps = [followup_truth_timepoint(base, 0, patient_uids(base), np.eye(4), segs0, study0.name)]
     for k, tl in enumerate(truth["lesions"]):
         tps[0]["lesions"][k]["voxel_count"] = tl.get("voxel_count")

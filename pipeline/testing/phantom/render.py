@@ -163,7 +163,9 @@ def _value_luts(lesions: Sequence[LesionDesign], column: int):
     return tissue, np.array(les_vals, np.float32), np.array(core_vals, np.float32)
 
 
-def _render(tissue, labels, core, lesions, column: int) -> np.ndarray:
+def render_values(tissue, labels, core, lesions, column: int) -> np.ndarray:
+    """Values of labelled voxels: column 0 = HU non-contrast, 1 = HU contrast, 2 = SUVbw
+    (tissue value, overridden by the lesion value, then by the core value inside a core)."""
     t_lut, l_lut, c_lut = _value_luts(lesions, column)
     out = t_lut[tissue]
     m = labels > 0
@@ -211,7 +213,7 @@ def phantom_arrays(
     tissue, labels, core, overlap = _label_grid(cg, lesions)
     if overlap.any():
         raise RuntimeError(f"phantom lesions overlap in {int(overlap.sum())} CT voxels")
-    _check_hosts(tissue, labels, lesions)
+    check_hosts(tissue, labels, lesions)
     p_tissue, p_labels, p_core, p_overlap = _label_grid(pg, lesions)
     if p_overlap.any():
         raise RuntimeError("phantom lesions overlap on the PET grid")
@@ -222,14 +224,14 @@ def phantom_arrays(
     cts = []
     for phase, column in ((0, 0), (1, 1)):
         if phase == 0:
-            clean = _render(tissue, labels, core, lesions, column)
+            clean = render_values(tissue, labels, core, lesions, column)
         else:
-            clean = _render(c_tissue, c_labels, c_core, lesions, column)
+            clean = render_values(c_tissue, c_labels, c_core, lesions, column)
         rng = np.random.default_rng([int(seed), int(patient_index), 1000 + phase])
         noise = rng.standard_normal(cg.shape_zyx, dtype=np.float32) * CT_NOISE_SIGMA_HU
         hu = np.clip(np.rint(clean + noise), -1024, 3071).astype(np.float32)
         cts.append(hu)
-    suv = _render(p_tissue, p_labels, p_core, lesions, 2).astype(np.float32)
+    suv = render_values(p_tissue, p_labels, p_core, lesions, 2).astype(np.float32)
     return PhantomArrays(
         design=design,
         ct_grid=cg,
@@ -250,7 +252,8 @@ def phantom_arrays(
     )
 
 
-def _check_hosts(tissue: np.ndarray, labels: np.ndarray, lesions: Sequence[LesionDesign]) -> None:
+def check_hosts(tissue: np.ndarray, labels: np.ndarray, lesions: Sequence[LesionDesign]) -> None:
+    """Raise RuntimeError when a lesion covers no voxel or a voxel outside its host tissues."""
     for k, les in enumerate(lesions, start=1):
         under = np.unique(tissue[labels == k])
         allowed = {int(Tissue[name]) for name in les.host_tissues}
