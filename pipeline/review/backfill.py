@@ -87,9 +87,11 @@ def backfill_study_cache(results: str | Path, patient_id: str, study_uid: str, *
     masks = {}
     if row.get("lesion_mask_source") == "seg":
         grids = {v.series_uid: v.grid for v in vols.values()}
-        found = seg.read_seg(paths(row["lesion_mask_ref"])[0], grids=grids)
+        found = seg.read_seg(paths(row["lesion_mask_ref"])[0], grids=grids,
+                             keep_empty_lesions=True)  # ids numbered as the study job does
         lesions = [m for m in found if m.kind.value != "organ"]
-        masks = dict(zip(_slug_ids([m.name for m in lesions]), lesions, strict=True))
+        masks = {lid: m for lid, m in zip(_slug_ids([m.name for m in lesions]), lesions,
+                                          strict=True) if m.voxel_count}
     elif row.get("lesion_mask_source"):
         raise SegmentationError(f"backfill reads SEG lesion masks only, found "
                                 f"{row['lesion_mask_source']}", series_uid=row.get("lesion_mask_ref"),
