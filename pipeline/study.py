@@ -211,8 +211,11 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     """Rank one study's lesions from its lesion table (and the patient's earlier studies).
 
     Runs after the study job (and after the patient's earlier studies), so that the ranking sees
-    only tables, never images. Writes ``ranking.csv`` and ``ranking_provenance.json`` into
-    ``out_dir``.
+    only tables, never images. Then the follow-up step
+    (:func:`pipeline.followup.tracking.run_followup`: tracks, responses, ``followup_*`` files)
+    and the re-planning with the categories locked at baseline
+    (:func:`pipeline.followup.replan.replan`). Writes ``ranking.csv`` and
+    ``ranking_provenance.json`` into ``out_dir``.
 
     Parameters
     ----------
@@ -227,6 +230,9 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     import time
 
     from pipeline.cohort import study_output_dir
+    from pipeline.followup.replan import replan
+    from pipeline.followup.timepoints import patient_timepoints
+    from pipeline.followup.tracking import TRACKING_NAME, prior_matches, read_tracking, run_followup
     from pipeline.io.tables import read_table
     from pipeline.ranking.longitudinal import rank_patient
     from pipeline.ranking.select import RANKING_COLUMNS
@@ -238,19 +244,38 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     lesions = read_table(lesions_path)
     prior = []
     date = str(row.get("study_date", "") or "")
+
+    def when(r: dict) -> str:  # date, then time when the sheet has it: earlier_studies' order
+        d = str(r.get("study_date", "") or "")
+        return d + str(r.get("study_time", "") or "") if d else ""
+
     for r in earlier_studies(sheet, str(row["patient_dir"]), str(row["study_dir"])):
         p = study_output_dir(results, r) / "lesions.csv"
         if p.exists():
-            prior.append((r["study_uid"], r["study_date"], read_table(p)))
+            prior.append((r["study_uid"], when(r), read_table(p)))
     warnings: list[str] = []
+    uid = str(row.get("study_uid", ""))
+    me = patient_timepoints(sheet, str(row["patient_dir"])).of(str(row["study_dir"]))
+    fu, track_matches = None, None
+    if me.index:  # a follow-up timepoint: its tracks first, so growth follows them
+        fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions,
+                          ranking=pd.DataFrame())
+        if fu.timepoint_index:
+            track_matches = {uid: prior_matches(read_tracking(out_dir / TRACKING_NAME),
+                                                fu.timepoint_index)}
     if lesions.empty or "volume_ml" not in lesions.columns:
         ranking = pd.DataFrame(columns=RANKING_COLUMNS)
     else:
-        uid = str(row.get("study_uid", ""))
         usable = [p for p in prior if not p[2].empty and "volume_ml" in p[2].columns]
-        ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"])
+        ranked = rank_patient(usable + [(uid, when(row), lesions)], cfg["ranking"],
+                              track_matches=track_matches)
         ranking = ranked[uid]
         warnings = list(ranking.attrs.get("warnings", []))
+    if fu is None:  # the baseline (its categories come from this ranking) or no timepoint
+        fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions, ranking=ranking)
+    ranking = replan(ranking, fu.current, lesions, cfg["ranking"],
+                     timepoint_index=fu.timepoint_index)
+    warnings = list(ranking.attrs.get("warnings", warnings))
     write_table(ranking, out_dir / "ranking.csv")
     prov = {
         "study_uid": str(row.get("study_uid", "")),
@@ -267,6 +292,9 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "followup": {"timepoint_index": fu.timepoint_index,
+                     "baseline_study_uid": fu.info.get("baseline_study_uid", ""),
+                     "flagged_for_review": fu.info.get("flagged_for_review", False)},
         "worksheet_max_lesions": cfg["ranking"].get("worksheet_max_lesions"),
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),

@@ -17,7 +17,10 @@ Matching (:func:`match_lesions`)
    deformable CT-to-CT registration, then the prior centroids mapped into the current frame)
    before calling :func:`match_lesions`; registration is not part of this module. A study with
    another ``frame_of_reference_uid`` than its prior is therefore matched by tracking UID only
-   (a warning says so) unless the caller registered it.
+   (a warning says so) unless the caller registered it. The follow-up step
+   (:mod:`pipeline.followup`) does register: at a follow-up timepoint the rank job passes its
+   track matches (baseline frame, after registration) to :func:`rank_patient`
+   (``track_matches``), and growth is computed along the tracks (``match_method`` "track").
 
 Growth: longest diameter change (%, mm) and volume change (%) of each matched lesion.
 ``new_or_growing`` is True for a lesion that matches no earlier lesion (new: seen now, not
@@ -127,8 +130,19 @@ def match_lesions(prior: pd.DataFrame, current: pd.DataFrame, *, max_distance_mm
             for r, c in zip(rows, cols):
                 if allowed[r, c]:
                     match[ci[r]] = (pj[c], "centroid", float(d[r, c]))
-    out = []
     xyz_cur = _xyz(cur)
+    placeable = {i: bool(np.isfinite(xyz_cur[i]).all() or (bool(cu[i]) and uids_longitudinal))
+                 for i in range(len(cur))}
+    return _growth_table(pri, cur, match, placeable, growth_min_pct=growth_min_pct,
+                         growth_min_abs_mm=growth_min_abs_mm)
+
+
+def _growth_table(pri: pd.DataFrame, cur: pd.DataFrame, match: dict[int, tuple[int, str, float]],
+                  placeable: dict[int, bool], *, growth_min_pct: float,
+                  growth_min_abs_mm: float) -> pd.DataFrame:
+    """:data:`MATCH_COLUMNS` rows of ``cur`` given the matches (row -> (prior row, method,
+    distance)); an unmatched lesion is new when ``placeable``, else unknown (None)."""
+    out = []
     for i in range(len(cur)):
         lid = str(cur.at[i, "lesion_id"])
         if i in match:
@@ -152,13 +166,12 @@ def match_lesions(prior: pd.DataFrame, current: pd.DataFrame, *, max_distance_mm
                 "is_new": False, "is_growing": growing, "new_or_growing": growing,
             })
         else:
-            placeable = np.isfinite(xyz_cur[i]).all() or (bool(cu[i]) and uids_longitudinal)
             out.append({
                 "lesion_id": lid, "prior_lesion_id": "", "match_method": "none",
                 "match_distance_mm": np.nan, "prior_longest_diameter_mm": np.nan,
                 "longest_diameter_change_mm": np.nan, "longest_diameter_change_pct": np.nan,
-                "volume_change_pct": np.nan, "is_new": True if placeable else None,
-                "is_growing": None, "new_or_growing": True if placeable else None,
+                "volume_change_pct": np.nan, "is_new": True if placeable[i] else None,
+                "is_growing": None, "new_or_growing": True if placeable[i] else None,
             })
     res = pd.DataFrame(out, columns=MATCH_COLUMNS)
     for c in ("is_new", "is_growing", "new_or_growing"):
@@ -176,31 +189,63 @@ def _frame_uid(df: pd.DataFrame) -> str:
     return vals.pop() if len(vals) == 1 else ""
 
 
+def track_matched_growth(prior: pd.DataFrame, current: pd.DataFrame,
+                         matched: dict[str, str | None], *, growth_min_pct: float,
+                         growth_min_abs_mm: float) -> pd.DataFrame:
+    """Growth of the current lesions against the prior study's, from given matches.
+
+    ``matched`` maps a current lesion_id to the prior study's lesion_id of the same follow-up
+    track (:mod:`pipeline.followup.tracking`, matched in the baseline frame after registration),
+    to "" for a new lesion, or to None when it could not be placed (unknown). ``match_method``
+    is "track". Returns :data:`MATCH_COLUMNS` like :func:`match_lesions`.
+    """
+    cur = current.reset_index(drop=True)
+    pri = prior.reset_index(drop=True)
+    row_of = {str(v): j for j, v in enumerate(pri["lesion_id"])}
+    match, placeable = {}, {}
+    for i, lid in enumerate(cur["lesion_id"].astype(str)):
+        p = matched.get(lid)
+        if p and p in row_of:
+            match[i] = (row_of[p], "track", float("nan"))
+        placeable[i] = p is not None and lid in matched
+    res = _growth_table(pri, cur, match, placeable, growth_min_pct=growth_min_pct,
+                        growth_min_abs_mm=growth_min_abs_mm)
+    matched_p = {j for j, _, _ in match.values()}
+    res.attrs["disappeared"] = [str(pri.at[j, "lesion_id"]) for j in range(len(pri))
+                                if j not in matched_p]
+    return res
+
+
 def add_prior(current: pd.DataFrame, prior: pd.DataFrame, prior_study_uid: str,
-              cfg_ranking: dict) -> pd.DataFrame:
+              cfg_ranking: dict, *, matched: dict[str, str | None] | None = None) -> pd.DataFrame:
     """``current`` with growth columns from ``prior`` (see :func:`match_lesions`).
 
     Adds ``prior_study_uid``, ``prior_lesion_id``, ``match_method``,
     ``longest_diameter_change_pct``, ``volume_change_pct`` and fills ``new_or_growing`` where the
     table has no value yet (``new_or_growing_source`` = "prior_study"). When both tables state
     different frames of reference (``frame_of_reference_uid``), positions are not comparable
-    without registration: only tracking UIDs are used, with a warning.
+    without registration: only tracking UIDs are used, with a warning. With ``matched`` (the
+    follow-up's tracks, :func:`track_matched_growth`) those matches are used instead.
     """
     lcfg = cfg_ranking["longitudinal"]
     df = current.copy().reset_index(drop=True)
     warnings = list(df.attrs.get("warnings", []))
     f0, f1 = _frame_uid(prior), _frame_uid(df)
     pri = prior
-    if f0 and f1 and f0 != f1:
+    if matched is not None:
+        m = track_matched_growth(prior, df, matched, growth_min_pct=lcfg["growth_min_pct"],
+                                 growth_min_abs_mm=lcfg["growth_min_abs_mm"])
+    elif f0 and f1 and f0 != f1:
         warnings.append(
             f"prior study {prior_study_uid} has another frame of reference: lesions matched by "
             "tracking UID only (register the studies to match by position)")
         pri = prior.copy()
         for c in _XYZ:
             pri[c] = np.nan
-    m = match_lesions(pri, df, max_distance_mm=lcfg["max_match_distance_mm"],
-                      growth_min_pct=lcfg["growth_min_pct"],
-                      growth_min_abs_mm=lcfg["growth_min_abs_mm"])
+    if matched is None:
+        m = match_lesions(pri, df, max_distance_mm=lcfg["max_match_distance_mm"],
+                          growth_min_pct=lcfg["growth_min_pct"],
+                          growth_min_abs_mm=lcfg["growth_min_abs_mm"])
     df["prior_study_uid"] = prior_study_uid
     for c in ("prior_lesion_id", "match_method", "longest_diameter_change_pct", "volume_change_pct"):
         df[c] = m[c].to_numpy()
@@ -222,7 +267,9 @@ def add_prior(current: pd.DataFrame, prior: pd.DataFrame, prior_study_uid: str,
 
 
 def rank_patient(studies: list[tuple[str, str, pd.DataFrame]], cfg_ranking: dict,
-                 sidecar: pd.DataFrame | None = None, *, model=None) -> dict[str, pd.DataFrame]:
+                 sidecar: pd.DataFrame | None = None, *, model=None,
+                 track_matches: dict[str, tuple[str, dict[str, str | None]]] | None = None
+                 ) -> dict[str, pd.DataFrame]:
     """Rank every study of one patient, each with its previous study when there is one.
 
     Parameters
@@ -238,6 +285,10 @@ def rank_patient(studies: list[tuple[str, str, pd.DataFrame]], cfg_ranking: dict
         loaded if set.
     model : optional
         Trained ranker passed to :func:`~pipeline.ranking.select.rank_study`.
+    track_matches : dict, optional
+        study_uid -> (prior study_uid, {lesion_id: prior lesion_id, "" new, None unknown}): the
+        follow-up's matches (registered, :mod:`pipeline.followup.tracking`), used for that
+        study's growth when its prior is that study (else the usual matching).
 
     Returns
     -------
@@ -258,7 +309,9 @@ def rank_patient(studies: list[tuple[str, str, pd.DataFrame]], cfg_ranking: dict
         is_dated = bool(str(date or "").strip())
         if not tab.empty:
             if is_dated and prev is not None:
-                tab = add_prior(tab, prev[1], prev[0], cfg_ranking)
+                tm = (track_matches or {}).get(uid)
+                tab = add_prior(tab, prev[1], prev[0], cfg_ranking,
+                                matched=tm[1] if tm is not None and tm[0] == prev[0] else None)
                 warnings += tab.attrs.get("warnings", [])
             elif not is_dated and len(studies) > 1:
                 warnings.append("study date unknown: ranked without the earlier study")

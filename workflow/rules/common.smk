@@ -26,7 +26,7 @@ SETTINGS = f"{OUT}/logs/config/{hashlib.sha256(_SETTINGS_TEXT.encode()).hexdiges
 #: configuration sections each step reads (its params hash)
 SECTIONS = {
     "study": ("index", "features", "anatomy", "suv"),
-    "rank": ("ranking",),
+    "rank": ("ranking", "followup"),
 }
 HASH = {step: section_hash(CFG, secs) for step, secs in SECTIONS.items()}
 
