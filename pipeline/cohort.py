@@ -3,7 +3,10 @@
 The study sheet itself (with its sanitized ``patient_dir`` / ``study_dir``) is owned by
 :mod:`pipeline.sheet`.
 
-The cohort step only concatenates per-study tables; it computes nothing new.
+The cohort step only concatenates per-study tables; it computes nothing new. The follow-up
+tables (``cohort/response.csv``, ``cohort/lesion_tracking.csv``) are those of each patient's
+latest dated study (its ``followup_*.csv`` hold the patient's whole history,
+:mod:`pipeline.followup.tracking`); a patient removed from the sheet leaves them.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.errors import PipelineError
+from pipeline.followup.tracking import followup_failures
 from pipeline.io.provenance import write_json
 from pipeline.io.tables import FAILURE_COLUMNS, failures_frame, read_table, write_table
 
@@ -68,6 +72,43 @@ def index_failures(problems: pd.DataFrame) -> list[dict]:
     return recs
 
 
+def followup_tables(results: Path, sheet: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The cohort's follow-up tables: per patient, the ``followup_response.csv`` and
+    ``followup_tracking.csv`` of the latest dated study that has them.
+
+    Returns
+    -------
+    (response, lesion_tracking) : DataFrames with
+        :data:`~pipeline.followup.response.RESPONSE_COLUMNS` and
+        :data:`~pipeline.followup.tracking.LESION_TRACKING_COLUMNS` (header only when empty).
+    """
+    from pipeline.followup.response import RESPONSE_COLUMNS
+    from pipeline.followup.tracking import LESION_TRACKING_COLUMNS, RESPONSE_NAME, TRACKING_NAME
+    from pipeline.sheet import study_order_key
+
+    responses, tracks = [], []
+    rows = [r for r in sheet.to_dict(orient="records") if str(r.get("study_date", "") or "")]
+    by_patient: dict[str, list[dict]] = {}
+    for r in rows:
+        by_patient.setdefault(str(r["patient_dir"]), []).append(r)
+    for pdir in sorted(by_patient):
+        for r in sorted(by_patient[pdir], key=study_order_key, reverse=True):
+            d = study_output_dir(results, r)
+            if (d / RESPONSE_NAME).is_file() and (d / TRACKING_NAME).is_file():
+                rs = pd.read_csv(d / RESPONSE_NAME, dtype=str, keep_default_na=False)
+                tr = pd.read_csv(d / TRACKING_NAME, dtype=str, keep_default_na=False)
+                if len(rs):
+                    responses.append(rs.reindex(columns=RESPONSE_COLUMNS))
+                if len(tr):
+                    tracks.append(tr.reindex(columns=LESION_TRACKING_COLUMNS))
+                break
+    resp = (pd.concat(responses, ignore_index=True) if responses
+            else pd.DataFrame(columns=RESPONSE_COLUMNS))
+    trk = (pd.concat(tracks, ignore_index=True) if tracks
+           else pd.DataFrame(columns=LESION_TRACKING_COLUMNS))
+    return resp, trk
+
+
 def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | None) -> dict:
     """Concatenate the per-study tables into ``RESULTS/cohort``.
 
@@ -111,6 +152,7 @@ def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | No
         fl = pd.read_csv(d / "failures.csv", dtype=str, keep_default_na=False)
         if not fl.empty:
             failures.extend(fl.to_dict(orient="records"))
+        failures.extend(followup_failures(d))
     if problems is not None and not problems.empty:
         failures = index_failures(problems) + failures
     les_df = pd.concat(lesions, ignore_index=True) if lesions else pd.DataFrame(
@@ -121,12 +163,16 @@ def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | No
     write_table(les_df, cohort / "lesions.csv", parquet=True)
     write_table(rk_df, cohort / "ranking.csv")
     write_table(failures_frame(failures)[FAILURE_COLUMNS], cohort / "failures.csv")
+    resp_df, track_df = followup_tables(results, sheet)
+    write_table(resp_df, cohort / "response.csv")
+    write_table(track_df, cohort / "lesion_tracking.csv")
     write_table(pd.DataFrame(status), cohort / "status.csv")
     summary = {
         "studies": len(sheet),
         "studies_done": sum(1 for s in status if s["status"] == "done"),
         "studies_failed": sum(1 for s in status if s["status"] != "done"),
         "lesions": int(len(les_df)),
+        "followup_patients": int(resp_df["patient_id"].nunique()) if len(resp_df) else 0,
         "failures": len(failures),
         "skipped_non_dicom_files": 0 if problems is None else int(
             (problems.get("error_class", pd.Series(dtype=str)) == "NotDicom").sum()),
@@ -136,6 +182,8 @@ def build_cohort(results: Path, sheet: pd.DataFrame, problems: pd.DataFrame | No
             "ranking": str(cohort / "ranking.csv"),
             "failures": str(cohort / "failures.csv"),
             "status": str(cohort / "status.csv"),
+            "response": str(cohort / "response.csv"),
+            "lesion_tracking": str(cohort / "lesion_tracking.csv"),
         },
     }
     write_json(cohort / "summary.json", summary)

@@ -114,7 +114,9 @@ LESION_COLUMNS: tuple[Column, ...] = (
        "slice spacing of the CT the lesion was measured on (RECIST: minimum size 2 x this)"),
     _c("segment_number", "int", "", "study", "", "SEG segment number / RTSTRUCT ROI number / label value"),
     _c("tracking_uid", "str", "", "study", "",
-       "SEG TrackingUID of the finding (same finding across studies), or empty"),
+       "SEG TrackingUID of the finding (same finding across studies), or empty; in ranking.csv "
+       "the lesion track's stable TrackingUID at a follow-up (pipeline.followup)"),
+    _c("lesion_empty", "bool", "", "study", "", "the lesion segment / ROI holds no voxel (resolved lesion or drawing error): a row of zeros and reasons"),
     # ---- shape (pipeline.features.shape, mask grid)
     _c("volume_ml", "float", "mL", "features.shape", "", "lesion volume: voxel count x voxel volume"),
     _c("voxel_count", "int", "", "features.shape", "", "lesion voxels on the mask grid"),
@@ -403,6 +405,13 @@ RANKING_COLUMNS: tuple[Column, ...] = (
     _c("syringe_note", "str", "", "ranking.select", "", "syringe handling note"),
     _c("rules_not_evaluated", "str", "", "ranking.select", "",
        "codes of rules whose columns were missing or empty"),
+    _c("track_id", "str", "", "followup.replan", "",
+       "follow-up lesion track (the baseline lesion_id, or new<i>-<lesion_id> for a new lesion)"),
+    _c("itrecist_category", "str", "", "followup.replan", "",
+       "T-I, T-NI, NT-I, NT-NI (locked at baseline) or NEW, in force at this timepoint"),
+    _c("injected_since", "str", "", "followup.replan", "",
+       "StudyInstanceUID of the study from which the track is injected (baseline or a "
+       "recorded NI -> I reclassification); empty = not injected"),
 )
 
 #: Every declared column, lesion table first.

@@ -115,6 +115,12 @@ class FeatureError(PipelineError):
     stage = "features"
 
 
+class FollowupError(PipelineError):
+    """A follow-up input (registration reference, earlier timepoint's tables) is unusable."""
+
+    stage = "followup"
+
+
 class InternalError(PipelineError):
     """An unexpected exception: a bug, recorded so that the rest of the batch goes on."""
 

@@ -141,16 +141,34 @@ def study_row(sheet: pd.DataFrame, patient_dir: str, study_dir: str) -> dict:
     return {k: ("" if _is_empty(v) else str(v)) for k, v in sel.iloc[0].to_dict().items()}
 
 
-def _order_key(row: dict) -> tuple[str, str]:
-    return (str(row.get("study_date", "") or ""), str(row.get("study_uid", "") or ""))
+#: Optional columns a user may add to an edited sheet: ``study_time`` (StudyTime (0008,0030),
+#: orders studies of one day) and ``timepoint_role`` (:data:`TIMEPOINT_ROLES`; see
+#: :mod:`pipeline.followup.timepoints`).
+OPTIONAL_COLUMNS: tuple[str, ...] = ("study_time", "timepoint_role")
+#: Values of ``timepoint_role``: "" (automatic: the first study with lesion masks is the
+#: baseline, later ones follow-ups), ``baseline``, ``follow_up``, ``exclude`` (measured, left
+#: out of the response assessment).
+TIMEPOINT_ROLES: tuple[str, ...] = ("", "baseline", "follow_up", "exclude")
+
+
+def study_order_key(row: dict) -> tuple[str, str, str]:
+    """Chronological sort key of a sheet row: (study_date, study_time, study_uid).
+
+    ``study_time`` is used when the sheet has that optional column ("" otherwise), so studies of
+    one day are ordered by time and then by UID (a fixed, if arbitrary, order).
+    """
+    return (str(row.get("study_date", "") or ""), str(row.get("study_time", "") or ""),
+            str(row.get("study_uid", "") or ""))
+
 
 
 def earlier_studies(sheet: pd.DataFrame, patient_dir: str, study_dir: str) -> list[dict]:
     """The same patient's studies strictly before this one, oldest first.
 
-    Studies are ordered by ``study_date`` (DICOM ``YYYYMMDD``), then by StudyInstanceUID (the
-    index keeps no StudyTime; the UID makes studies of one day a fixed, if arbitrary, order,
-    the same (date, UID) order :func:`pipeline.ranking.longitudinal.rank_patient` uses). A
+    Studies are ordered by :func:`study_order_key`: ``study_date`` (DICOM ``YYYYMMDD``), then
+    ``study_time`` when an edited sheet has that column (the index keeps no StudyTime), then
+    StudyInstanceUID (a fixed, if arbitrary, order for studies of one day; the (date, UID)
+    order :func:`pipeline.ranking.longitudinal.rank_patient` uses). A
     study without a date has no earlier studies and is never an earlier study (its place in
     time is unknown).
 
@@ -164,7 +182,7 @@ def earlier_studies(sheet: pd.DataFrame, patient_dir: str, study_dir: str) -> li
     Returns
     -------
     list of dict
-        Sheet rows (strings), sorted by (study_date, study_uid).
+        Sheet rows (strings), sorted by :func:`study_order_key`.
 
     Raises
     ------
@@ -174,14 +192,14 @@ def earlier_studies(sheet: pd.DataFrame, patient_dir: str, study_dir: str) -> li
     me = study_row(sheet, patient_dir, study_dir)
     if not me.get("study_date", ""):
         return []
-    mine = _order_key(me)
+    mine = study_order_key(me)
     same = sheet[(sheet["patient_dir"] == patient_dir) & (sheet["study_dir"] != study_dir)]
     out = []
     for r in same.to_dict(orient="records"):
         r = {k: ("" if _is_empty(v) else str(v)) for k, v in r.items()}
-        if r.get("study_date", "") and _order_key(r) < mine:
+        if r.get("study_date", "") and study_order_key(r) < mine:
             out.append(r)
-    return sorted(out, key=_order_key)
+    return sorted(out, key=study_order_key)
 
 
 # =========================================================================== building
@@ -528,6 +546,22 @@ def validate_study_sheet(
         raise ConfigError(f"study sheet lists study {dup[0][1]} of patient {dup[0][0]} "
                           f"{keys[dup[0]]} times", tag="study_uid",
                           hint="keep one row per study")
+    if "timepoint_role" in sheet.columns:
+        baselines = Counter(r["patient_id"] for r in records if r["timepoint_role"] == "baseline")
+        many = sorted(p for p, n in baselines.items() if n > 1)
+        if many:
+            raise ConfigError(
+                f"study sheet: patient {many[0]} has {baselines[many[0]]} studies with "
+                "timepoint_role baseline, expected at most one", tag="timepoint_role",
+                hint="mark one baseline per patient (or none: the first study with lesion masks "
+                "is then the baseline)")
+        for i, row in enumerate(records):
+            if row["timepoint_role"] == "baseline" and not row["lesion_mask_source"]:
+                raise ConfigError(
+                    f"study sheet {where(i, row)}: column timepoint_role: a baseline needs lesion "
+                    "masks, found lesion_mask_source empty", tag="timepoint_role",
+                    hint="choose a study with a lesion segmentation as baseline, or fill "
+                    "lesion_mask_source / lesion_mask_ref")
     if index is not None:
         series = index.series.set_index("series_uid", drop=False)
         expect = {"ct_series_uid": {"CT"}, "ce_ct_series_uid": {"CT"},

@@ -24,7 +24,13 @@ from pipeline import config as cfgmod
 from pipeline.columns import order_lesion_columns
 from pipeline.errors import InternalError, PipelineError
 from pipeline.io.provenance import StageTimer, now_iso, package_versions, write_json
-from pipeline.io.study_loader import StudyInputs, lesion_ids, load_images, load_study_masks
+from pipeline.io.study_loader import (
+    StudyInputs,
+    empty_lesion_columns,
+    lesion_ids,
+    load_images,
+    load_study_masks,
+)
 from pipeline.io.suv import audit_failure_records
 from pipeline.io.tables import failures_frame, write_table
 
@@ -120,7 +126,7 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         sm = load_study_masks(inp, img.grids_by_series_uid, cfg)
     warnings = [*img.warnings, *sm.warnings]
     used = {**img.used_series, **sm.used_series}
-    masks, grid = list(sm.lesions), sm.lesions[0].grid
+    masks, grid = list(sm.nonempty), sm.lesions[0].grid  # empty segments: rows of zeros below
 
     with timer.stage("prepare"):  # whole-study work, once
         actx = anatomy_stage.prepare(img.ct_by_role, grid, sm.organs, cfg,
@@ -131,16 +137,21 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
                                      lesions=masks, suv_audit=img.suv_audit)
 
     rows = []
-    ids = lesion_ids([m.name for m in masks])
+    all_ids = lesion_ids([m.name for m in sm.lesions])
+    ids = [lid for lid, m in zip(all_ids, sm.lesions) if m.voxel_count > 0]
     with timer.stage("lesions"):  # per lesion: crops only
-        for lid, m, on_uid in zip(ids, masks, sm.lesion_grid_series_uids):
+        for lid, m, on_uid in zip(all_ids, sm.lesions, sm.lesion_grid_series_uids):
             row = {
                 "patient_id": inp.uid("patient_id"), "study_uid": inp.uid("study_uid"),
                 "lesion_id": lid, "lesion_label": m.name, "mask_source": m.source.value,
                 "mask_series_uid": m.source_uid, "segment_number": m.segment_number,
                 "tracking_uid": m.tracking_uid, "mask_referenced_series_uid": on_uid,
-                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]),
+                "ct_slice_spacing_mm": float(m.grid.spacing_xyz_mm[2]), "lesion_empty": False,
             }
+            if m.voxel_count == 0:  # declared, no voxel: zeros and reasons, no feature call
+                row.update(empty_lesion_columns(m))
+                rows.append(row)
+                continue
             feats = feature_stage.lesion_columns(m, fctx, cfg)
             row.update(feats)
             row.update(anatomy_stage.lesion_columns(m, actx, cfg, features=feats))
@@ -150,7 +161,8 @@ def _process(inp: StudyInputs, cfg: dict, timer: StageTimer, out_dir: Path):
         try:
             from pipeline.report.keyimages import write_key_images
 
-            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv, rows=rows)
+            write_key_images(out_dir, img.ct_by_series_uid, masks, ids, suv=img.pet_suv,
+                             rows=[r for r in rows if not r["lesion_empty"]])
         except Exception as exc:  # noqa: BLE001 - key images never fail the study
             log.warning("key images not written: %s", exc)
             warnings.append(f"key images not written: {exc}")
@@ -167,8 +179,11 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     """Rank one study's lesions from its lesion table (and the patient's earlier studies).
 
     Runs after the study job (and after the patient's earlier studies), so that the ranking sees
-    only tables, never images. Writes ``ranking.csv`` and ``ranking_provenance.json`` into
-    ``out_dir``.
+    only tables, never images. Then the follow-up step
+    (:func:`pipeline.followup.tracking.run_followup`: tracks, responses, ``followup_*`` files)
+    and the re-planning with the categories locked at baseline
+    (:func:`pipeline.followup.replan.replan`). Writes ``ranking.csv`` and
+    ``ranking_provenance.json`` into ``out_dir``.
 
     Parameters
     ----------
@@ -183,6 +198,8 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
     import time
 
     from pipeline.cohort import study_output_dir
+    from pipeline.followup.replan import replan
+    from pipeline.followup.tracking import run_followup
     from pipeline.io.tables import read_table
     from pipeline.ranking.longitudinal import rank_patient
     from pipeline.ranking.select import RANKING_COLUMNS
@@ -207,6 +224,10 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         ranked = rank_patient(usable + [(uid, date, lesions)], cfg["ranking"])
         ranking = ranked[uid]
         warnings = list(ranking.attrs.get("warnings", []))
+    fu = run_followup(results, row, sheet, cfg, out_dir, lesions=lesions, ranking=ranking)
+    ranking = replan(ranking, fu.current, lesions, cfg["ranking"],
+                     timepoint_index=fu.timepoint_index)
+    warnings = list(ranking.attrs.get("warnings", warnings))
     write_table(ranking, out_dir / "ranking.csv")
     prov = {
         "study_uid": str(row.get("study_uid", "")),
@@ -223,6 +244,9 @@ def run_ranking(results: Path, row: dict, sheet: pd.DataFrame, cfg: dict, out_di
         "model": cfg["ranking"].get("model"),
         "sidecar": cfg["ranking"].get("sidecar"),
         "n_lesions": int(len(ranking)),
+        "followup": {"timepoint_index": fu.timepoint_index,
+                     "baseline_study_uid": fu.info.get("baseline_study_uid", ""),
+                     "flagged_for_review": fu.info.get("flagged_for_review", False)},
         "warnings": warnings,
         "wall_s": round(time.perf_counter() - t0, 4),
     }

@@ -366,6 +366,10 @@ def _block_mean(vol: Volume, target_mm: float) -> tuple[np.ndarray, Grid]:
     return np.ascontiguousarray(arr), g
 
 
+#: Public name of the block-mean downsampler (shared with :mod:`pipeline.followup.registration`).
+block_mean = _block_mean
+
+
 def body_mask_lowres(arr: np.ndarray, threshold_hu: float) -> np.ndarray:
     """Largest connected component above ``threshold_hu``, holes filled slice by slice."""
     m = arr > threshold_hu

@@ -96,7 +96,8 @@ def shape_features(mask: LesionMask) -> ShapeFeatures:
     if n_vox == 0:
         raise FeatureError(
             f"lesion mask {mask.name!r} is empty: no voxel to measure",
-            hint="check the segmentation; empty segments should be dropped when masks are read",
+            hint="check the segmentation; an empty lesion segment gets a row of zeros and reasons "
+            "(pipeline.io.study_loader.empty_lesion_columns), never shape features",
         )
     offset = np.array([b[0] for b in mask.bbox_zyx], dtype=float)
 

@@ -45,6 +45,7 @@ from pipeline.io.seg import (
     DEFAULT_LESION_NAME_PATTERNS,
     DEFAULT_ORGAN_NAME_PATTERNS,
     classify_segment,
+    empty_mask,
 )
 from pipeline.records import LesionMask, MaskSource, SegmentKind
 
@@ -200,6 +201,7 @@ def read_rtstruct(
     sop_instance_uids: Collection[str] | None = None,
     slice_tolerance: float = 0.5,
     warnings: list[str] | None = None,
+    keep_empty_lesions: bool = False,
 ) -> list[LesionMask]:
     """Rasterize every non-empty ROI of an RTSTRUCT onto ``grid``.
 
@@ -223,11 +225,18 @@ def read_rtstruct(
         Largest distance of a contour from its slice, as a fraction of the slice step.
     warnings : list of str, optional
         Appended with warnings (empty ROIs, open contours ...), which are also logged.
+    keep_empty_lesions : bool
+        Keep an ROI that is not an organ (lesion or unknown kind) and covers no voxel (no
+        contour, or contours that fill no voxel centre) as an empty mask
+        (:func:`pipeline.io.seg.empty_mask`, ``voxel_count`` 0), so that the study job writes its
+        row. An ROI whose contours all lie on absent slices of a partly present series is not
+        empty (it was not loaded): it is skipped. Empty organ ROIs are always skipped.
 
     Returns
     -------
     list of LesionMask
-        One per non-empty ROI, in StructureSetROISequence order; ``crop`` bool (z, y, x) tight to
+        One per non-empty ROI (and per empty lesion ROI with ``keep_empty_lesions``), in
+        StructureSetROISequence order; ``crop`` bool (z, y, x) tight to
         the ROI; ``segment_number`` = ROINumber; ``source_uid`` = the RTSTRUCT's
         SeriesInstanceUID.
 
@@ -285,6 +294,7 @@ def read_rtstruct(
     n_contours = n_absent = 0
     for roi in roi_table(ds):
         n, name = roi["roi_number"], roi["name"]
+        absent_before = n_absent
         polys: dict[int, list[np.ndarray]] = {}  # slice -> contours as (N, 2) (y, x) indices
         for ci, c in enumerate(contours_by_roi.get(n, [])):
             gtype = str(c.get("ContourGeometricType", "CLOSED_PLANAR")).upper()
@@ -339,10 +349,20 @@ def read_rtstruct(
             polys.setdefault(k, []).append(zyx[:, 1:])
         slices = {k: fill_evenodd(v, ny, nx) for k, v in polys.items()}
         slices = {k: m for k, m in slices.items() if m.any()}
+        kind = classify_roi(name, roi["interpreted_type"],
+                            lesion_name_patterns=lesion_name_patterns,
+                            organ_name_patterns=organ_name_patterns)
         if not slices:
-            msg = f"RTSTRUCT {path.name} (series {rt_uid}): ROI {n} '{name}' is empty; skipped"
+            keep = (keep_empty_lesions and kind != SegmentKind.ORGAN
+                    and n_absent == absent_before)
+            msg = (f"RTSTRUCT {path.name} (series {rt_uid}): ROI {n} '{name}' is empty; "
+                   + ("kept as an empty lesion" if keep else "skipped"))
             warn.append(msg)
             log.warning(msg)
+            if keep:
+                out.append(empty_mask(
+                    name=name, source=MaskSource.RTSTRUCT, grid=grid, kind=kind,
+                    source_uid=rt_uid, referenced_series_uid=series_uid, segment_number=int(n)))
             continue
         ks = sorted(slices)
         stack = np.zeros((ks[-1] - ks[0] + 1, ny, nx), dtype=bool)
@@ -352,9 +372,6 @@ def read_rtstruct(
         assert tight is not None
         crop = stack[tuple(slice(a, b) for a, b in tight)].copy()
         bbox = ((ks[0] + tight[0][0], ks[0] + tight[0][1]), tight[1], tight[2])
-        kind = classify_roi(name, roi["interpreted_type"],
-                            lesion_name_patterns=lesion_name_patterns,
-                            organ_name_patterns=organ_name_patterns)
         out.append(
             LesionMask(
                 name=name, source=MaskSource.RTSTRUCT, grid=grid, bbox_zyx=bbox, crop=crop,

@@ -204,6 +204,7 @@ def read_seg(
     organ_name_patterns: Iterable[str] = DEFAULT_ORGAN_NAME_PATTERNS,
     slice_tolerance: float = 0.5,
     warnings: list[str] | None = None,
+    keep_empty_lesions: bool = False,
 ) -> list[LesionMask]:
     """Read every non-empty segment of a DICOM SEG onto the grid of its referenced series.
 
@@ -220,13 +221,19 @@ def read_seg(
         A non-empty frame farther than this (fraction of the target's slice step / pixel) outside
         the target grid is an error (the SEG belongs to another series).
     warnings : list of str, optional
-        Appended with the warnings (empty segments skipped, frames resampled ...), which are
-        also logged.
+        Appended with the warnings (empty segments skipped or kept, frames resampled ...), which
+        are also logged.
+    keep_empty_lesions : bool
+        Keep a declared segment without any voxel when it is not an organ (lesion or unknown
+        kind) as an empty mask (:func:`empty_mask`: ``voxel_count`` 0), so that the study job
+        writes its row (``lesion_empty``: a resolved lesion or a drawing error). Empty organ
+        segments are always skipped. Default: every empty segment is skipped.
 
     Returns
     -------
     list of LesionMask
-        One per non-empty segment, in SegmentSequence order; ``crop`` is bool (z, y, x) tight
+        One per non-empty segment (and per empty lesion segment with ``keep_empty_lesions``),
+        in SegmentSequence order; ``crop`` is bool (z, y, x) tight
         to the segment, ``bbox_zyx`` its half-open index box on ``grid``. BINARY segments: pixel
         value > 0; FRACTIONAL: value / MaximumFractionalValue >= 0.5; LABELMAP: value ==
         SegmentNumber (PixelPaddingValue is background). Overlapping segments each keep all
@@ -327,17 +334,21 @@ def read_seg(
     for n, d in descs.items():
         if n == 0 and seg_type == "LABELMAP":
             continue
-        got = parts.get(n)
-        if got is None:
-            msg = f"SEG {path.name} (series {seg_uid}): segment {n} '{d['label']}' is empty; skipped"
-            warn.append(msg)
-            log.warning(msg)
-            continue
-        bbox, crop = got
         kind = classify_segment(
             name=d["label"], category_code=d["category_code"], type_code=d["type_code"],
             lesion_name_patterns=lesion_name_patterns, organ_name_patterns=organ_name_patterns,
         )
+        got = parts.get(n)
+        if got is None:
+            keep = keep_empty_lesions and kind != SegmentKind.ORGAN
+            msg = (f"SEG {path.name} (series {seg_uid}): segment {n} '{d['label']}' is empty; "
+                   + ("kept as an empty lesion" if keep else "skipped"))
+            warn.append(msg)
+            log.warning(msg)
+            if not keep:
+                continue
+            got = EMPTY_BBOX, np.zeros((0, 0, 0), dtype=bool)
+        bbox, crop = got
         out.append(
             LesionMask(
                 name=d["label"], source=MaskSource.SEG, grid=grid, bbox_zyx=bbox, crop=crop,
@@ -346,6 +357,25 @@ def read_seg(
             )
         )
     return out
+
+
+#: Bounding box of an empty mask (:func:`empty_mask`).
+EMPTY_BBOX: tuple[tuple[int, int], tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0), (0, 0))
+
+
+def empty_mask(**fields) -> LesionMask:
+    """A mask without voxels: ``crop`` of shape (0, 0, 0), ``bbox_zyx`` :data:`EMPTY_BBOX`.
+
+    The readers return it for a declared lesion segment / ROI that holds no voxel
+    (``keep_empty_lesions``); ``fields`` are the other :class:`~pipeline.records.LesionMask`
+    fields (name, source, grid ...).
+    """
+    return LesionMask(bbox_zyx=EMPTY_BBOX, crop=np.zeros((0, 0, 0), dtype=bool), **fields)
+
+
+def is_empty_mask(mask: LesionMask) -> bool:
+    """True for a mask without any voxel (an empty lesion segment kept by a reader)."""
+    return mask.crop.size == 0 or not mask.crop.any()
 
 
 def _on_grid(grid: Grid, ipp, iop, ps) -> bool:

@@ -11,8 +11,9 @@ Used by the study job (:func:`pipeline.study.run_study`) and by ``hitit suv``
   TotalSegmentator folder), always with the configured ``index.lesion_name_patterns`` and
   ``index.organ_name_patterns``; :func:`read_mask_file` is the same dispatcher for a file given
   by path (``hitit suv --mask``).
-* :func:`load_study_masks`: the study's non-empty lesion masks and organ masks
-  (:class:`StudyMasks`).
+* :func:`load_study_masks`: the study's lesion masks (a declared lesion segment / ROI without
+  any voxel is kept as an empty mask: the study job writes its row with ``lesion_empty`` true)
+  and its non-empty organ masks (:class:`StudyMasks`).
 
 Errors: a missing or unusable CT or lesion mask raises (the study cannot do without them); an
 unusable PET or organ mask becomes a warning and an empty value with its reason.
@@ -279,6 +280,7 @@ def read_mask_file(
     own_grid_when_unloaded: bool = False,
     mask_ref: str = "",
     warnings: list[str] | None = None,
+    keep_empty_lesions: bool = False,
 ) -> list[LesionMask]:
     """Read one segmentation object onto the grid of the series it was drawn on.
 
@@ -308,12 +310,17 @@ def read_mask_file(
     warnings : list of str, optional
         Appended with the reader's warnings (e.g. an RTSTRUCT on a partly present series: the
         counts of absent instances and of skipped / rasterized contours).
+    keep_empty_lesions : bool
+        SEG / RTSTRUCT: keep a declared lesion (or unknown-kind) segment / ROI without any voxel
+        as an empty mask (:func:`pipeline.io.seg.empty_mask`); label maps and TotalSegmentator
+        folders declare no segment apart from its voxels.
 
     Returns
     -------
     list of LesionMask
         Every non-empty segment, lesions and organs (``kind``), on a grid of ``grids`` or (see
-        ``own_grid_when_unloaded``) on its own.
+        ``own_grid_when_unloaded``) on its own; and the empty lesion segments with
+        ``keep_empty_lesions``.
 
     Raises
     ------
@@ -334,7 +341,8 @@ def read_mask_file(
             if not any(r in grids for r in refs):
                 native = seg.seg_native_grid(path)
                 return seg.read_seg(path, grids={(refs[0] if refs else "native"): native}, **pats)
-        return seg.read_seg(path, grids=grids, **pats)
+        return seg.read_seg(path, grids=grids, warnings=warnings,
+                            keep_empty_lesions=keep_empty_lesions, **pats)
     if source == "rtstruct":
         ds = pydicom.dcmread(str(path), stop_before_pixels=True)
         refs, _ = rtstruct.rtstruct_references(ds)
@@ -353,7 +361,8 @@ def read_mask_file(
             )
         sops = sop_uids_of(ref_uid) if sop_uids_of is not None else None
         return rtstruct.read_rtstruct(path, grid=grids[ref_uid], series_uid=ref_uid,
-                                      sop_instance_uids=sops, warnings=warnings, **pats)
+                                      sop_instance_uids=sops, warnings=warnings,
+                                      keep_empty_lesions=keep_empty_lesions, **pats)
     if source == "labelmap":
         if own_grid_when_unloaded and not labelmap.sidecar_path(path).exists():
             names, kind, ref_uid = {}, SegmentKind.UNKNOWN, ""
@@ -382,7 +391,8 @@ def read_mask_file(
 
 
 def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, Grid],
-               cfg: dict, *, warnings: list[str] | None = None) -> list[LesionMask]:
+               cfg: dict, *, warnings: list[str] | None = None,
+               keep_empty_lesions: bool = False) -> list[LesionMask]:
     """Read the segmentation object a study-sheet row names onto its referenced grid.
 
     Parameters
@@ -398,6 +408,8 @@ def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, G
         Validated configuration (name patterns).
     warnings : list of str, optional
         Appended with the reader's warnings (see :func:`read_mask_file`).
+    keep_empty_lesions : bool
+        See :func:`read_mask_file`.
 
     Returns
     -------
@@ -421,7 +433,7 @@ def read_masks(inputs: StudyInputs, source: str, ref: str, grids: Mapping[str, G
         raise SegmentationError(f"unknown mask source {source!r} in the study sheet",
                                 hint=f"use one of {', '.join(MASK_SOURCES)}")
     return read_mask_file(source, path, grids, cfg, sop_uids_of=inputs.sop_uids, mask_ref=ref,
-                          warnings=warnings)
+                          warnings=warnings, keep_empty_lesions=keep_empty_lesions)
 
 
 def mask_grid_series_uid(mask: LesionMask, grids: Mapping[str, Grid]) -> str:
@@ -443,7 +455,8 @@ class StudyMasks:
     Attributes
     ----------
     lesions : tuple of LesionMask
-        Non-empty lesion (and unknown-kind) segments, in reading order.
+        Lesion (and unknown-kind) segments, in reading order, the empty ones included
+        (``voxel_count`` 0, :func:`pipeline.io.seg.is_empty_mask`; see :attr:`nonempty`).
     lesion_grid_series_uids : tuple of str
         Per lesion, the SeriesInstanceUID of the image series whose grid it lies on
         (:func:`mask_grid_series_uid`).
@@ -463,6 +476,41 @@ class StudyMasks:
     organ_segment_codes: dict | None = None
     warnings: tuple[str, ...] = ()
     used_series: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def nonempty(self) -> tuple[LesionMask, ...]:
+        """The lesion masks that hold at least one voxel, in reading order."""
+        return tuple(m for m in self.lesions if m.voxel_count > 0)
+
+
+#: The reason every feature of an empty lesion segment gives.
+EMPTY_SEGMENT_REASON = "segment is empty (no voxel)"
+
+
+def empty_lesion_columns(mask: LesionMask) -> dict:
+    """The feature / anatomy columns of a lesion segment without any voxel.
+
+    ``lesion_empty`` True, ``voxel_count`` 0, ``volume_ml`` / ``longest_diameter_mm`` /
+    ``short_axis_mm`` 0 (a resolved lesion measures 0 mm, as RECIST records it); every declared
+    ``*_reason`` column of the feature and anatomy producers says
+    :data:`EMPTY_SEGMENT_REASON`; every other column (centroid included) is left out, i.e.
+    empty. The identifiers (label, tracking UID, segment number) are the study job's.
+
+    Parameters
+    ----------
+    mask : LesionMask
+        The empty mask (:func:`pipeline.io.seg.is_empty_mask`).
+    """
+    from pipeline.columns import LESION_COLUMNS
+
+    if mask.voxel_count:
+        raise ValueError(f"mask {mask.name!r} is not empty ({mask.voxel_count} voxels)")
+    row: dict = {"lesion_empty": True, "voxel_count": 0, "volume_ml": 0.0,
+                 "longest_diameter_mm": 0.0, "short_axis_mm": 0.0}
+    for c in LESION_COLUMNS:
+        if c.producer != "study" and c.dtype == "str" and c.name.endswith("_reason"):
+            row[c.name] = EMPTY_SEGMENT_REASON
+    return row
 
 
 def _unusable_lesion_segmentations(notes: str) -> str:
@@ -497,10 +545,15 @@ def load_study_masks(inputs: StudyInputs, grids: Mapping[str, Grid], cfg: dict) 
     -------
     StudyMasks
 
+    A declared lesion segment (SEG segment, RTSTRUCT ROI) without any voxel is kept as an empty
+    mask (a resolved lesion at follow-up, or a drawing error); when every lesion segment is
+    empty the study goes on with a warning (e.g. a complete response), each becoming a row with
+    ``lesion_empty`` true.
+
     Raises
     ------
     SegmentationError
-        No lesion segmentation named, or it holds no non-empty lesion segment. An unusable organ
+        No lesion segmentation named, or it declares no lesion segment at all. An unusable organ
         source is a warning (organs then unknown), never an error.
     """
     from pipeline.io.totalseg import seg_segment_codes
@@ -523,12 +576,20 @@ def load_study_masks(inputs: StudyInputs, grids: Mapping[str, Grid], cfg: dict) 
             hint="add a lesion segmentation to the archive or name one in the study sheet",
         )
     used["lesion_mask"] = ref
-    lesions = [m for m in read_masks(inputs, source, ref, grids, cfg, warnings=warnings)
-               if m.kind != SegmentKind.ORGAN and m.voxel_count > 0]
+    lesions = [m for m in read_masks(inputs, source, ref, grids, cfg, warnings=warnings,
+                                     keep_empty_lesions=True)
+               if m.kind != SegmentKind.ORGAN]
     if not lesions:
-        raise SegmentationError("the lesion segmentation holds no non-empty lesion segment",
+        raise SegmentationError("the lesion segmentation holds no lesion segment (every segment "
+                                "is an empty segment or an organ)",
                                 series_uid=ref,
                                 hint="check the segment names against index.lesion_name_patterns")
+    if not any(m.voxel_count > 0 for m in lesions):
+        msg = (f"every one of the {len(lesions)} lesion segment(s) of {source.upper()} {ref} is "
+               "empty (no voxel): resolved lesions or a drawing error; each is reported with "
+               "lesion_empty true")
+        warnings.append(msg)
+        log.warning(msg)
     organs: dict[str, LesionMask] = {}
     codes = None
     osrc, oref = inputs.uid("organ_mask_source"), inputs.uid("organ_mask_ref")

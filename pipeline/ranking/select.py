@@ -70,6 +70,8 @@ RANKING_COLUMNS = [
     "measurable", "planned_volume_ml", "volume_warning", "syringe_note", "new_or_growing",
     "prior_study_uid", "prior_lesion_id", "longest_diameter_change_pct", "rules_not_evaluated",
     "recist_category", "measurable_min_mm", "diversity_site",
+    # filled by the follow-up step (pipeline.followup.replan); empty straight from rank_study
+    "tracking_uid", "track_id", "itrecist_category", "injected_since",
 ]
 
 #: Lesion-table columns giving the CT slice thickness (mm) for RECIST measurability, first known

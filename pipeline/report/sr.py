@@ -298,6 +298,7 @@ def build_sr(study_dir: Path, archive_root: Path, files_index):
     files = _files_table(files_index)
     root = Path(archive_root)
     rows = merged_rows(read_table_if_present(study_dir / "lesions.csv"), read_table_if_present(study_dir / "ranking.csv"))
+    rows = [r for r in rows if F.to_bool(r.get("lesion_empty")) is not True]  # no voxel, no finding
     if not rows:
         raise NoLesionsForSRError(
             f"expected at least one lesion row in lesions.csv / ranking.csv of {study_dir}, "

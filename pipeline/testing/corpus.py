@@ -38,8 +38,8 @@ gantry_tilt                       warning                     gantry tilt       
 mixed_orientations                error    GeometryError      ImageOrientationPatient                 failures
 duplicate_instances               warning                     duplicate                               volume
 seg_of_another_series             error    SegmentationError  not in the archive                      failures
-seg_some_segments_empty           load                                                                (6 lesions)
-seg_all_segments_empty            error    SegmentationError  no non-empty lesion segment             failures
+seg_some_segments_empty           load                        kept as an empty lesion                 provenance
+seg_all_segments_empty            warning                     is empty (no voxel)                     provenance
 pet_without_weight                warning                     PatientWeight (0010,1030)               suv_reason
 pet_without_dose                  warning                     RadionuclideTotalDose (0018,1074)       suv_reason
 pet_without_injection_time        warning                     RadiopharmaceuticalStartTime            suv_reason
@@ -95,8 +95,10 @@ What each case does to the reference files:
   SOPInstanceUID and a higher InstanceNumber at the same position.
 * ``seg_of_another_series``: the SEG references a CT series that is not in the archive.
 * ``seg_some_segments_empty``: the frames of lesion segments 1 and 2 zeroed (declared but
-  empty).
-* ``seg_all_segments_empty``: every frame of the lesion SEG zeroed.
+  empty): 8 rows, those 2 with ``lesion_empty`` true (zeros and reasons; tier not_suitable by
+  rule LESION_EMPTY).
+* ``seg_all_segments_empty``: every frame of the lesion SEG zeroed: the study is done with a
+  warning, 8 rows all with ``lesion_empty`` true (e.g. a complete response at follow-up).
 * ``pet_without_weight``: PatientWeight deleted from every PET slice.
 * ``pet_without_dose``: RadionuclideTotalDose deleted.
 * ``pet_without_injection_time``: both injection time attributes deleted.
@@ -361,7 +363,9 @@ class CorpusCase:
     series : dict
         Role (``ct``, ``pet``, ``seg``, ``rtstruct``) -> SeriesInstanceUID in this case.
     expected_lesions : int or None
-        Lesion rows the study must produce (None for errors).
+        Lesion rows the study must produce (None for errors), empty lesion segments included.
+    expected_empty : int
+        Of those, rows with ``lesion_empty`` true (declared lesion segments without a voxel).
     same_suv_as_reference : bool
         SUVmax of every lesion must equal the reference case's (SUV repairs).
     description : str
@@ -378,6 +382,7 @@ class CorpusCase:
     study_uid: str = ""
     series: dict = field(default_factory=dict)
     expected_lesions: int | None = None
+    expected_empty: int = 0
     same_suv_as_reference: bool = False
     description: str = ""
 
@@ -607,14 +612,15 @@ def _blank_segments(c: _Ctx, numbers: set[int] | None) -> None:
     ds.PixelData = pack_bits(arr)
 
 
-@_case("seg_some_segments_empty", outcome="load", expected_lesions=6,
+@_case("seg_some_segments_empty", outcome="load", expected_lesions=8, expected_empty=2,
+       message="kept as an empty lesion", where="provenance",
        description="the frames of lesion segments 1 and 2 zeroed (declared but empty)")
 def _seg_some_empty(c: _Ctx) -> None:
     _blank_segments(c, {1, 2})
 
 
-@_case("seg_all_segments_empty", outcome="error", error_class="SegmentationError",
-       message="no non-empty lesion segment", where="failures",
+@_case("seg_all_segments_empty", outcome="warning", expected_lesions=8, expected_empty=8,
+       message="is empty (no voxel)", where="provenance",
        description="every frame of the lesion SEG zeroed")
 def _seg_all_empty(c: _Ctx) -> None:
     _blank_segments(c, None)

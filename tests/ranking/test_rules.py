@@ -70,6 +70,8 @@ NO_PET = dict(suv_max=None, suv_peak=None, suv_peak_x_mm=None, suv_peak_y_mm=Non
 
 # code, firing row, silent row, config mutation, row checked after the mutation, fires after?
 CASES = [
+    ("LESION_EMPTY", dict(lesion_empty=True), dict(lesion_empty=False),
+     set_leaf("lesion_empty", value=False), "silent", True),
     ("SIZE_SMALL", dict(longest_diameter_mm=8, short_axis_mm=7), dict(longest_diameter_mm=12, short_axis_mm=11),
      set_leaf("longest_diameter_mm", value=15.0), "silent", True),
     ("SIZE_SMALL_DEEP", dict(longest_diameter_mm=8, short_axis_mm=7, skin_depth_mm=80),

@@ -37,6 +37,7 @@ def _run_corpus(tmp_path_factory):
         "lesions": pd.read_csv(cohort / "lesions.csv", dtype=str, keep_default_na=False),
         "studies": pd.read_csv(cohort / "studies.csv", dtype=str, keep_default_na=False),
         "status": pd.read_csv(cohort / "status.csv", dtype=str, keep_default_na=False),
+        "ranking": pd.read_csv(cohort / "ranking.csv", dtype=str, keep_default_na=False),
     }
 
 
@@ -82,6 +83,16 @@ def _check_case(run, name):
     assert st[st["study_uid"] == case.study_uid]["status"].tolist() == ["done"], name
     les = _lesions(run, case)
     assert len(les) == case.expected_lesions, (name, len(les))
+    empty = les["lesion_empty"].str.lower() == "true"
+    assert int(empty.sum()) == case.expected_empty, (name, les["lesion_empty"].tolist())
+    if empty.any():  # a declared segment without voxel: zeros, reasons, tier not_suitable
+        assert (les.loc[empty, "volume_ml"].astype(float) == 0).all()
+        assert (les.loc[empty, "suv_max"] == "").all()
+        rk = run["ranking"][run["ranking"]["study_uid"] == case.study_uid]
+        rk = rk[rk["lesion_id"].isin(les.loc[empty, "lesion_id"])]
+        assert len(rk) == int(empty.sum()) and (rk["tier"] == "not_suitable").all(), rk
+        assert rk["reasons"].str.contains("LESION_EMPTY").all()
+    les = les[~empty]
     if case.where == "suv_reason":
         assert (les["suv_max"] == "").all()
         assert les["suv_reason"].str.contains(case.message, regex=False).all(), \

@@ -419,6 +419,8 @@ class PatientDesign:
     lesions: tuple[LesionDesign, ...]
     variant: str = "standard"
     contrast_shift_mm: tuple[float, float, float] | None = None
+    #: 0 = baseline; t > 0 = follow-up study t (:mod:`.followup`), which gets its own UIDs.
+    timepoint_index: int = 0
 
     @property
     def uid_salt(self) -> tuple[str, ...]:
@@ -430,6 +432,8 @@ class PatientDesign:
             salt += (f"variant={self.variant}",)
         if self.contrast_shift_mm is not None:
             salt += ("contrast_shift=" + ",".join(f"{v:.6f}" for v in self.contrast_shift_mm),)
+        if self.timepoint_index:
+            salt += (f"timepoint={self.timepoint_index}",)
         return salt
 
     @property
