@@ -12,6 +12,9 @@ with their diameters and sums; nodes by short axis), the ranked table with tiers
 reason codes and explanations (sortable and filterable), a PET MIP with numbered lesion labels,
 a key image per lesion (and the planned needle path of each injection target), and the
 provenance (versions, configuration hashes, input series UIDs, stage timings).
+At a follow-up study (``followup_response.csv`` beyond the baseline row) the itRECIST section is
+the follow-up view of :mod:`pipeline.report.followup_view` (responses, SOD timeline, lesions
+across timepoints with links to the earlier studies' key images, next-cycle plan).
 
 Optional columns (needle path ``entry_*``, ``path_direction_*``, ``safe_path_found``,
 biomarkers, safety) are used when present; nothing fails when they are absent.
@@ -313,8 +316,12 @@ def _mip(study_dir: Path, rows: list[dict], kidx: dict | None) -> tuple[dict | N
     return None, "MIP files missing"
 
 
-def worksheet_context(study_dir: Path) -> dict:
-    """Everything the worksheet template shows, from the study folder's files."""
+def worksheet_context(study_dir: Path, out_dir: Path | None = None) -> dict:
+    """Everything the worksheet template shows, from the study folder's files (``followup``:
+    the follow-up section, :func:`pipeline.report.followup_view.followup_context`, None at
+    baseline; ``out_dir`` is the worksheet's folder, default ``study_dir``)."""
+    from pipeline.report.followup_view import followup_context
+
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
     rprov = _read_json(study_dir / "ranking_provenance.json")
@@ -372,6 +379,7 @@ def worksheet_context(study_dir: Path) -> dict:
         "lesions": rows,
         "plan": {"inject": inject, "monitor": monitor, "total_volume_ml": total},
         "recist": itrecist_sets(rows),
+        "followup": followup_context(study_dir, out_dir),
         "warnings": warnings,
         "failures": failures,
         "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER,
@@ -413,7 +421,7 @@ def write_worksheet(study_dir: Path, out_html: Path | None = None) -> Path:
 
     study_dir = Path(study_dir)
     out_html = Path(out_html) if out_html is not None else study_dir / WORKSHEET_NAME
-    ctx = worksheet_context(study_dir)
+    ctx = worksheet_context(study_dir, out_html.parent)
     html = render("worksheet.html", **ctx)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_html.with_name(out_html.name + ".tmp")
