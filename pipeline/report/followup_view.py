@@ -189,7 +189,7 @@ def lesion_timeline(tracking: pd.DataFrame, indices: list[int], current_index: i
         ``measure_kind``, ``injected_since``, ``cells`` (one per index: ``measure_mm``,
         ``status``, ``lesion_id``, ``lesion_label``, ``key`` (relative link or ""),
         ``key_reason``), ``status``, ``change_pct`` (current measure vs the track's first
-        evaluable measure, %), ``reclassified`` (the category changed over time). Order:
+        evaluable measure, %; None when that is the current one), ``reclassified`` (the category changed over time). Order:
         T-I, T-NI, NT-I, NT-NI, NEW, then track id; rows without a track (a lesion that could
         not be placed) last.
     """
@@ -213,7 +213,7 @@ def lesion_timeline(tracking: pd.DataFrame, indices: list[int], current_index: i
             continue
         now = at.get(current_index) or at[max(at)]
         cats = [_s(at[i].get("itrecist_category")) for i in sorted(at)]
-        cells, first = [], None
+        cells, first, first_at = [], None, None
         for i in indices:
             r = at.get(i)
             if r is None:
@@ -223,7 +223,7 @@ def lesion_timeline(tracking: pd.DataFrame, indices: list[int], current_index: i
             status = _s(r.get("status"))
             m = None if status == "not_evaluable" else F.to_float(r.get("measure_mm"))
             if first is None and m is not None:
-                first = m
+                first, first_at = m, i
             lid = _s(r.get("lesion_id"))
             link, why = "", ""
             folder = folders.get(_s(r.get("study_uid")))
@@ -252,7 +252,7 @@ def lesion_timeline(tracking: pd.DataFrame, indices: list[int], current_index: i
             "reclassified": len(set(c for c in cats if c)) > 1,
             "category_history": " → ".join(dict.fromkeys(c for c in cats if c)),
             "cells": cells, "status": cur_status.replace("_", " "),
-            "change_pct": _change_pct(first, cur_m),
+            "change_pct": None if first_at == current_index else _change_pct(first, cur_m),
         })
 
     def order(t):

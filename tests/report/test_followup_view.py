@@ -210,7 +210,8 @@ def test_followup_worksheet_three_timepoints(patient):
     assert "0.0 (gone)" in row_a3 and "-100.0" in row_a3
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in row_a3  # the track's first label, escaped
     row_new = re.search(r'<tr data-track="new2-c9">.*?</tr>', table, re.S).group(0)
-    assert "8.0 (new)" in row_new and row_new.count(">–</td>") >= 2
+    assert [c for c in re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row_new)] == \
+        ["–", "–", "8.0 (new)", "–"]  # no change for a lesion first seen now
     # key images: relative links that exist, "no key image" where absent
     keys = _section(html, "followup-keyimages")
     links = [a["src"] for t, a in _tags(keys) if t == "img"]
