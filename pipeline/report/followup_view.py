@@ -441,7 +441,7 @@ FOLLOWUP_SECTION = r"""
 {% for r in fu.responses %}<tr{% if r.index == fu.shown_index %} class="sum"{% endif %}><td class="num">{{ r.index }}</td><td class="nowrap">{{ r.date or '–' }}</td>
 <td class="num">{{ fmt(r.sod_ti_mm, 1) }}</td><td class="num">{{ fmt(r.sod_tni_mm, 1) }}</td><td class="num">{{ fmt(r.sod_targets_mm, 1) }}</td>
 <td class="num">{{ fmt(r.change_targets_from_baseline_pct, 1) }}</td><td class="num">{{ fmt(r.change_targets_from_nadir_pct, 1) }}</td><td class="num">{{ r.new_lesions if r.new_lesions is not none else '–' }}</td>
-<td>{{ r.response_overall or '–' }}</td><td>{{ r.response_injected or '–' }}</td><td>{{ r.response_noninjected or '–' }}</td><td>{{ r.best_overall_response or '–' }}</td><td class="expl"><div>{{ r.reasons }}</div></td></tr>{% endfor %}
+<td>{{ r.response_overall or '–' }}</td><td>{{ r.response_injected or '–' }}</td><td>{{ r.response_noninjected or '–' }}</td><td>{{ r.best_overall_response or '–' }}</td><td class="expl"><div>{% if r.reasons|length > 160 %}<details><summary>{{ r.reasons[:120] }}…</summary>{{ r.reasons }}</details>{% else %}{{ r.reasons }}{% endif %}</div></td></tr>{% endfor %}
 </tbody></table></div>
 
 <h3>Lesions across timepoints</h3>

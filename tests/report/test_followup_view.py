@@ -358,3 +358,13 @@ def test_dashboard_without_response_file_has_no_response_section(tmp_path):
     assert V.patient_responses(results) == []
     html = D.write_dashboard(results).read_text()
     assert 'id="responses"' not in html
+
+
+def test_long_reasons_fold_in_the_history_table(patient, monkeypatch):
+    long = "overall NE: target not evaluable (" + ", ".join(f"lesion_{k}" for k in range(40)) + ")"
+    df = pd.read_csv(patient[2] / V.RESPONSE_NAME, dtype=str, keep_default_na=False)
+    df.loc[1, "reasons"] = long
+    df.to_csv(patient[2] / V.RESPONSE_NAME, index=False)
+    table = _section(W.write_worksheet(patient[2]).read_text(), "followup-responses")
+    folded = re.findall(r"<details><summary>(.*?)…</summary>(.*?)</details>", table, re.S)
+    assert folded == [(long[:120], long)]
