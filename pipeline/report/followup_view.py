@@ -189,9 +189,9 @@ def lesion_timeline(tracking: pd.DataFrame, indices: list[int], current_index: i
         ``measure_kind``, ``injected_since``, ``cells`` (one per index: ``measure_mm``,
         ``status``, ``lesion_id``, ``lesion_label``, ``key`` (relative link or ""),
         ``key_reason``), ``status``, ``change_pct`` (current measure vs the track's first
-        evaluable measure, %; None when that is the current one), ``reclassified`` (the category changed over time). Order:
-        T-I, T-NI, NT-I, NT-NI, NEW, then track id; rows without a track (a lesion that could
-        not be placed) last.
+        evaluable measure, %; None when that is the current one), ``reclassified`` (the
+        category changed over time). Order: T-I, T-NI, NT-I, NT-NI, NEW, then track id; rows
+        without a track (a lesion that could not be placed) last.
     """
     from pipeline.report.keyimages import KEYIMAGE_DIR, key_image_name
 
@@ -352,7 +352,8 @@ def followup_context(study_dir: Path, out_dir: Path | None = None) -> dict | Non
         notes.append(f"No {TRACKING_NAME} in the study folder: no lesion table.")
     indices = [r["index"] for r in rows]
     if not tracking.empty and "timepoint_index" in tracking.columns:
-        tracking = tracking[[(_int(v) is not None and _int(v) <= shown) for v in tracking["timepoint_index"]]]
+        keep = [_int(v) is not None and _int(v) <= shown for v in tracking["timepoint_index"]]
+        tracking = tracking[keep]
     folders = study_folders(study_dir.parent)
     folders.setdefault(_s(info.get("study_uid")) or current["study_uid"], study_dir)
     tracks = lesion_timeline(tracking, indices, shown, folders, out_dir)
@@ -374,7 +375,8 @@ def followup_context(study_dir: Path, out_dir: Path | None = None) -> dict | Non
         "plot": {"src": F.png_data_url(png), "alt": alt, "file": PLOT_NAME},
         "indices": indices, "tracks": tracks, "plan": next_cycle_plan(ranking),
         "flagged": bool(info.get("flagged_for_review")),
-        "flag_reason": _s(info.get("flag_reason")) or ("flagged for review" if info.get("flagged_for_review") else ""),
+        "flag_reason": _s(info.get("flag_reason")) or (
+            "flagged for review" if info.get("flagged_for_review") else ""),
         "registration": reg_pairs, "baseline_study_uid": _s(info.get("baseline_study_uid")),
         "notes": notes,
     }

@@ -360,7 +360,7 @@ def test_dashboard_without_response_file_has_no_response_section(tmp_path):
     assert 'id="responses"' not in html
 
 
-def test_long_reasons_fold_in_the_history_table(patient, monkeypatch):
+def test_long_reasons_fold_in_the_history_table(patient):
     long = "overall NE: target not evaluable (" + ", ".join(f"lesion_{k}" for k in range(40)) + ")"
     df = pd.read_csv(patient[2] / V.RESPONSE_NAME, dtype=str, keep_default_na=False)
     df.loc[1, "reasons"] = long
