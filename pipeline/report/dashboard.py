@@ -180,7 +180,8 @@ def dashboard_context(results: Path) -> dict:
     pdir_of_pid = {_s(r.get("patient_id")): _s(r.get("patient_dir"))
                    for r in (sheet.to_dict(orient="records") if not sheet.empty else [])}
     return {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-            "responses": patient_responses(results, pdir_of_pid),
+            "responses": patient_responses(results, pdir_of_pid,
+                                           {st["study_uid"]: st["worksheet"] for st in studies}),
             "results_name": results.name, "summary": summary, "studies": studies,
             "other_failures": other, "lesions": rows, "numeric": NUMERIC, "plots": plots,
             "status_select": status_select}

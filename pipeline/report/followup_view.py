@@ -383,7 +383,8 @@ def followup_context(study_dir: Path, out_dir: Path | None = None) -> dict | Non
 
 
 # ------------------------------------------------------------------------------------ dashboard
-def patient_responses(results: Path, patient_dir_of: dict[str, str] | None = None) -> list[dict]:
+def patient_responses(results: Path, patient_dir_of: dict[str, str] | None = None,
+                      worksheet_of: dict[str, str] | None = None) -> list[dict]:
     """Each patient's latest responses and best overall response, from ``cohort/response.csv``.
 
     Parameters
@@ -393,20 +394,23 @@ def patient_responses(results: Path, patient_dir_of: dict[str, str] | None = Non
     patient_dir_of : dict, optional
         Patient ID -> sanitized folder name (the dashboard shows folder names, never raw IDs);
         an ID without an entry is shown through :func:`pipeline.io.sanitize.safe_id`.
+    worksheet_of : dict, optional
+        Study UID -> link of its worksheet (relative to the dashboard): the latest study's
+        worksheet is linked.
 
     Returns
     -------
     list of dict
-        ``patient``, ``timepoint_index``, ``n_timepoints``, ``date``, the four responses ("–"
-        when none, e.g. a patient with only a baseline), ``reasons``; sorted by patient. []
-        when the file is absent.
+        ``patient``, ``timepoint_index``, ``n_timepoints``, ``date``, the four responses (""
+        when none, e.g. a patient with only a baseline), ``reasons``, ``worksheet`` (link or
+        ""); sorted by patient. [] when the file is absent.
     """
     from pipeline.io.sanitize import safe_id
 
     df = _read_csv(Path(results) / "cohort" / "response.csv")
     if df.empty or "patient_id" not in df.columns:
         return []
-    names = patient_dir_of or {}
+    names, links = patient_dir_of or {}, worksheet_of or {}
     out = []
     for pid, g in df.groupby("patient_id", sort=True):
         rows = response_rows(g)
@@ -415,7 +419,8 @@ def patient_responses(results: Path, patient_dir_of: dict[str, str] | None = Non
         last = rows[-1]
         out.append({"patient": names.get(str(pid)) or safe_id(str(pid)),
                     "timepoint_index": last["index"], "n_timepoints": len(rows), "date": last["date"],
-                    **{c: last[c] for c, _ in RESPONSE_KEYS}, "reasons": last["reasons"]})
+                    **{c: last[c] for c, _ in RESPONSE_KEYS}, "reasons": last["reasons"],
+                    "worksheet": links.get(last["study_uid"], "")})
     out.sort(key=lambda r: r["patient"])
     return out
 
@@ -491,9 +496,10 @@ DASHBOARD_RESPONSES = r"""
 <section id="responses">
 <h2>itRECIST responses</h2>
 <table id="responses-table" class="sortable">
-<thead><tr><th>Patient</th><th class="num" data-type="num">Latest timepoint</th><th>Date</th><th>Overall</th><th>Injected</th><th>Noninjected</th><th>Best overall</th><th>Reasons</th></tr></thead>
+<thead><tr><th>Patient</th><th class="num" data-type="num">Latest timepoint</th><th>Date</th><th>Worksheet</th><th>Overall</th><th>Injected</th><th>Noninjected</th><th>Best overall</th><th>Reasons</th></tr></thead>
 <tbody>
 {% for r in responses %}<tr data-patient="{{ r.patient }}"><td>{{ r.patient }}</td><td class="num">{{ r.timepoint_index }}</td><td class="nowrap">{{ r.date or '–' }}</td>
+<td>{% if r.worksheet %}<a href="{{ r.worksheet }}">worksheet</a>{% else %}–{% endif %}</td>
 <td>{{ r.response_overall or '–' }}</td><td>{{ r.response_injected or '–' }}</td><td>{{ r.response_noninjected or '–' }}</td><td>{{ r.best_overall_response or '–' }}</td>
 <td class="expl"><div>{{ r.reasons or '–' }}</div></td></tr>{% endfor %}
 </tbody></table>

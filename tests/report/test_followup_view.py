@@ -336,7 +336,7 @@ def test_dashboard_shows_latest_and_best_response_per_patient(tmp_path):
     assert re.findall(r'<tr data-patient="([^"]+)"', table) == ["P1", "P_2_x-336f4b8f"]
     row = re.search(r'<tr data-patient="P1">.*?</tr>', table, re.S).group(0)
     cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
-    assert cells[:7] == ["P1", "2", "2024-05-10", "NE", "iPR", "NE", "iSD"]
+    assert cells[:8] == ["P1", "2", "2024-05-10", "–", "NE", "iPR", "NE", "iSD"]  # no worksheet
     assert "target a2 not evaluable: NE &lt;script&gt;" in row and EVIL not in html
     for h in ("Overall", "Injected", "Noninjected", "Best overall"):
         assert f"<th>{h}</th>" in table
@@ -348,8 +348,15 @@ def test_dashboard_names_patients_by_their_folder(tmp_path):
     sheet = pd.DataFrame([{"patient_id": "P1", "patient_dir": "P1_folder", "study_uid": u,
                            "study_dir": d, "study_date": t} for u, d, t in zip(UIDS, DIRS, DATES)])
     sheet.to_csv(results / "cohort" / "studies.csv", index=False)
+    ws = results / "studies" / "P1_folder" / DIRS[2] / "worksheet.html"
+    ws.parent.mkdir(parents=True)
+    ws.write_text("x")
     ctx = D.dashboard_context(results)
-    assert [(r["patient"], r["response_overall"]) for r in ctx["responses"]] == [("P1_folder", "NE")]
+    assert [(r["patient"], r["response_overall"], r["worksheet"]) for r in ctx["responses"]] == [
+        ("P1_folder", "NE", f"../studies/P1_folder/{DIRS[2]}/worksheet.html")]
+    html = D.write_dashboard(results).read_text()
+    assert f'<a href="../studies/P1_folder/{DIRS[2]}/worksheet.html">worksheet</a>' in \
+        _section(html, "responses-table")
 
 
 def test_dashboard_without_response_file_has_no_response_section(tmp_path):
