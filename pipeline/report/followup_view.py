@@ -501,7 +501,7 @@ DASHBOARD_RESPONSES = r"""
 {% for r in responses %}<tr data-patient="{{ r.patient }}"><td>{{ r.patient }}</td><td class="num">{{ r.timepoint_index }}</td><td class="nowrap">{{ r.date or '–' }}</td>
 <td>{% if r.worksheet %}<a href="{{ r.worksheet }}">worksheet</a>{% else %}–{% endif %}</td>
 <td>{{ r.response_overall or '–' }}</td><td>{{ r.response_injected or '–' }}</td><td>{{ r.response_noninjected or '–' }}</td><td>{{ r.best_overall_response or '–' }}</td>
-<td class="expl"><div>{{ r.reasons or '–' }}</div></td></tr>{% endfor %}
+<td class="expl"><div>{% if r.reasons|length > 160 %}<details><summary>{{ r.reasons[:120] }}…</summary>{{ r.reasons }}</details>{% else %}{{ r.reasons or '–' }}{% endif %}</div></td></tr>{% endfor %}
 </tbody></table>
 </section>
 {% endif %}

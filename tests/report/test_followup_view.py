@@ -375,3 +375,12 @@ def test_long_reasons_fold_in_the_history_table(patient):
     table = _section(W.write_worksheet(patient[2]).read_text(), "followup-responses")
     folded = re.findall(r"<details><summary>(.*?)…</summary>(.*?)</details>", table, re.S)
     assert folded == [(long[:120], long)]
+
+
+def test_dashboard_folds_long_reasons(tmp_path):
+    results = tmp_path / "results"
+    long = "overall NE: " + "x" * 300
+    _cohort(results, [RESPONSES[0], dict(RESPONSES[1], reasons=long)])
+    table = _section(D.write_dashboard(results).read_text(), "responses-table")
+    assert re.findall(r"<details><summary>(.*?)…</summary>(.*?)</details>", table, re.S) == \
+        [(long[:120], long)]
