@@ -9,7 +9,9 @@ One self-contained page (inline CSS, inline vanilla JavaScript, plots as base64 
 * every lesion (cohort ``ranking.csv`` joined with ``lesions.csv``) in a table that sorts by
   any column (click a header) and filters by text, role and tier;
 * distributions of volume, longest diameter, SUVmax and skin depth (stacked by role) and the
-  tiers per organ.
+  tiers per organ;
+* per patient the latest itRECIST responses and the best overall response, from
+  ``cohort/response.csv`` when present (:func:`pipeline.report.followup_view.patient_responses`).
 
 Patients are shown by their sanitized folder name (``patient_dir``); no name is ever read.
 """
@@ -199,7 +201,13 @@ def dashboard_context(results: Path) -> dict:
                "failed": sum(s["status"] != "done" for s in studies), "lesions": len(rows),
                "inject": sum(r["role"] == "inject" for r in rows),
                "monitor": sum(r["role"] == "monitor" for r in rows)}
+    from pipeline.report.followup_view import patient_responses
+
+    pdir_of_pid = {_s(r.get("patient_id")): _s(r.get("patient_dir"))
+                   for r in (sheet.to_dict(orient="records") if not sheet.empty else [])}
     return {"generated": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "responses": patient_responses(results, pdir_of_pid,
+                                           {st["study_uid"]: st["worksheet"] for st in studies}),
             "results_name": results.name, "summary": summary, "studies": studies,
             "other_failures": other, "lesions": rows, "numeric": NUMERIC, "plots": plots,
             "status_select": status_select, "team": team}

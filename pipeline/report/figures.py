@@ -256,3 +256,61 @@ def unique(seq: Iterable) -> list:
             seen.add(s)
             out.append(s)
     return out
+
+
+#: Line styles of the follow-up SOD timeline (colour never the only carrier: markers and labels).
+SOD_SERIES = [
+    ("T-I (injected targets)", ROLE_COLOURS["inject"], "o", "-"),
+    ("T-NI (noninjected targets)", ROLE_COLOURS["monitor"], "s", "--"),
+    ("all targets", OKABE_ITO["black"], "^", ":"),
+]
+
+
+def sod_timeline(labels: list[str], sod_ti_mm: list[float | None], sod_tni_mm: list[float | None],
+                 sod_targets_mm: list[float | None], *, current: int | None = None) -> tuple[bytes, str]:
+    """Line plot of the sums of diameters (itRECIST SOD) per timepoint.
+
+    Parameters
+    ----------
+    labels : list of str
+        One x-axis label per timepoint, in time order (e.g. ``"T0\\n2024-01-10"``).
+    sod_ti_mm, sod_tni_mm, sod_targets_mm : list of float or None
+        Sum of diameters (mm) of the injected targets (T-I), the noninjected targets (T-NI) and
+        all targets at each timepoint, aligned with ``labels``; None where not evaluable (the
+        line is broken there).
+    current : int, optional
+        Position (in ``labels``) of the worksheet's own timepoint, marked by a vertical line.
+
+    Returns
+    -------
+    (png bytes, alt text)
+    """
+    n = len(labels)
+    fig = _figure(max(4.2, 1.1 * n + 2.2), 3.0)
+    ax = fig.add_subplot(111)
+    x = np.arange(n, dtype=float)
+    parts = []
+    drawn = False
+    for (name, colour, marker, style), vals in zip(SOD_SERIES, (sod_ti_mm, sod_tni_mm, sod_targets_mm)):
+        y = np.array([np.nan if to_float(v) is None else float(v) for v in vals], float)
+        if len(y) != n:
+            raise ValueError(f"{name}: {len(y)} values for {n} timepoints")
+        if np.isfinite(y).any():
+            ax.plot(x, y, linestyle=style, marker=marker, color=colour, label=name, linewidth=1.6)
+            drawn = True
+        parts.append(name.split(" (")[0] + " " + ", ".join(
+            "NE" if not math.isfinite(v) else f"{v:.1f}" for v in y) + " mm")
+    if current is not None and 0 <= current < n:
+        ax.axvline(current, color=OKABE_ITO["grey"], linewidth=0.8)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xlim(-0.4, max(n - 0.6, 0.4))
+    ax.set_ylabel("sum of diameters (mm)")
+    ax.set_ylim(bottom=0)
+    if drawn:
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:
+        ax.text(0.5, 0.5, "no evaluable sum", ha="center", va="center", transform=ax.transAxes)
+    ax.spines[["top", "right"]].set_visible(False)
+    alt = (f"Sum of diameters over {n} timepoint(s): " + "; ".join(parts) + ".")
+    return fig_png(fig), alt

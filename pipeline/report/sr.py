@@ -17,9 +17,14 @@ Source CT of each mask: the series named in the lesion's ``mask_referenced_serie
 lack it: the SEG's ReferencedSeriesSequence is used then, else the study sheet's CT (contrast CT
 when the masks came from it), with a logged warning.
 
-Every group carries a tracking identifier (the lesion's stable ``lesion_id`` and the SEG
-TrackingUID when present, else a UID derived from study and lesion id, so it is stable across
-reruns), the finding type *Lesion*, the organ as finding site when it has a SNOMED CT code, and:
+The TrackingUID of a lesion is ``ranking.csv``'s ``tracking_uid`` when set (the follow-up step
+puts the lesion track's UID there, :mod:`pipeline.followup.replan`: the baseline segment's
+TrackingUID, so the SRs of every timepoint name the same lesion with the same UID although its
+lesion id, label and own segment UID change), else the SEG TrackingUID of ``lesions.csv``.
+
+Every group carries a tracking identifier (the lesion's stable ``lesion_id`` and its
+TrackingUID, else a UID derived from study and lesion id, so it is stable across reruns), the
+finding type *Lesion*, the organ as finding site when it has a SNOMED CT code, and:
 
 =====================  ===============================================  =========================
 measurement            concept                                          unit (UCUM)

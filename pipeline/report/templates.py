@@ -241,6 +241,7 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
 {% else %}<p>No lesion is selected for injection.</p>{% endif %}
 </section>
 
+{% if followup %}{% include "followup.html" %}{% else %}
 <section id="itrecist">
 <h2>itRECIST baseline</h2>
 <p>Target lesions are split into injected (T-I) and noninjected (T-NI) lesions, each with its own sum of diameters (longest diameter; short axis for lymph nodes). Other lesions are non-target lesions (NT-I injected, NT-NI noninjected), followed qualitatively.</p>
@@ -256,6 +257,7 @@ WORKSHEET = _MACROS + r"""<!DOCTYPE html>
 </table>
 {% for w in recist.warnings %}<div class="warn">{{ w }}</div>{% endfor %}
 </section>
+{% endif %}
 
 <section id="ranking">
 <h2>Ranked lesions</h2>
@@ -401,6 +403,7 @@ DASHBOARD = _MACROS + r"""<!DOCTYPE html>
 </tbody></table>
 {% endif %}
 </section>
+{% include "dashboard_responses.html" %}
 
 <section id="lesions">
 <h2>Lesions</h2>
@@ -454,7 +457,11 @@ def environment():
     :func:`shown`)."""
     from jinja2 import DictLoader, Environment, StrictUndefined, select_autoescape
 
-    env = Environment(loader=DictLoader({"worksheet.html": WORKSHEET, "dashboard.html": DASHBOARD}),
+    from pipeline.report.followup_view import DASHBOARD_RESPONSES, FOLLOWUP_SECTION
+
+    env = Environment(loader=DictLoader({"worksheet.html": WORKSHEET, "dashboard.html": DASHBOARD,
+                                         "followup.html": FOLLOWUP_SECTION,
+                                         "dashboard_responses.html": DASHBOARD_RESPONSES}),
                       autoescape=select_autoescape(default=True, default_for_string=True),
                       undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False,
                       finalize=shown)

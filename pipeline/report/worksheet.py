@@ -12,6 +12,9 @@ with their diameters and sums; nodes by short axis), the ranked table with tiers
 reason codes and explanations (sortable and filterable), a PET MIP with numbered lesion labels,
 a key image per lesion (and the planned needle path of each injection target), and the
 provenance (versions, configuration hashes, input series UIDs, stage timings).
+At a follow-up study (``followup_response.csv`` beyond the baseline row) the itRECIST section is
+the follow-up view of :mod:`pipeline.report.followup_view` (responses, SOD timeline, lesions
+across timepoints with links to the earlier studies' key images, next-cycle plan).
 
 Many lesions: the first ``ranking.worksheet_max_lesions`` lesions by rank (default
 :data:`DEFAULT_MAX_LESIONS`, recorded by the ranking in ``ranking_provenance.json``), and every
@@ -321,6 +324,7 @@ def _mip(study_dir: Path, rows: list[dict], kidx: dict | None) -> tuple[dict | N
     return None, "MIP files missing"
 
 
+<<<<<<< HEAD
 def team_context(study_dir: Path, rows: list[dict]) -> dict | None:
     """The team's decisions beside the tool's proposal (``r["team"]`` per row) and the study's
     agreement figures, from ``RESULTS/review/decisions.csv``; None when that file does not exist.
@@ -379,6 +383,14 @@ def worksheet_context(study_dir: Path, max_lesions: int | None = None) -> dict:
     ``max_lesions``: lesions shown in full (see the module docstring); default the
     ``worksheet_max_lesions`` the ranking recorded, else :data:`DEFAULT_MAX_LESIONS`.
     """
+=======
+def worksheet_context(study_dir: Path, out_dir: Path | None = None) -> dict:
+    """Everything the worksheet template shows, from the study folder's files (``followup``:
+    the follow-up section, :func:`pipeline.report.followup_view.followup_context`, None at
+    baseline; ``out_dir`` is the worksheet's folder, default ``study_dir``)."""
+    from pipeline.report.followup_view import followup_context
+
+>>>>>>> wip/fu-report
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
     rprov = _read_json(study_dir / "ranking_provenance.json")
@@ -442,7 +454,12 @@ def worksheet_context(study_dir: Path, max_lesions: int | None = None) -> dict:
         "lesions_rest": [_compact(r) for r in rest],
         "max_lesions": max_lesions,
         "plan": {"inject": inject, "monitor": monitor, "total_volume_ml": total},
+<<<<<<< HEAD
         "recist": recist,
+=======
+        "recist": itrecist_sets(rows),
+        "followup": followup_context(study_dir, out_dir),
+>>>>>>> wip/fu-report
         "warnings": warnings,
         "failures": failures,
         "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER, "team": team,
@@ -487,7 +504,11 @@ def write_worksheet(study_dir: Path, out_html: Path | None = None, *,
 
     study_dir = Path(study_dir)
     out_html = Path(out_html) if out_html is not None else study_dir / WORKSHEET_NAME
+<<<<<<< HEAD
     ctx = worksheet_context(study_dir, max_lesions)
+=======
+    ctx = worksheet_context(study_dir, out_html.parent)
+>>>>>>> wip/fu-report
     html = render("worksheet.html", **ctx)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_html.with_name(out_html.name + ".tmp")
