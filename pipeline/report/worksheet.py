@@ -324,7 +324,6 @@ def _mip(study_dir: Path, rows: list[dict], kidx: dict | None) -> tuple[dict | N
     return None, "MIP files missing"
 
 
-<<<<<<< HEAD
 def team_context(study_dir: Path, rows: list[dict]) -> dict | None:
     """The team's decisions beside the tool's proposal (``r["team"]`` per row) and the study's
     agreement figures, from ``RESULTS/review/decisions.csv``; None when that file does not exist.
@@ -377,20 +376,17 @@ def split_rows(rows: list[dict], max_lesions: int | None) -> tuple[list[dict], l
     return full, rest
 
 
-def worksheet_context(study_dir: Path, max_lesions: int | None = None) -> dict:
+def worksheet_context(study_dir: Path, max_lesions: int | None = None,
+                      out_dir: Path | None = None) -> dict:
     """Everything the worksheet template shows, from the study folder's files.
 
     ``max_lesions``: lesions shown in full (see the module docstring); default the
     ``worksheet_max_lesions`` the ranking recorded, else :data:`DEFAULT_MAX_LESIONS`.
+    ``followup``: the follow-up section (:func:`pipeline.report.followup_view.followup_context`,
+    None at baseline); ``out_dir`` is the worksheet's folder, default ``study_dir``.
     """
-=======
-def worksheet_context(study_dir: Path, out_dir: Path | None = None) -> dict:
-    """Everything the worksheet template shows, from the study folder's files (``followup``:
-    the follow-up section, :func:`pipeline.report.followup_view.followup_context`, None at
-    baseline; ``out_dir`` is the worksheet's folder, default ``study_dir``)."""
     from pipeline.report.followup_view import followup_context
 
->>>>>>> wip/fu-report
     study_dir = Path(study_dir)
     prov = _read_json(study_dir / "provenance.json")
     rprov = _read_json(study_dir / "ranking_provenance.json")
@@ -454,12 +450,8 @@ def worksheet_context(study_dir: Path, out_dir: Path | None = None) -> dict:
         "lesions_rest": [_compact(r) for r in rest],
         "max_lesions": max_lesions,
         "plan": {"inject": inject, "monitor": monitor, "total_volume_ml": total},
-<<<<<<< HEAD
         "recist": recist,
-=======
-        "recist": itrecist_sets(rows),
         "followup": followup_context(study_dir, out_dir),
->>>>>>> wip/fu-report
         "warnings": warnings,
         "failures": failures,
         "tiers": F.TIER_ORDER, "roles": F.ROLE_ORDER, "team": team,
@@ -504,11 +496,7 @@ def write_worksheet(study_dir: Path, out_html: Path | None = None, *,
 
     study_dir = Path(study_dir)
     out_html = Path(out_html) if out_html is not None else study_dir / WORKSHEET_NAME
-<<<<<<< HEAD
-    ctx = worksheet_context(study_dir, max_lesions)
-=======
-    ctx = worksheet_context(study_dir, out_html.parent)
->>>>>>> wip/fu-report
+    ctx = worksheet_context(study_dir, max_lesions, out_dir=out_html.parent)
     html = render("worksheet.html", **ctx)
     out_html.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_html.with_name(out_html.name + ".tmp")
