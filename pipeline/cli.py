@@ -34,6 +34,8 @@ def _setup_logging(verbose: bool = False) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not verbose:  # highdicom logs every copied module at INFO: noise in job logs and progress
+        logging.getLogger("highdicom").setLevel(logging.WARNING)
 
 
 # --------------------------------------------------------------------------- steps
