@@ -427,6 +427,31 @@ def align_phases(nc: Volume, ce: Volume, rcfg: dict) -> PhaseAlignment:
     return res
 
 
+def registration_method(rcfg: dict, fmask: sitk.Image) -> sitk.ImageRegistrationMethod:
+    """The SimpleITK registration method both CT-to-CT registrations use (phases here,
+    follow-up to baseline in :mod:`pipeline.followup.registration`): the configured metric
+    (``metric``, ``histogram_bins``), random sampling of ``sampling_fraction`` of the voxels of
+    ``fmask`` (fixed-image mask, uint8 on the fixed grid) with a fixed seed, linear
+    interpolation, regular-step gradient descent (``max_iterations``) with physical-shift
+    scaling, two levels (x2, x1)."""
+    reg = sitk.ImageRegistrationMethod()
+    if rcfg["metric"] == "mattes":
+        reg.SetMetricAsMattesMutualInformation(int(rcfg["histogram_bins"]))
+    else:
+        reg.SetMetricAsMeanSquares()
+    reg.SetMetricFixedMask(fmask)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(float(rcfg["sampling_fraction"]), SAMPLING_SEED)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(
+        learningRate=2.0, minStep=1e-3, numberOfIterations=int(rcfg["max_iterations"]),
+        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_VOX))
+    return reg
+
+
 def register_rigid(fixed: Volume, moving: Volume, rcfg: dict) -> PhaseAlignment:
     """Rigid registration of ``moving`` to ``fixed`` with the quality check.
 
@@ -470,22 +495,8 @@ def register_rigid(fixed: Volume, moving: Volume, rcfg: dict) -> PhaseAlignment:
         tx.SetTranslation(tuple(float(v) for v in cm - cf))
         init = "body centres of mass"
 
-    reg = sitk.ImageRegistrationMethod()
-    if rcfg["metric"] == "mattes":
-        reg.SetMetricAsMattesMutualInformation(int(rcfg["histogram_bins"]))
-    else:
-        reg.SetMetricAsMeanSquares()
-    fmask = f_grid.to_sitk(ndimage.binary_dilation(f_body).astype(np.uint8))
-    reg.SetMetricFixedMask(fmask)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(rcfg["sampling_fraction"]), SAMPLING_SEED)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=int(rcfg["max_iterations"]),
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_VOX))
+    reg = registration_method(
+        rcfg, f_grid.to_sitk(ndimage.binary_dilation(f_body).astype(np.uint8)))
     reg.SetInitialTransform(tx, inPlace=True)
     reg.Execute(f_img, m_img)
     metric = float(reg.GetMetricValue())

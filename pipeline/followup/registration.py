@@ -68,10 +68,10 @@ from pipeline.errors import FollowupError
 from pipeline.features.registration import (
     CLAMP_HU,
     MIN_LOWRES_VOXELS,
-    SAMPLING_SEED,
     SMOOTHING_SIGMAS_VOX,
     block_mean,
     body_mask_lowres,
+    registration_method,
 )
 from pipeline.geometry import Grid
 from pipeline.records import Volume
@@ -396,7 +396,7 @@ def register_followup(baseline: ReferenceVolume, followup: ReferenceVolume,
     if not rmask.any():
         rmask = ndimage.binary_dilation(f_body)
     try:
-        reg = _method(c, f_grid.to_sitk(rmask.astype(np.uint8)))
+        reg = registration_method(c, f_grid.to_sitk(rmask.astype(np.uint8)))
         reg.SetInitialTransform(rigid, inPlace=True)
         reg.Execute(f_img, m_img)
     except RuntimeError as exc:
@@ -415,7 +415,7 @@ def register_followup(baseline: ReferenceVolume, followup: ReferenceVolume,
         fov = _moved(m_grid, np.ones(m_grid.shape_zyx, bool), f_grid, rigid)
         amask = ndimage.binary_dilation(f_body) & ndimage.binary_erosion(fov, iterations=2)
         try:
-            reg = _method(c, f_grid.to_sitk(amask.astype(np.uint8)))
+            reg = registration_method(c, f_grid.to_sitk(amask.astype(np.uint8)))
             reg.SetInitialTransform(aff, inPlace=True)
             reg.Execute(f_img, m_img)
             q_aff = _quality(f_grid, f_arr, f_body, m_grid, m_arr, m_body, aff, thr)
@@ -497,27 +497,6 @@ def _coarse(img: sitk.Image, mask: bool = False) -> sitk.Image:
         return sitk.Shrink(img, [2, 2, 2])
     sig = [SMOOTHING_SIGMAS_VOX[0] * s for s in img.GetSpacing()]
     return sitk.Shrink(sitk.SmoothingRecursiveGaussian(img, sig), [2, 2, 2])
-
-
-def _method(c: dict, fmask: sitk.Image) -> sitk.ImageRegistrationMethod:
-    """Registration method: configured metric, ``fmask`` restricting the fixed samples, two
-    levels (x2, x1)."""
-    reg = sitk.ImageRegistrationMethod()
-    if c["metric"] == "mattes":
-        reg.SetMetricAsMattesMutualInformation(int(c["histogram_bins"]))
-    else:
-        reg.SetMetricAsMeanSquares()
-    reg.SetMetricFixedMask(fmask)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(float(c["sampling_fraction"]), SAMPLING_SEED)
-    reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=2.0, minStep=1e-3, numberOfIterations=int(c["max_iterations"]),
-        relaxationFactor=0.5, gradientMagnitudeTolerance=1e-6)
-    reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([2, 1])
-    reg.SetSmoothingSigmasPerLevel(list(SMOOTHING_SIGMAS_VOX))
-    return reg
 
 
 def _matrix_of(tx: sitk.Transform) -> np.ndarray:
